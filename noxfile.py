@@ -1,0 +1,28 @@
+"""nox sessions: thin wrappers; expensive ones are default=False. `nox -l` lists them."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["unit"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def _install(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Unit tests of the tooling (fast, no docker, no network)."""
+    _install(session)
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(default=False)
+def integration(session: nox.Session) -> None:
+    """Integration tests: real downloads from the package index, docker build, S3 server."""
+    _install(session)
+    session.run("pytest", "tests/integration", *session.posargs, env={"WHISPER_RELEASE_INTEGRATION": "1"})

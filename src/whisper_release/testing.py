@@ -1,0 +1,45 @@
+"""pytest plugin shared by tests/ and verify/: skips of required tools cannot hide in CI.
+
+Use `require_tool("docker")` in a test: on a developer machine a missing tool skips the test;
+with CI set (or WHISPER_RELEASE_STRICT=1) any skip at all fails the run, listing every skipped test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def strict() -> bool:
+    return bool(os.environ.get("CI") or os.environ.get("WHISPER_RELEASE_STRICT"))
+
+
+def require_tool(tool: str, why: str = "") -> str:
+    path = shutil.which(tool)
+    if path is None:
+        msg = f"required tool {tool!r} is not on PATH" + (f" ({why})" if why else "")
+        if strict():
+            pytest.fail(msg + "; CI must install it (scripts/install-system-deps.sh)")
+        pytest.skip(msg)
+    return path
+
+
+_skipped: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        _skipped.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if strict() and _skipped:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"strict mode (CI): {len(_skipped)} test(s) skipped, which CI treats as failure:"]
+        lines += [f"  {nodeid}" for nodeid in _skipped]
+        if tr is not None:
+            for line in lines:
+                tr.write_line(line, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

