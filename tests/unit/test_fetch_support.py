@@ -1,0 +1,130 @@
+"""A real HTTP server on loopback (port 0) for the fetch tests: no tests in this module.
+
+It serves byte strings at paths, can drop the connection mid-file for the first N requests of a
+path, can answer 5xx, honours Range requests when asked to, and logs every request so a test can
+prove what went over the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+
+@dataclass
+class Route:
+    body: bytes
+    drop_after: int | None = None  # close the connection after this many body bytes...
+    drops: int = 0  # ...for this many requests
+    fail_status: int | None = None  # answer this status...
+    fails: int = 0  # ...for this many requests
+    ranges: bool = True
+    content_type: str = "application/octet-stream"
+
+
+@dataclass
+class Server:
+    host: str
+    port: int
+    routes: dict[str, Route] = field(default_factory=dict)
+    log: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def add(self, path: str, body: bytes, **kw: object) -> str:
+        self.routes[path] = Route(body, **kw)  # type: ignore[arg-type]
+        return self.url + path
+
+    def add_simple_index(self, project: str, files: dict[str, bytes], *, sha256: dict[str, str] | None = None) -> str:
+        """A PEP 503 page for `project` linking each file with its #sha256= fragment (overridable)."""
+        links = []
+        for name, body in files.items():
+            digest = (sha256 or {}).get(name) or hashlib.sha256(body).hexdigest()
+            self.add(f"/files/{project}/{name}", body)
+            # relative href, as some mirrors serve them
+            links.append(f'<a href="../../files/{project}/{name}#sha256={digest}">{name}</a><br/>')
+        page = "<!DOCTYPE html><html><body><h1>Links</h1>\n" + "\n".join(links) + "\n</body></html>"
+        self.add(f"/simple/{project}/", page.encode(), content_type="text/html")
+        return self.url + "/simple"
+
+    def hits(self, path: str) -> int:
+        return sum(1 for p, _ in self.log if p == path)
+
+
+def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = self.path.split("?")[0]
+            rng = self.headers.get("Range")
+            server.log.append((path, rng))
+            route = server.routes.get(path)
+            if route is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            if route.fail_status and route.fails > 0:
+                route.fails -= 1
+                self.send_response(route.fail_status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body, status, start = route.body, 200, 0
+            m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+            if route.ranges and m and int(m.group(1)) < len(body):
+                start, status = int(m.group(1)), 206
+            self.send_response(status)
+            self.send_header("Content-Type", route.content_type)
+            self.send_header("Content-Length", str(len(body) - start))
+            if route.ranges:
+                self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.end_headers()
+            if route.drop_after is not None and route.drops > 0:
+                route.drops -= 1
+                self.wfile.write(body[start : start + route.drop_after])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body[start:])
+
+    return Handler
+
+
+@pytest.fixture
+def http_server() -> Iterator[Server]:
+    state = Server("127.0.0.1", 0)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.port = httpd.server_address[1]
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def dead_port_url() -> str:
+    """A loopback URL nothing listens on (the port was bound, then released)."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
