@@ -110,7 +110,7 @@ def http_server() -> Iterator[Server]:
     state = Server("127.0.0.1", 0)
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.port = httpd.server_address[1]
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     try:
         yield state
