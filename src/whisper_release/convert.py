@@ -128,10 +128,12 @@ def _count_layers(model: ct2.Ct2Model, side: str) -> int:
     pat = re.compile(rf"^{side}/layer_(\d+)/")
     idx = {int(m.group(1)) for name in model.variables if (m := pat.match(name))}
     if not idx:
-        raise ConversionError(f"{model.source} has no {side}/layer_N variables; expected a CTranslate2 Whisper model.")
+        raise ConversionError(f"{model.source} has no {side}/layer_N variables; expected a CTranslate2 "
+                              "Whisper model.")
     if idx != set(range(len(idx))):
         missing = sorted(set(range(max(idx) + 1)) - idx)
-        raise ConversionError(f"{model.source} lacks {side} layer(s) {missing}; the model file is incomplete.")
+        raise ConversionError(f"{model.source} lacks {side} layer(s) {missing}; the model file is "
+                              "incomplete.")
     return len(idx)
 
 
@@ -157,8 +159,13 @@ def infer_hparams(model: ct2.Ct2Model) -> dict[str, int]:
     enc_pos = _shape(model, "encoder/position_encodings/encodings")
     dec_pos = _shape(model, "decoder/position_encodings/encodings")
     emb = _shape(model, "decoder/embeddings/weight")
-    for var, shp, rank in (("encoder/conv1/weight", conv1, 3), ("encoder/position_encodings/encodings", enc_pos, 2),
-                           ("decoder/position_encodings/encodings", dec_pos, 2), ("decoder/embeddings/weight", emb, 2)):
+    ranks = (
+        ("encoder/conv1/weight", conv1, 3),
+        ("encoder/position_encodings/encodings", enc_pos, 2),
+        ("decoder/position_encodings/encodings", dec_pos, 2),
+        ("decoder/embeddings/weight", emb, 2),
+    )
+    for var, shp, rank in ranks:
         if len(shp) != rank:
             raise ConversionError(f"{var} in {model.source} has shape {list(shp)}, expected rank {rank}; "
                                   "the model is not a Whisper model.")
@@ -192,11 +199,12 @@ def load_mel_filters(assets_dir: Path, n_mels: int) -> np.ndarray:
         with np.load(path) as f:
             key = f"mel_{n_mels}"
             if key not in f:
-                raise ConversionError(f"{path} has no {key!r} array (has {sorted(f.keys())}); the model's n_mels "
-                                      f"is {n_mels}: use openai-whisper's mel_filters.npz.")
+                raise ConversionError(f"{path} has no {key!r} array (has {sorted(f.keys())}); the "
+                                      f"model's n_mels is {n_mels}: use openai-whisper's mel_filters.npz.")
             return np.asarray(f[key], dtype=np.float32)
     except FileNotFoundError:
-        raise ConversionError(f"Mel filters {path} do not exist; fetch the assets (invoke fetch) or set {ASSETS_ENV}.") from None
+        raise ConversionError(f"Mel filters {path} do not exist; fetch the assets (invoke fetch) or set "
+                              f"{ASSETS_ENV}.") from None
     except (OSError, ValueError) as e:
         raise ConversionError(f"Mel filters {path} cannot be read ({e}); fetch the assets again.") from None
 
@@ -206,7 +214,8 @@ def load_tiktoken_vocab(path: Path) -> list[bytes]:
     try:
         contents = path.read_bytes()
     except FileNotFoundError:
-        raise ConversionError(f"Tokenizer {path} does not exist; fetch the assets (invoke fetch) or set {ASSETS_ENV}.") from None
+        raise ConversionError(f"Tokenizer {path} does not exist; fetch the assets (invoke fetch) or set "
+                              f"{ASSETS_ENV}.") from None
     tokens: dict[bytes, int] = {}
     for lineno, line in enumerate(contents.splitlines(), 1):
         if not line:
@@ -215,7 +224,8 @@ def load_tiktoken_vocab(path: Path) -> list[bytes]:
             tok, rank = line.split()
             tokens[base64.b64decode(tok)] = int(rank)
         except ValueError:
-            raise ConversionError(f"{path} line {lineno} is not '<base64 token> <rank>'; use openai-whisper's tiktoken file.") from None
+            raise ConversionError(f"{path} line {lineno} is not '<base64 token> <rank>'; use "
+                                  "openai-whisper's tiktoken file.") from None
     return list(tokens)
 
 
@@ -238,7 +248,8 @@ def _weight(model: ct2.Ct2Model, var: str) -> np.ndarray:
         # Quantized CTranslate2 weights (int8/int16) carry a per-row or global scale: w = q / scale.
         scale_var = var + "_scale"
         if scale_var not in model:
-            raise ConversionError(f"{var} in {model.source} is {arr.dtype} without {scale_var}; the model is corrupt.")
+            raise ConversionError(f"{var} in {model.source} is {arr.dtype} without {scale_var}; the "
+                                  "model is corrupt.")
         scale = np.asarray(model.get(scale_var), dtype=np.float32)
         if scale.ndim == 1:
             scale = scale.reshape((-1,) + (1,) * (arr.ndim - 1))
@@ -270,7 +281,8 @@ def check_model(model: ct2.Ct2Model, hparams: dict[str, int]) -> dict[str, _Src]
         if got != want:
             problems.append(f"{src.var} (for {name}) has shape {list(got)}, expected {list(want)}")
         elif model.get(src.var).dtype.kind not in "fiu":
-            problems.append(f"{src.var} (for {name}) has dtype {model.get(src.var).dtype}, expected a number type")
+            problems.append(f"{src.var} (for {name}) has dtype {model.get(src.var).dtype}, expected a "
+                            "number type")
     used = {s.var for s in plan.values()}
     used |= {v + "_scale" for v in used}
     for var in model.variables:
@@ -279,9 +291,11 @@ def check_model(model: ct2.Ct2Model, hparams: dict[str, int]) -> dict[str, _Src]
         if var == "decoder/projection/weight":
             # whisper.cpp ties the output projection to the token embedding; only a copy is safe to drop.
             if not np.array_equal(model.variables[var], model.get("decoder/embeddings/weight")):
-                problems.append(f"{var} differs from decoder/embeddings/weight, which whisper.cpp cannot represent")
+                problems.append(f"{var} differs from decoder/embeddings/weight, which whisper.cpp "
+                                "cannot represent")
             continue
-        problems.append(f"{var} (shape {list(model.variables[var].shape)}) has no place in a whisper.cpp model")
+        problems.append(f"{var} (shape {list(model.variables[var].shape)}) has no place in a "
+                        "whisper.cpp model")
     if problems:
         raise ConversionError(
             f"{model.source} cannot be converted to whisper.cpp: " + "; ".join(problems)
@@ -290,7 +304,9 @@ def check_model(model: ct2.Ct2Model, hparams: dict[str, int]) -> dict[str, _Src]
     return plan
 
 
-def _tensors(model: ct2.Ct2Model, hparams: dict[str, int], plan: dict[str, _Src]) -> Iterator[tuple[str, int, np.ndarray]]:
+def _tensors(
+    model: ct2.Ct2Model, hparams: dict[str, int], plan: dict[str, _Src]
+) -> Iterator[tuple[str, int, np.ndarray]]:
     for name, (ttype, shape) in ggml.expected_inventory(hparams, quantized=False).items():
         src = plan[name]
         arr = _weight(model, src.var)
@@ -305,12 +321,14 @@ def verify_output(path: Path, hparams: dict[str, int]) -> None:
     """The written file has these hparams and exactly the expected tensors, types and shapes."""
     header = ggml.read_header(path)
     if header.hparams != hparams:
-        raise ConversionError(f"{path}: header hparams {header.hparams} differ from {hparams} (converter bug).")
+        raise ConversionError(f"{path}: header hparams {header.hparams} differ from {hparams} "
+                              "(converter bug).")
     want = ggml.expected_inventory(hparams, quantized=False)
     got = {t.name: (t.ttype, t.shape) for t in ggml.iter_tensors(path)}
     if got != want:
         diff = sorted(set(got.items()) ^ set(want.items()))[:5]
-        raise ConversionError(f"{path}: tensor inventory differs from whisper.cpp's (first differences: {diff}) (converter bug).")
+        raise ConversionError(f"{path}: tensor inventory differs from whisper.cpp's (first differences: "
+                              f"{diff}) (converter bug).")
 
 
 @dataclass(frozen=True)
@@ -341,7 +359,8 @@ def convert_ct2(
     if tokenizer is None:
         tokenizer = expected_tok
     elif tokenizer not in TOKENIZER_FILES:
-        raise ConversionError(f"Tokenizer {tokenizer!r} is unknown: expected one of {', '.join(TOKENIZER_FILES)}.")
+        raise ConversionError(f"Tokenizer {tokenizer!r} is unknown: expected one of "
+                              f"{', '.join(TOKENIZER_FILES)}.")
     elif tokenizer != expected_tok:
         raise ConversionError(
             f"{model.source} has n_vocab {hparams['n_vocab']}, which whisper.cpp treats as {expected_tok!r}, "
@@ -372,7 +391,8 @@ def find_model_parts(src_dir: str | os.PathLike[str]) -> list[Path]:
     """model.bin, else model.bin.part1, part2, ... in numeric order."""
     d = Path(src_dir)
     if not d.is_dir():
-        raise ConversionError(f"{d} is not a directory; pass the CTranslate2 model directory (holding model.bin).")
+        raise ConversionError(f"{d} is not a directory; pass the CTranslate2 model directory (holding "
+                              "model.bin).")
     if (d / "model.bin").is_file():
         return [d / "model.bin"]
     parts = []
@@ -381,11 +401,13 @@ def find_model_parts(src_dir: str | os.PathLike[str]) -> list[Path]:
         if m and p.is_file():
             parts.append((int(m.group(1)), p))
     if not parts:
-        raise ConversionError(f"{d} holds neither model.bin nor model.bin.part1..N; pass a CTranslate2 model directory.")
+        raise ConversionError(f"{d} holds neither model.bin nor model.bin.part1..N; pass a CTranslate2 "
+                              "model directory.")
     parts.sort()
     numbers = [n for n, _ in parts]
     if numbers != list(range(numbers[0], numbers[0] + len(numbers))) or numbers[0] not in (0, 1):
-        raise ConversionError(f"{d} has model.bin parts {numbers}, which are not consecutive from 1; a part is missing.")
+        raise ConversionError(f"{d} has model.bin parts {numbers}, which are not consecutive from 1; a "
+                              "part is missing.")
     return [p for _, p in parts]
 
 

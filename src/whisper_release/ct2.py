@@ -54,7 +54,8 @@ class Ct2Model:
         seen = set()
         while name in self.aliases and name not in self.variables:
             if name in seen:
-                raise ConversionError(f"Alias loop at {name!r} in {self.source}; the model file is corrupt, re-download it.")
+                raise ConversionError(f"Alias loop at {name!r} in {self.source}; the model file is "
+                                      "corrupt, re-download it.")
             seen.add(name)
             name = self.aliases[name]
         try:
@@ -126,18 +127,21 @@ def read_model(path_or_parts: str | os.PathLike[str] | Sequence[str | os.PathLik
     parts = _as_paths(path_or_parts)
     for p in parts:
         if not p.is_file():
-            raise ConversionError(f"CTranslate2 model file {p} does not exist; check the path (model.bin or model.bin.part*).")
+            raise ConversionError(f"CTranslate2 model file {p} does not exist; check the path "
+                                  "(model.bin or model.bin.part*).")
     s = _PartStream(parts)
     where = s.describe()
 
     def fail(what: str) -> ConversionError:
-        return ConversionError(f"{where} is not a readable CTranslate2 model.bin: {what}; re-download or re-export the model.")
+        return ConversionError(f"{where} is not a readable CTranslate2 model.bin: {what}; re-download "
+                               "or re-export the model.")
 
     def take(n: int, what: str) -> bytes:
         at = s.pos
         b = s.read(n)
         if len(b) != n:
-            raise fail(f"truncated at byte {at} while reading {what} (wanted {n} bytes, {len(b)} left; total {s.total})")
+            raise fail(f"truncated at byte {at} while reading {what} (wanted {n} bytes, {len(b)} left; "
+                       f"total {s.total})")
         return b
 
     def u32(what: str) -> int:
@@ -179,7 +183,8 @@ def read_model(path_or_parts: str | os.PathLike[str] | Sequence[str | os.PathLik
             nbytes = u32(f"the byte count of {name!r}")
             n = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if nbytes != n * dtype.itemsize:
-                raise fail(f"variable {name!r} ({dname} {list(shape)}) has {nbytes} bytes, its shape needs {n * dtype.itemsize}")
+                raise fail(f"variable {name!r} ({dname} {list(shape)}) has {nbytes} bytes, its shape "
+                           f"needs {n * dtype.itemsize}")
             arr = np.frombuffer(take(nbytes, f"the data of {name!r}"), dtype=dtype).reshape(shape)
             if dtype_id == _BF16:
                 arr = (arr.astype(np.uint32) << 16).view(np.float32)
@@ -191,7 +196,45 @@ def read_model(path_or_parts: str | os.PathLike[str] | Sequence[str | os.PathLik
                 alias = string("an alias name")
                 aliases[alias] = string(f"the target of alias {alias!r}")
         if s.pos != s.total:
-            raise fail(f"{s.total - s.pos} unexpected bytes after the aliases at byte {s.pos} (wrong part order or extra part?)")
+            raise fail(f"{s.total - s.pos} unexpected bytes after the aliases at byte {s.pos} (wrong "
+                       "part order or extra part?)")
     finally:
         s.close()
     return Ct2Model(spec, revision, variables, aliases, where)
+
+
+def _dtype_id(arr: np.ndarray) -> int:
+    for k, (_name, dt) in DTYPES.items():
+        if k != _BF16 and arr.dtype == dt:
+            return k
+    raise ValueError(f"no CTranslate2 dtype for numpy {arr.dtype}")
+
+
+def write_model(
+    path: str | os.PathLike[str],
+    variables: dict[str, np.ndarray],
+    *,
+    spec: str = "WhisperSpec",
+    revision: int = 3,
+    aliases: dict[str, str] | None = None,
+) -> Path:
+    """Write a model.bin v6 (small models for tests and fixtures; the layout read_model reads)."""
+
+    def string(s: str) -> bytes:
+        b = s.encode("utf-8") + b"\0"
+        return struct.pack("<H", len(b)) + b
+
+    out = Path(path)
+    with out.open("wb") as f:
+        f.write(struct.pack("<I", SUPPORTED_VERSION) + string(spec) + struct.pack("<I", revision))
+        f.write(struct.pack("<I", len(variables)))
+        for name, value in variables.items():
+            arr = np.asarray(value)
+            dt = _dtype_id(arr)
+            data = np.ascontiguousarray(arr, dtype=DTYPES[dt][1]).tobytes()
+            f.write(string(name) + struct.pack("<B", arr.ndim) + struct.pack(f"<{arr.ndim}I", *arr.shape))
+            f.write(struct.pack("<BI", dt, len(data)) + data)
+        f.write(struct.pack("<I", len(aliases or {})))
+        for alias, target in (aliases or {}).items():
+            f.write(string(alias) + string(target))
+    return out

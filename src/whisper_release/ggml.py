@@ -96,7 +96,8 @@ def tensor_nbytes(ttype: int, shape: Sequence[int]) -> int:
         n *= int(d)
     inner = int(shape[-1]) if len(shape) else 1
     if inner % blck:
-        raise ValueError(f"{type_name(ttype)} needs the innermost dim to be a multiple of {blck}, got shape {tuple(shape)}")
+        raise ValueError(f"{type_name(ttype)} needs the innermost dim to be a multiple of {blck}, got "
+                         f"shape {tuple(shape)}")
     return n // blck * size
 
 
@@ -143,11 +144,14 @@ def _bad(path: Path, what: str) -> VerificationError:
 def _read_exact(f: BinaryIO, n: int, path: Path, what: str) -> bytes:
     b = f.read(n)
     if len(b) != n:
-        raise _bad(path, f"truncated while reading {what} at byte {f.tell()} (wanted {n} bytes, got {len(b)})")
+        raise _bad(path, f"truncated while reading {what} at byte {f.tell()} (wanted {n} bytes, got "
+            f"{len(b)})")
     return b
 
 
-def _parse_header(f: BinaryIO, path: Path, file_size: int, want_vocab: bool) -> tuple[GgmlHeader, list[bytes]]:
+def _parse_header(
+    f: BinaryIO, path: Path, file_size: int, want_vocab: bool
+) -> tuple[GgmlHeader, list[bytes]]:
     magic = struct.unpack("<I", _read_exact(f, 4, path, "the magic"))[0]
     if magic != GGML_MAGIC:
         raise _bad(path, f"magic is 0x{magic:08x}, expected 0x{GGML_MAGIC:08x} ('ggml')")
@@ -174,7 +178,9 @@ def _parse_header(f: BinaryIO, path: Path, file_size: int, want_vocab: bool) -> 
     tensor_offset = f.tell()
     if tensor_offset > file_size:
         raise _bad(path, f"the header runs past the end of the file ({tensor_offset} > {file_size} bytes)")
-    header = GgmlHeader(path, hparams, n_mel, n_fft, count, mel_offset, vocab_offset, tensor_offset, file_size)
+    header = GgmlHeader(
+        path, hparams, n_mel, n_fft, count, mel_offset, vocab_offset, tensor_offset, file_size
+    )
     return header, tokens
 
 
@@ -182,14 +188,14 @@ def read_header(path: str | os.PathLike[str]) -> GgmlHeader:
     """Parse magic, hparams, mel filter dims and vocab count; VerificationError if malformed."""
     p = Path(path)
     size = p.stat().st_size
-    with p.open("rb") as f:
-        return _parse_header(io.BufferedReader(f, 1 << 20), p, size, want_vocab=False)[0]  # type: ignore[arg-type]
+    with p.open("rb", buffering=1 << 20) as f:
+        return _parse_header(f, p, size, want_vocab=False)[0]
 
 
 def read_vocab(path: str | os.PathLike[str]) -> list[bytes]:
     p = Path(path)
-    with p.open("rb") as f:
-        return _parse_header(io.BufferedReader(f, 1 << 20), p, p.stat().st_size, want_vocab=True)[1]  # type: ignore[arg-type]
+    with p.open("rb", buffering=1 << 20) as f:
+        return _parse_header(f, p, p.stat().st_size, want_vocab=True)[1]
 
 
 def read_mel_filters(path: str | os.PathLike[str]) -> np.ndarray:
@@ -216,7 +222,8 @@ def iter_tensors(path: str | os.PathLike[str]) -> Iterator[TensorInfo]:
                 raise _bad(p, f"a tensor record at byte {pos} is cut short ({len(head)} of 12 bytes)")
             n_dims, name_len, ttype = struct.unpack("<3i", head)
             if not 1 <= n_dims <= _MAX_DIMS:
-                raise _bad(p, f"the tensor record at byte {pos} has n_dims {n_dims} (expected 1..{_MAX_DIMS})")
+                raise _bad(p, f"the tensor record at byte {pos} has n_dims {n_dims} (expected "
+                    f"1..{_MAX_DIMS})")
             if not 1 <= name_len <= _MAX_NAME:
                 raise _bad(p, f"the tensor record at byte {pos} has a name length of {name_len}")
             if ttype not in _BLOCKS:
@@ -267,7 +274,8 @@ def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> np.ndarray:
     elif info.ttype == GGML_TYPE_Q8_0:
         out = q8_0_decode(raw, n)
     else:
-        raise _bad(Path(path), f"tensor {info.name!r} has type {type_name(info.ttype)}, which this reader does not decode")
+        raise _bad(Path(path), f"tensor {info.name!r} has type {type_name(info.ttype)}, which this "
+            "reader does not decode")
     return out.reshape(info.shape)
 
 
@@ -405,8 +413,14 @@ def q5_1_encode(x: np.ndarray) -> bytes:
     return out.tobytes()
 
 
+def _as_u8(raw: bytes | np.ndarray) -> np.ndarray:
+    if isinstance(raw, np.ndarray):
+        return np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
+    return np.frombuffer(raw, dtype=np.uint8)
+
+
 def _q5_1_blocks(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    buf = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.view(np.uint8).reshape(-1)
+    buf = _as_u8(raw)
     if n_elements % QK5_1 or buf.size != n_elements // QK5_1 * Q5_1_BLOCK_BYTES:
         raise ValueError(f"q5_1 data of {buf.size} bytes does not hold {n_elements} values")
     return buf.reshape(-1, Q5_1_BLOCK_BYTES)
@@ -454,7 +468,7 @@ def q5_1_error_bound(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
 
 def q8_0_decode(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
     """ggml's dequantize_row_q8_0: 32 int8 values per f16 scale."""
-    buf = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw.view(np.uint8).reshape(-1)
+    buf = _as_u8(raw)
     if n_elements % 32 or buf.size != n_elements // 32 * 34:
         raise ValueError(f"q8_0 data of {buf.size} bytes does not hold {n_elements} values")
     b = buf.reshape(-1, 34)
@@ -494,7 +508,8 @@ def _encode(name: str, ttype: int, arr: np.ndarray) -> bytes:
         return np.ascontiguousarray(arr, dtype="<f2").tobytes()
     if ttype == GGML_TYPE_Q5_1:
         if arr.ndim == 0 or arr.shape[-1] % QK5_1:
-            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q5_1 (innermost dim not a multiple of 32)")
+            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q5_1 (innermost dim not a "
+                             "multiple of 32)")
         return q5_1_encode(arr)
     raise ValueError(f"tensor {name!r}: the writer does not encode type {type_name(ttype)}")
 
@@ -517,7 +532,8 @@ def tensor_record(name: str, ttype: int, shape: Sequence[int], data: bytes) -> b
     """One tensor record: the 12-byte head, dims innermost first, the name; then the data."""
     want = tensor_nbytes(ttype, shape)
     if len(data) != want:
-        raise ValueError(f"tensor {name!r}: {len(data)} bytes of data, {type_name(ttype)} {tuple(shape)} needs {want}")
+        raise ValueError(f"tensor {name!r}: {len(data)} bytes of data, {type_name(ttype)} "
+                         f"{tuple(shape)} needs {want}")
     nb = name.encode("utf-8")
     head = struct.pack("<3i", len(shape), len(nb), ttype) + struct.pack(f"<{len(shape)}i", *reversed(shape))
     return head + nb + data
