@@ -58,34 +58,11 @@ class Remote:
         return f"s3://{self.bucket}/{self.key(*parts)}"
 
 
-def s3_client(config: Any) -> Any:
-    """A boto3 S3 client for an s3config.S3Config.
-
-    Checksums are requested only when the operation requires them: boto3's default CRCs break
-    several S3-compatible servers (FACTS.md), and every byte is checked by sha256 here anyway.
-    """
-    import boto3
-    from botocore.config import Config
-
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=config.endpoint,
-        region_name=config.region,
-        aws_access_key_id=config.access_key,
-        aws_secret_access_key=config.secret_key,
-        aws_session_token=config.session_token,
-        config=Config(
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            s3={"addressing_style": "path"} if config.endpoint else {},
-            retries={"max_attempts": 5, "mode": "standard"},
-        ),
-    )
-
-
 def remote_from_config(config: Any) -> Remote:
-    """A Remote for an s3config.S3Config (its endpoint, credentials, bucket and prefix)."""
-    return Remote(s3_client(config), config.bucket, (config.prefix or "").strip("/"))
+    """A Remote for an s3config.S3Config, with the publisher's client settings."""
+    from .publish import make_client
+
+    return Remote(make_client(config), config.bucket, (config.prefix or "").strip("/"))
 
 
 @dataclass(frozen=True)
@@ -196,14 +173,16 @@ def load_manifest(remote: Remote, version: str) -> dict[str, Any]:
 
 
 def manifest_digests(manifest: dict[str, Any]) -> dict[str, str]:
-    """path relative to the release root -> sha256, from the manifest's `subjects`.
+    """path relative to the release root -> sha256, from the manifest's subjects.
 
-    Accepts in-toto style entries `{"name": ..., "digest": {"sha256": ...}}` and flat
-    `{"path"|"name": ..., "sha256": ...}` ones.
+    The build writes an in-toto Statement (`"subject": [{"name": ..., "digest": {"sha256": ...}}]`);
+    a plain `"subjects"` list with flat `{"path"|"name": ..., "sha256": ...}` entries is read too.
     """
-    subjects = manifest.get("subjects")
+    subjects = manifest.get("subject", manifest.get("subjects"))
     if not isinstance(subjects, list) or not subjects:
-        raise VerificationError("The release manifest has no 'subjects' list of files and digests; republish the release.")
+        raise VerificationError(
+            "The release manifest has no 'subject' list of files and digests; republish the release."
+        )
     out: dict[str, str] = {}
     for s in subjects:
         name = s.get("name") or s.get("path") if isinstance(s, dict) else None

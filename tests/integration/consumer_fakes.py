@@ -32,7 +32,7 @@ def make_release_tree(root: Path, models=("base", "tiny.en"), size: int = 300_00
         sums = "".join(sorted(lines, key=lambda l: l.split()[1])).encode()
         (d / "SHA256SUMS").write_bytes(sums)
         subjects.append({"name": f"{d.name}/SHA256SUMS", "digest": {"sha256": hashlib.sha256(sums).hexdigest()}})
-    (root / "manifest.json").write_text(json.dumps({"subjects": subjects}, indent=2))
+    (root / "manifest.json").write_text(json.dumps({"subject": subjects}, indent=2))
     return root
 
 

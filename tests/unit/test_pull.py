@@ -41,7 +41,7 @@ def test_parse_sums_refuses_malformed_or_unsafe_lines(text, needle):
 
 
 def test_manifest_digests_accepts_in_toto_and_flat_subjects():
-    m = {"subjects": [
+    m = {"subject": [
         {"name": "whisper_base_xeon/libwhisper.so", "digest": {"sha256": H1.upper()}},
         {"path": "./whisper_tiny.en_xeon/README.md", "sha256": H2},
     ]}
