@@ -147,13 +147,17 @@ def download(
     sha1: str | None = None,
     check: Callable[[Path], None] | None = None,
     policy: RetryPolicy | None = None,
+    verified_later: bool = False,
 ) -> Path:
     """Download `url` to `dest` (atomically) and verify it against the pins given.
+
+    Only a caller that verifies the content itself afterwards (a source tarball, pinned by the
+    tree hash of what it holds) may pass no hash, and must say so with `verified_later`.
 
     `check(tmp_path)` runs after the hashes matched and before the rename; if it raises, the file
     is deleted. Raises FetchError (network) or VerificationError (content) with one sentence.
     """
-    if not (sha256 or sha1):
+    if not (sha256 or sha1 or verified_later):
         raise ValueError("download needs a pinned hash")
     policy = policy or RetryPolicy.from_env()
     dest.parent.mkdir(parents=True, exist_ok=True)
