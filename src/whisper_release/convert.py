@@ -271,8 +271,12 @@ def check_model(model: ct2.Ct2Model, hparams: dict[str, int]) -> dict[str, _Src]
     plan = tensor_plan(hparams["n_audio_layer"], hparams["n_text_layer"])
     inventory = ggml.expected_inventory(hparams, quantized=False)
     problems: list[str] = []
+    checked: set[str] = set()
     for name, (_ttype, shape) in inventory.items():
         src = plan[name]
+        if src.var in checked:  # one report per fused variable, not one per slice
+            continue
+        checked.add(src.var)
         want = _expected_source_shape(src, shape)
         if src.var not in model:
             problems.append(f"{src.var} (for {name}, expected shape {list(want)}) is missing")

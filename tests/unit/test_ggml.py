@@ -122,7 +122,8 @@ vocabs = st.lists(st.binary(min_size=0, max_size=12), max_size=30)
 
 
 @FAST
-@given(hp=tiny_hparams, vocab=vocabs, n_fft=st.integers(1, 9), quantized=st.booleans(), seed=st.integers(0, 2**32 - 1))
+@given(hp=tiny_hparams, vocab=vocabs, n_fft=st.integers(1, 9), quantized=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
 def test_model_round_trip(tmp_path_factory, hp, vocab, n_fft, quantized, seed):
     rng = np.random.default_rng(seed)
     path = tmp_path_factory.mktemp("m") / "model.bin"
@@ -133,7 +134,8 @@ def test_model_round_trip(tmp_path_factory, hp, vocab, n_fft, quantized, seed):
 
     assert written.size == path.stat().st_size
     vocab_bytes = sum(len(v) for v in vocab)
-    assert written.size == ggml.expected_file_size(hp, hp["n_mels"], n_fft, vocab_bytes, len(vocab), quantized)
+    want_size = ggml.expected_file_size(hp, hp["n_mels"], n_fft, vocab_bytes, len(vocab), quantized)
+    assert written.size == want_size
     header = ggml.read_header(path)
     assert header.hparams == hp
     assert (header.n_mel, header.n_fft, header.n_vocab_tokens) == (hp["n_mels"], n_fft, len(vocab))
