@@ -128,3 +128,83 @@ def dead_port_url() -> str:
     port = s.getsockname()[1]
     s.close()
     return f"http://127.0.0.1:{port}"
+
+
+# ---- pins and inputs made by the tests ----------------------------------------------------------
+
+import copy  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import tarfile  # noqa: E402
+import zipfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from whisper_release.pins import Pins, load_pins  # noqa: E402
+
+
+def make_pins(tmp_path: Path, mutate: Any = None) -> Pins:
+    """The real release.toml's pins, changed by `mutate(raw)` (so tests use the real schema)."""
+    raw = copy.deepcopy(load_pins().raw)
+    if mutate:
+        mutate(raw)
+    return Pins(tmp_path / "release.toml", raw)
+
+
+def toy_tree() -> dict[str, tuple[bytes, int] | str]:
+    """path -> (content, mode) or symlink target: a small stand-in for the whisper.cpp tree."""
+    return {
+        "CMakeLists.txt": (b"cmake_minimum_required(VERSION 3.14)\n", 0o644),
+        "src/whisper.cpp": (b"int main() { return 0; }\n" * 50, 0o644),
+        "models/download.sh": (b"#!/bin/sh\necho hi\n", 0o755),
+        "samples/jfk.wav": (os.urandom(2000), 0o644),
+        "include/whisper-link.h": "../src/whisper.cpp",
+    }
+
+
+def write_tree(root: Path, tree: dict[str, Any]) -> Path:
+    for rel, spec in tree.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(spec, str):
+            os.symlink(spec, p)
+        else:
+            p.write_bytes(spec[0])
+            p.chmod(spec[1])
+    return root
+
+
+def tar_gz(entries: dict[str, Any], *, pax_comment: str | None = None) -> bytes:
+    """A .tar.gz of path -> (content, mode) | symlink target | ("hardlink", target)."""
+    buf = io.BytesIO()
+    headers = {"comment": pax_comment} if pax_comment else None
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT, pax_headers=headers) as tf:
+        for name, spec in entries.items():
+            ti = tarfile.TarInfo(name)
+            ti.mtime = 1704067200
+            if isinstance(spec, str):
+                ti.type, ti.linkname = tarfile.SYMTYPE, spec
+                tf.addfile(ti)
+            elif spec[0] == "hardlink":
+                ti.type, ti.linkname = tarfile.LNKTYPE, spec[1]
+                tf.addfile(ti)
+            else:
+                ti.size, ti.mode = len(spec[0]), spec[1]
+                tf.addfile(ti, io.BytesIO(spec[0]))
+    return buf.getvalue()
+
+
+def wheel(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def cache_files(root: Path) -> list[str]:
+    """Every file in the cache outside tmp/ (what a later run could find), relative paths."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if not p.is_dir() and p.relative_to(root).parts[0] != "tmp")
