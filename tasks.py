@@ -46,3 +46,22 @@ def convert(c, from_, to, tokenizer=None):
     from whisper_release.convert import convert_ct2_dir
 
     convert_ct2_dir(from_, to, tokenizer=tokenizer)
+
+
+@task(help={"profile": "offline or production (snapshot mirror)", "dry_run": "print the recipe and tag only"})
+@_entry
+def base_image(c, profile="offline", dry_run=False):
+    """Make the builder base image with debootstrap (skipped when its recipe-hash tag exists)."""
+    from whisper_release.baseimage import ensure_base_image
+
+    ensure_base_image(profile, dry_run=dry_run)
+
+
+@task(help={"profile": "offline or production", "dry_run": "print the plan and build args only",
+            "no_cache": "rebuild every docker layer", "out": "where the artifacts go"})
+@_entry
+def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release_artifacts"):
+    """Fetch, then build the artifacts in docker (--network=none) and extract them to dist/."""
+    from whisper_release.build import build as build_artifacts
+
+    build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))

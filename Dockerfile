@@ -1,0 +1,25 @@
+# Hermetic build of the whisper.cpp release artifacts. Built by `invoke build` (whisper_release.build)
+# from an assembled context (build/context/<profile>/) with --network=none. Every value comes from
+# release.toml as a build arg; nothing is pulled (the base is a local debootstrap image).
+ARG BASE_IMAGE
+
+FROM ${BASE_IMAGE} AS builder
+# One instruction each: the legacy builder commits a layer per instruction (seconds apiece).
+ARG CMAKE_FLAGS EXPECTED_CPU_VARIANT WHISPER_BUILD_COMMIT WHISPER_BUILD_NUMBER=0 SOURCE_DATE_EPOCH JOBS=2
+ENV LC_ALL=C.UTF-8 TZ=UTC
+# Source and compile first: a changed model or packaging script must not recompile.
+COPY packaging/compile.sh /packaging/compile.sh
+COPY source/ /src/whisper.cpp/
+RUN ["/bin/bash", "/packaging/compile.sh"]
+ARG QUANTIZE
+COPY packaging/quantize.sh /packaging/quantize.sh
+COPY models/ /inputs/models/
+RUN ["/bin/bash", "/packaging/quantize.sh"]
+
+FROM builder AS organizer
+COPY packaging/ /packaging/
+COPY build.json /inputs/build.json
+RUN ["/bin/bash", "/packaging/organize.sh"]
+
+FROM scratch AS output
+COPY --from=organizer /release_artifacts /release_artifacts

@@ -1,0 +1,302 @@
+"""The hermetic docker build: assemble a context, build with --network=none, extract the artifacts.
+
+Flow: fetch_profile (proven inputs) -> base image (debootstrap, baseimage.py) -> context dir
+build/context/<profile>/ (hardlinks of the verified source tree and f16 models, Dockerfile,
+packaging/, build.json) -> `docker build` (legacy builder, streamed one line per step) ->
+`docker create` + `docker cp` into a temp dir -> checks -> atomic swap into dist/release_artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import artifacts, baseimage
+from .console import info, quote
+from .errors import BuildError, ConfigError
+from .pins import Pins, load_pins, project_root
+
+ARTIFACTS_REPO = "whisper-release/artifacts"
+# Files of the repository that enter the build context, relative to the project root.
+_PACKAGING = ("compile.sh", "quantize.sh", "organize.sh", "README.template.md")
+_LIBRARY_SCRIPTS = ("artifacts.py", "readme.py")  # run by the organizer with the image's python3
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+_TAIL_LINES = 25
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR = re.compile(r"\berror\b|No such file|not found", re.I)
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Proven inputs of one profile: what fetch_profile returns, reduced to what the build needs."""
+
+    profile: str
+    source_dir: Path
+    models: Mapping[str, Path]
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+def fetch_inputs(profile: str, pins: Pins) -> BuildInputs:
+    from .fetch import fetch_profile
+
+    r = fetch_profile(profile, pins=pins)
+    return BuildInputs(profile, Path(r.source_dir), {k: Path(v) for k, v in r.models.items()}, r.provenance())
+
+
+def artifact_tag(profile: str) -> str:
+    return f"{ARTIFACTS_REPO}:{profile}"
+
+
+def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
+    """Docker build args, every value from release.toml (no secrets, no literals in the Dockerfile)."""
+    b = pins.build
+    try:
+        return {
+            "BASE_IMAGE": base_tag,
+            "CMAKE_FLAGS": " ".join(str(f) for f in b["cmake_flags"]),
+            "EXPECTED_CPU_VARIANT": str(b["expected_cpu_variant"]),
+            "WHISPER_BUILD_COMMIT": str(pins.source["commit"]),
+            "WHISPER_BUILD_NUMBER": "0",
+            "SOURCE_DATE_EPOCH": str(int(b["source_date_epoch"])),
+            "QUANTIZE": str(b["quantize"]),
+            "JOBS": "2",
+        }
+    except KeyError as e:
+        raise ConfigError(f"release.toml [build] lacks {e.args[0]!r}, which the docker build needs.") from None
+
+
+def build_description(
+    pins: Pins, inputs: BuildInputs, base_tag: str, base_id: str, model_digests: Mapping[str, str]
+) -> dict[str, Any]:
+    """build.json: what the organizer stage writes into the README and the manifest."""
+    b = pins.build
+    src = pins.source
+    provider = pins.source_provider(pins.profile(inputs.profile).source)
+    return {
+        "profile": inputs.profile,
+        "release_version": pins.release_version,
+        "quantize": b["quantize"],
+        "cmake_flags": list(b["cmake_flags"]),
+        "required_cpu_flags": list(b["required_cpu_flags"]),
+        "source_date_epoch": int(b["source_date_epoch"]),
+        "source": {
+            "version": src["version"], "commit": src["commit"], "tree": src["tree"],
+            "provider": pins.profile(inputs.profile).source,
+            "uri": provider.get("url") or f"pypi:{provider.get('package')}=={provider.get('version')}",
+        },
+        "models": {
+            name: {"sha256": model_digests[name], "size": inputs.models[name].stat().st_size,
+                   "provider": pins.model(name).provider, "format": "ggml-f16"}
+            for name in sorted(inputs.models)
+        },
+        "base_image": {"tag": base_tag, "id": base_id,
+                       "recipe": baseimage.recipe_for(inputs.profile, pins).as_dict()},
+        "inputs": dict(inputs.provenance),
+    }
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem: a copy costs space, not correctness
+        shutil.copy2(src, dst)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for f in sorted(filenames):
+            s = Path(dirpath) / f
+            if s.is_symlink():
+                os.symlink(os.readlink(s), dst / rel / f)
+            else:
+                _link_or_copy(s, dst / rel / f)
+
+
+def assemble_context(
+    pins: Pins, inputs: BuildInputs, base_tag: str, base_id: str, root: Path | None = None
+) -> Path:
+    """build/context/<profile>/ holding exactly what the Dockerfile reads; built aside, then swapped in."""
+    root = root or project_root()
+    missing = [n for n in pins.profile(inputs.profile).models if n not in inputs.models]
+    if missing:
+        raise BuildError(f"Inputs of profile {inputs.profile!r} lack models {missing}; run `invoke fetch` first.")
+    if not (inputs.source_dir / "CMakeLists.txt").is_file():
+        raise BuildError(f"{inputs.source_dir} holds no whisper.cpp source tree (no CMakeLists.txt); run `invoke fetch`.")
+    parent = root / "build" / "context"
+    parent.mkdir(parents=True, exist_ok=True)
+    final = parent / inputs.profile
+    tmp = Path(tempfile.mkdtemp(prefix=f".{inputs.profile}-", dir=parent))
+    try:
+        shutil.copy2(root / "Dockerfile", tmp / "Dockerfile")
+        shutil.copy2(root / ".dockerignore", tmp / ".dockerignore")
+        (tmp / "packaging").mkdir()
+        for name in _PACKAGING:
+            shutil.copy2(root / "packaging" / name, tmp / "packaging" / name)
+        here = Path(__file__).parent
+        for name in _LIBRARY_SCRIPTS:
+            shutil.copy2(here / name, tmp / "packaging" / name)
+        _link_tree(inputs.source_dir, tmp / "source")
+        (tmp / "models").mkdir()
+        digests = {}
+        for name in sorted(inputs.models):
+            _link_or_copy(inputs.models[name], tmp / "models" / f"{name}.bin")
+            digests[name] = artifacts.sha256_file(inputs.models[name])
+        desc = build_description(pins, inputs, base_tag, base_id, digests)
+        (tmp / "build.json").write_text(artifacts.canonical_json(desc), encoding="utf-8")
+        old = None
+        if final.exists():
+            old = parent / f".{inputs.profile}-old-{os.getpid()}"
+            final.rename(old)
+        tmp.rename(final)
+        if old:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def docker_build(
+    context: Path, tag: str, args: Mapping[str, str], *, no_cache: bool = False, log_path: Path | None = None
+) -> None:
+    """`docker build --network=none`, streamed: one line per Dockerfile step with its duration."""
+    docker = baseimage.docker_ready()
+    cmd = [docker, "build", "--network=none", "--force-rm", "-t", tag, "-f", str(context / "Dockerfile")]
+    if no_cache:
+        cmd.append("--no-cache")
+    for k, v in sorted(args.items()):
+        cmd += ["--build-arg", f"{k}={v}"]
+    cmd.append(str(context))
+    info(f"+ {quote(cmd)}")
+    # The legacy builder prints "Step N/M"; BuildKit would not, so it is switched off explicitly.
+    env = dict(os.environ, DOCKER_BUILDKIT="0")
+    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    errors: deque[str] = deque(maxlen=5)  # the step's error lines, often far above its last lines
+    step, step_start, build_start = "", time.monotonic(), time.monotonic()
+    log = log_path.open("w", encoding="utf-8") if log_path else None
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace"
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if log:
+                log.write(line)
+            line = _ANSI.sub("", line.rstrip("\n"))
+            m = _STEP.match(line)
+            if m:
+                if step:
+                    info(f"  {step}  ({time.monotonic() - step_start:.1f} s)")
+                step, step_start = f"[{m.group(1)}/{m.group(2)}] {m.group(3)[:90]}", time.monotonic()
+                tail.clear()
+                errors.clear()
+            elif line.strip() == "---> Using cache" and step:
+                step += "  (cached)"
+            elif _ERROR.search(line):
+                errors.append(line)
+            tail.append(line)
+        rc = proc.wait()
+    finally:
+        if log:
+            log.close()
+    if rc != 0:
+        shown = [ln for ln in errors if ln not in tail] + list(tail)
+        last = "\n".join("    " + ln for ln in shown)
+        where = f" at step {step}" if step else ""
+        logs = f"; full log: {log_path}" if log_path else ""
+        raise BuildError(f"docker build failed{where} (exit code {rc}){logs}; its last lines:\n{last}")
+    if step:
+        info(f"  {step}  ({time.monotonic() - step_start:.1f} s)")
+    info(f"docker build done in {time.monotonic() - build_start:.1f} s")
+
+
+def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
+    """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out` atomically."""
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".release_artifacts-", dir=out.parent))
+    cid = ""
+    try:
+        # The output stage is FROM scratch: no command; create needs one but never runs it.
+        proc = subprocess.run(["docker", "create", tag, "/none"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"docker create {tag} failed: {proc.stderr.strip()}; was the build successful?")
+        cid = proc.stdout.strip()
+        proc = subprocess.run(
+            ["docker", "cp", "--follow-link", f"{cid}:/release_artifacts", str(tmp / "release_artifacts")],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise BuildError(f"docker cp from {tag} failed: {proc.stderr.strip()}.")
+        staged = tmp / "release_artifacts"
+        # docker cp keeps the image's modes; normalising again makes the host copy independent of it.
+        artifacts.normalise(staged, epoch)
+        findings = artifacts.check_tree(staged, models, quantize)
+        if findings:
+            raise BuildError(
+                f"The extracted artifacts in {staged} break the layout contract: " + "; ".join(findings)
+            )
+        old = None
+        if out.exists():
+            old = tmp / "previous"
+            out.rename(old)
+        staged.rename(out)
+    finally:
+        if cid:
+            subprocess.run(["docker", "rm", cid], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def build(
+    profile: str,
+    *,
+    dry_run: bool = False,
+    no_cache: bool = False,
+    out: Path = Path("dist/release_artifacts"),
+    inputs: BuildInputs | None = None,
+    pins: Pins | None = None,
+) -> Path:
+    """Build the artifacts of `profile` and extract them into `out` (replaced atomically)."""
+    pins = pins or load_pins()
+    prof = pins.profile(profile)
+    base_tag = baseimage.recipe_for(profile, pins).tag
+    args = build_args(pins, base_tag)
+    if dry_run:
+        info(f"would make or reuse base image {base_tag}")
+        info(f"would fetch {prof.source} source and models {', '.join(prof.models)}, "
+             f"assemble build/context/{profile}/ and run docker build --network=none with:")
+        for k, v in sorted(args.items()):
+            info(f"  --build-arg {k}={v}")
+        info(f"would extract /release_artifacts of {artifact_tag(profile)} into {out}")
+        return out
+    inputs = inputs or fetch_inputs(profile, pins)
+    base_tag, base_id = baseimage.ensure_base_image(profile, pins=pins)
+    root = project_root()
+    context = assemble_context(pins, inputs, base_tag, base_id, root)
+    logs = root / "build" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    tag = artifact_tag(profile)
+    docker_build(context, tag, args, no_cache=no_cache, log_path=logs / f"docker-build-{profile}.log")
+    out = out if out.is_absolute() else root / out
+    result = extract(tag, out, sorted(inputs.models), str(pins.build["quantize"]),
+                     int(pins.build["source_date_epoch"]))
+    info(f"artifacts in {result}")
+    return result
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    return json.loads((out / artifacts.MANIFEST).read_text(encoding="utf-8"))

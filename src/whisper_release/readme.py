@@ -1,0 +1,108 @@
+"""The per-model README: fill packaging/README.template.md with the artifact's real facts.
+
+Standard library only and no package-relative imports: the organizer stage of the Dockerfile runs
+this file with the base image's python3 (build.py copies it into the build context).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_PY_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+
+# sizeof(struct whisper_full_params) in whisper.cpp 1.8.5 (FACTS.md); the README's ctypes example
+# passes the struct by value, so this must match the header (an integration test checks it).
+FULL_PARAMS_SIZE = 304
+
+
+class TemplateError(ValueError):
+    """The template and the values given to it do not match."""
+
+
+def render(template: str, values: Mapping[str, object]) -> str:
+    """Replace every {{name}}; a placeholder without a value, or a value without a placeholder, is an error."""
+    wanted = set(_PLACEHOLDER.findall(template))
+    missing = sorted(wanted - set(values))
+    unused = sorted(set(values) - wanted)
+    if missing or unused:
+        raise TemplateError(
+            f"README template placeholders and values differ: missing values {missing}, unused values {unused}; "
+            "keep packaging/README.template.md and readme.py in step."
+        )
+    return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
+
+
+def human_size(n: int) -> str:
+    """Bytes as 'N bytes' plus a binary-prefixed figure, e.g. '31,224,176 bytes, 29.8 MiB'."""
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            return f"{n:,} bytes, {size:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def tree(dir_name: str, sizes: Mapping[str, int | None]) -> str:
+    """A `tree`-like listing; files with size None (README, SHA256SUMS) are listed without one."""
+    names = sorted(sizes)
+    width = max(len(n) for n in names)
+    lines = [f"{dir_name}/"]
+    for i, name in enumerate(names):
+        branch = "└── " if i == len(names) - 1 else "├── "
+        size = sizes[name]
+        lines.append(branch + (f"{name:<{width}}  {size:>13,} bytes" if size is not None else name))
+    return "\n".join(lines)
+
+
+def python_example(readme_text: str) -> str:
+    """The first ```python block of a README: what a user would copy."""
+    m = _PY_BLOCK.search(readme_text)
+    if not m:
+        raise TemplateError("README has no ```python block; the template lost its example.")
+    return m.group(1)
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def readme_values(
+    *,
+    model: str,
+    model_file: str,
+    dir_name: str,
+    sizes: Mapping[str, int | None],
+    build: Mapping[str, object],
+    glibc: str,
+    glibcxx: str,
+) -> dict[str, object]:
+    """Everything the template needs, from the build description (build.json) and measured facts."""
+    flags = [str(f) for f in build["required_cpu_flags"]]  # type: ignore[union-attr]
+    source = build["source"]
+    assert isinstance(source, Mapping)
+    model_size = sizes[model_file]
+    assert model_size is not None
+    # GCC release whose libstdc++ first exports a GLIBCXX_3.4.N version (libstdc++ ABI docs).
+    glibcxx_gcc = {28: "11", 29: "11", 30: "12", 31: "13", 32: "13", 33: "14"}
+    gcc_major = glibcxx_gcc.get(version_tuple(glibcxx.split("_", 1)[1])[-1], "the matching") if glibcxx else "any"
+    return {
+        "whisper_version": source["version"],
+        "model": model,
+        "quantize": build["quantize"],
+        "release_version": build["release_version"],
+        "source_commit": source["commit"],
+        "source_tree": source["tree"],
+        "tree": tree(dir_name, sizes),
+        "dir_name": dir_name,
+        "model_file": model_file,
+        "model_size": human_size(model_size),
+        "full_params_size": FULL_PARAMS_SIZE,
+        "glibc": glibc,
+        "glibcxx": glibcxx or "no GLIBCXX version",
+        "gcc_major": gcc_major,
+        "cpu_flags": ", ".join(f.upper().replace("_", ".") for f in flags),
+        "cpu_flags_regex": "|".join(flags),
+        "cpu_flags_count": len(flags),
+    }

@@ -1,0 +1,157 @@
+"""Build plumbing without docker: build args, the assembled context, the Dockerfile's rules, base recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from whisper_release import baseimage, build
+from whisper_release.errors import BuildError, ConfigError, ToolError
+from whisper_release.pins import load_pins, project_root
+from whisper_release.testing import require_tool
+
+DOCKERFILE = project_root() / "Dockerfile"
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> build.BuildInputs:
+    src = tmp_path / "src"
+    (src / "ggml").mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text("project(x)\n")
+    (src / "ggml" / "g.c").write_text("int x;\n")
+    os.symlink("g.c", src / "ggml" / "link.c")
+    models = {}
+    for m in ("tiny.en", "base"):
+        models[m] = tmp_path / f"{m}-f16.bin"
+        models[m].write_bytes(m.encode() * 100)
+    return build.BuildInputs("offline", src, models, {"source": {"tree": "x"}})
+
+
+def test_build_args_come_from_the_pins() -> None:
+    pins = load_pins()
+    args = build.build_args(pins, "base:tag")
+    assert args["CMAKE_FLAGS"].split() == pins.build["cmake_flags"]
+    assert args["EXPECTED_CPU_VARIANT"] == pins.build["expected_cpu_variant"]
+    assert args["SOURCE_DATE_EPOCH"] == str(pins.build["source_date_epoch"])
+    assert args["WHISPER_BUILD_COMMIT"] == pins.source["commit"]
+    assert args["BASE_IMAGE"] == "base:tag"
+    assert args["JOBS"] == "2"
+
+
+def test_dockerfile_has_no_pins_and_pulls_nothing() -> None:
+    text = DOCKERFILE.read_text()
+    pins = load_pins()
+    for flag in pins.build["cmake_flags"]:
+        assert flag not in text, f"{flag} is a literal in the Dockerfile; it must arrive as a build arg"
+    assert pins.source["commit"] not in text
+    assert not re.search(r"^#\s*syntax", text, re.M | re.I)
+    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert froms == ["${BASE_IMAGE}", "builder", "scratch"]
+    # Compile before models: a model change must not invalidate the compile layer.
+    assert text.index("compile.sh\"]") < text.index("COPY models/")
+    instructions = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert not any("--network" in ln or "http" in ln for ln in instructions)
+
+
+def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    root.mkdir()
+    for rel in ("Dockerfile", ".dockerignore", "packaging"):
+        src = project_root() / rel
+        dst = root / rel
+        if src.is_dir():
+            subprocess.run(["cp", "-r", src, dst], check=True)
+        else:
+            dst.write_bytes(src.read_bytes())
+    pins = load_pins()
+    ctx = build.assemble_context(pins, inputs, "base:tag", "sha256:" + "d" * 64, root)
+    assert ctx == root / "build" / "context" / "offline"
+    assert sorted(p.name for p in ctx.iterdir()) == [".dockerignore", "Dockerfile", "build.json", "models",
+                                                     "packaging", "source"]
+    assert {p.name for p in (ctx / "packaging").iterdir()} >= {"compile.sh", "artifacts.py", "readme.py",
+                                                               "README.template.md"}
+    # Hardlinks, not copies: assembling the context costs no disk space.
+    assert (ctx / "models" / "base.bin").stat().st_ino == inputs.models["base"].stat().st_ino
+    assert (ctx / "source" / "ggml" / "g.c").stat().st_ino == (inputs.source_dir / "ggml" / "g.c").stat().st_ino
+    assert os.readlink(ctx / "source" / "ggml" / "link.c") == "g.c"
+    desc = json.loads((ctx / "build.json").read_text())
+    assert desc["models"]["base"]["sha256"] == hashlib.sha256(b"base" * 100).hexdigest()
+    assert desc["base_image"]["id"] == "sha256:" + "d" * 64
+    assert desc["source"]["tree"] == pins.source["tree"]
+    assert desc["inputs"] == {"source": {"tree": "x"}}
+    # A second assembly replaces the first whole; no temp dirs are left behind.
+    inputs2 = dataclasses.replace(inputs, models={"tiny.en": inputs.models["tiny.en"], "base": inputs.models["base"]})
+    build.assemble_context(pins, inputs2, "base:tag", "sha256:" + "d" * 64, root)
+    assert [p.name for p in (root / "build" / "context").iterdir()] == ["offline"]
+
+
+def test_assemble_context_refuses_incomplete_inputs(inputs: build.BuildInputs, tmp_path: Path) -> None:
+    pins = load_pins()
+    partial = dataclasses.replace(inputs, models={"base": inputs.models["base"]})
+    with pytest.raises(BuildError, match=r"lack models \['tiny.en'\]"):
+        build.assemble_context(pins, partial, "t", "i", tmp_path)
+    nosrc = dataclasses.replace(inputs, source_dir=tmp_path)
+    with pytest.raises(BuildError, match="no whisper.cpp source tree"):
+        build.assemble_context(pins, nosrc, "t", "i", tmp_path)
+
+
+def test_missing_docker_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolError, match="'docker' is not on PATH"):
+        baseimage.docker_ready()
+
+
+def test_unreachable_daemon_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    require_tool("docker")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    with pytest.raises(ToolError, match=r"Docker daemon is not reachable .*start it"):
+        baseimage.docker_ready()
+
+
+def test_recipe_tag_tracks_the_recipe() -> None:
+    pins = load_pins()
+    off = baseimage.recipe_for("offline", pins)
+    prod = baseimage.recipe_for("production", pins)
+    assert re.fullmatch(r"whisper-release/builder-base:bookworm-[0-9a-f]{12}", off.tag)
+    assert off.tag == baseimage.recipe_for("offline", pins).tag
+    assert prod.mirror.endswith(pins.build["debian_snapshot"] + "/") and prod.tag != off.tag
+    more = dataclasses.replace(off, packages=(*off.packages, "git"))
+    assert more.tag != off.tag
+    assert off.packages == tuple(sorted(off.packages))
+
+
+def test_recipe_unknown_profile() -> None:
+    with pytest.raises(ConfigError, match="Unknown profile 'nope'"):
+        baseimage.recipe_for("nope")
+
+
+def test_rootfs_tar_is_deterministic(tmp_path: Path) -> None:
+    require_tool("tar")
+    root = tmp_path / "root"
+    (root / "b").mkdir(parents=True)
+    (root / "b" / "z").write_text("z")
+    (root / "a").write_text("a")
+    baseimage.pack_rootfs(root, tmp_path / "1.tar", 1704067200)
+    os.utime(root / "a", (1, 1))
+    (root / "b" / "y").write_text("y")
+    (root / "b" / "y").unlink()
+    baseimage.pack_rootfs(root, tmp_path / "2.tar", 1704067200)
+    assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "2.tar").read_bytes()
+    listing = subprocess.run(["tar", "-tvf", tmp_path / "1.tar"], capture_output=True, text=True).stdout
+    assert [ln.split()[-1] for ln in listing.splitlines()] == ["./", "./a", "./b/", "./b/z"]
+    assert "2024-01-01" in listing
+
+
+def test_dry_run_does_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "dist"
+    assert build.build("offline", dry_run=True, out=out) == out
+    err = capsys.readouterr().err
+    assert "--build-arg CMAKE_FLAGS=" in err and "would extract" in err
+    assert not out.exists()
