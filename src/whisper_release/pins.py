@@ -68,6 +68,7 @@ class ModelPin:
     tokenizer: str | None = None  # "en" | "multilingual" (ct2)
     packages: tuple[PackageFile, ...] = ()
     license: str | None = None
+    ggml_sha256: str | None = None  # sha256 of the converted f16 file (ct2; conversion is deterministic)
 
     @property
     def hparams_tuple(self) -> tuple[int, ...]:
@@ -163,6 +164,7 @@ class Pins:
             tokenizer=m.get("tokenizer"),
             packages=packages,
             license=m.get("license"),
+            ggml_sha256=m.get("ggml_sha256"),
         )
 
     @property
