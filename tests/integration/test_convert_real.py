@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from whisper_release import convert, ct2, fetch, ggml
+from whisper_release.console import run
 from whisper_release.pins import load_pins
+from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +101,24 @@ def test_base_from_two_part_files_matches_its_pins(tmp_path):
     assert out.stat().st_size == pin.size == 147_951_465  # the official ggml-base.bin's size
     assert ggml.read_header(out).hparams == pin.hparams
     assert result.sha256 == pin.ggml_sha256
+
+
+def test_numpy_q5_1_is_bit_identical_to_whisper_quantize(tiny_en, tmp_path):
+    # The built whisper-quantize (the build's target) on the converted file: every quantized tensor
+    # must equal ggml.q5_1_encode of the f16 tensor byte for byte, and every other tensor be copied.
+    tool = require_tool("whisper-quantize", "built from the pinned whisper.cpp source")
+    pin, _parts, out, _result = tiny_en
+    q = tmp_path / "ggml-tiny.en-q5_1.bin"
+    run([tool, str(out), str(q), "q5_1"], capture=True)
+    header = ggml.read_header(q)
+    assert header.hparams == {**pin.hparams, "ftype": ggml.FTYPE_Q5_1}
+    got = {t.name: (t.ttype, t.shape) for t in ggml.iter_tensors(q)}
+    assert got == ggml.expected_inventory(pin.hparams, quantized=True)
+    f16 = {t.name: t for t in ggml.iter_tensors(out)}
+    for t in ggml.iter_tensors(q):
+        raw = ggml.read_tensor_bytes(q, t)
+        if t.ttype == ggml.GGML_TYPE_Q5_1:
+            x = ggml.read_tensor(out, f16[t.name]).astype(np.float32)
+            assert ggml.q5_1_encode(x) == raw, t.name
+        else:
+            assert raw == ggml.read_tensor_bytes(out, f16[t.name]), t.name
