@@ -50,10 +50,15 @@ class RetryPolicy:
             except ValueError:
                 from .errors import ConfigError
 
-                raise ConfigError(f"{var}={raw!r} is not a number; set it to e.g. {default:g} or unset it.") from None
+                raise ConfigError(
+                    f"{var}={raw!r} is not a number; set it to e.g. {default:g} or unset it."
+                ) from None
 
-        return cls(int(num("WHISPER_RELEASE_RETRIES", 5)), num("WHISPER_RELEASE_BACKOFF", 1.0),
-                   num("WHISPER_RELEASE_TIMEOUT", 60.0))
+        return cls(
+            int(num("WHISPER_RELEASE_RETRIES", 5)),
+            num("WHISPER_RELEASE_BACKOFF", 1.0),
+            num("WHISPER_RELEASE_TIMEOUT", 60.0),
+        )
 
 
 class _Retryable(Exception):
@@ -119,9 +124,13 @@ def get_text(url: str, *, what: str, policy: RetryPolicy | None = None) -> str:
     def attempt() -> None:
         with _get(url, policy) as r:
             if r.status_code == 404:
-                raise FetchError(f"{what} is not at {url} (HTTP 404); check the name in release.toml and the index URL.")
+                raise FetchError(
+                    f"{what} is not at {url} (HTTP 404); check the name in release.toml and the index URL."
+                )
             if r.status_code >= 400:
-                raise FetchError(f"{url} answered HTTP {r.status_code} for {what}; check the index URL and access.")
+                raise FetchError(
+                    f"{url} answered HTTP {r.status_code} for {what}; check the index URL and access."
+                )
             out.append(r.content.decode(r.encoding or "utf-8", errors="replace"))
 
     _with_retries(url, what, policy, attempt)
@@ -198,14 +207,26 @@ def _attempt(url: str, tmp: Path, what: str, size: int | None, policy: RetryPoli
                 f"{url} answered HTTP {r.status_code} for {what}; check the URL in release.toml "
                 f"(or the mirror) and rerun."
             )
-        resumed = have > 0 and r.status_code == 206 and r.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+        resumed = (
+            have > 0
+            and r.status_code == 206
+            and r.headers.get("Content-Range", "").startswith(f"bytes {have}-")
+        )
         if not resumed:
             have = 0
         length = r.headers.get("Content-Length")
         total = size if size is not None else (have + int(length) if length and length.isdigit() else None)
         bar = tqdm(
-            total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=what, file=sys.stderr,
-            leave=False, disable=None if (total or 0) >= PROGRESS_MIN_BYTES else True, mininterval=0.5,
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=what,
+            file=sys.stderr,
+            leave=False,
+            disable=None if (total or 0) >= PROGRESS_MIN_BYTES else True,
+            mininterval=0.5,
         )
         written = have
         try:

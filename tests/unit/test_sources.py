@@ -55,7 +55,9 @@ def _prefixed(tree: dict, prefix: str) -> dict:
 
 def test_github_tarball_verified_and_read_only(http_server, cache_dir, tmp_path, toy) -> None:  # noqa: F811
     tree, want = toy
-    url = http_server.add("/archive/x.tar.gz", tar_gz(_prefixed(tree, PREFIX), pax_comment="0123456789abcdef"))
+    url = http_server.add(
+        "/archive/x.tar.gz", tar_gz(_prefixed(tree, PREFIX), pax_comment="0123456789abcdef")
+    )
     pins = _github_pins(tmp_path, url, want)
     src = fetch.fetch_source(pins, "github")
     assert tree_hash(src) == want
@@ -109,8 +111,13 @@ def test_pypi_sdist_via_index_then_warm_offline(http_server, cache_dir, tmp_path
     def mutate(raw: dict) -> None:
         raw["source"]["tree"] = want
         raw["source"]["providers"]["pypi-sdist"] = {
-            "package": "toy", "version": "1.0", "filename": "toy-1.0.tar.gz", "subdir": "toy-1.0/whisper.cpp",
-            "sha256": hashlib.sha256(sdist).hexdigest(), "size": len(sdist)}
+            "package": "toy",
+            "version": "1.0",
+            "filename": "toy-1.0.tar.gz",
+            "subdir": "toy-1.0/whisper.cpp",
+            "sha256": hashlib.sha256(sdist).hexdigest(),
+            "size": len(sdist),
+        }
 
     pins = make_pins(tmp_path, mutate)
     src = fetch.fetch_source(pins, "pypi-sdist")
