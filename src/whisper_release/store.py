@@ -88,6 +88,8 @@ def _free_ports(n: int) -> list[int]:
 def _ports_free(ports: list[int]) -> bool:
     for p in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As weed (Go) does: a port with only TIME_WAIT connections left is free to listen on.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((LOOPBACK, p))
             except OSError:
@@ -264,12 +266,16 @@ class EmbeddedStore:
         weed = weed_binary()
         data_dir = self.root / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        previous = self._state()
-        ports = [int(previous["ports"][f]) for f in PORT_FLAGS] if previous else []
+        ports_file = self.run_dir / "ports.json"
+        try:
+            ports = [int(json.loads(ports_file.read_text())[f]) for f in PORT_FLAGS]
+        except (OSError, ValueError, KeyError, TypeError):
+            ports = []
         # Keep last run's ports when they are still free, so the endpoint users saw stays valid.
         if not ports or not _ports_free(ports):
             ports = _free_ports(len(PORT_FLAGS))
         port_map = dict(zip(PORT_FLAGS, ports, strict=True))
+        ports_file.write_text(json.dumps(port_map, indent=2) + "\n")
         s3_json = self.run_dir / "s3.json"
         identity = {"identities": [{
             "name": "whisper-release",
@@ -283,6 +289,8 @@ class EmbeddedStore:
             *(f"-{flag}={port}" for flag, port in port_map.items()),
             "-s3", f"-s3.config={s3_json}", "-s3.port.iceberg=0", "-s3.port.lance=0",
             "-master.telemetry=false",
+            # A single master needs no raft history; resuming it delays a restart by a ~20 s election.
+            "-master.resumeState=false",
             # Small volumes and an automatic count suit a developer's disk; the default is 30 GiB each.
             "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-volume.preStopSeconds=0",
         ]
@@ -319,7 +327,10 @@ class EmbeddedStore:
                 )
             try:
                 client.list_buckets()
-                return
+                missing = self._volumes_missing()
+                if missing == 0:
+                    return
+                last = f"{missing} stored volume(s) not yet registered with the master"
             except Exception as e:  # noqa: BLE001 - any failure here just means "not ready yet"
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.3)
@@ -327,6 +338,22 @@ class EmbeddedStore:
             f"The embedded S3 store at {cfg.endpoint} did not answer within the timeout (last: {last}); "
             f"see {self.log_path}."
         )
+
+    def _volumes_missing(self) -> int:
+        """Volumes on disk the master does not know yet: reads of older objects fail until it does."""
+        import urllib.request
+
+        state = self._state()
+        if not state:
+            return 0
+        on_disk = len(list((self.root / "data").glob("*.dat")))
+        url = f"http://{LOOPBACK}:{state['ports']['master.port']}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            topo = json.loads(resp.read())["Topology"]
+        nodes = [n for dc in topo.get("DataCenters") or [] for r in dc.get("Racks") or []
+                 for n in r.get("DataNodes") or []]
+        known = sum(int(n.get("Volumes", 0)) for n in nodes)
+        return max(on_disk - known, 0) if nodes else max(on_disk, 1)
 
     def _log_tail(self, n: int = 15) -> str:
         try:
@@ -337,7 +364,8 @@ class EmbeddedStore:
 
     def _terminate(self, pid: int, grace: float) -> None:
         """SIGTERM the server's process group, SIGKILL after `grace` seconds, then reap it."""
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        steps = ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)) if grace > 0 else ((signal.SIGKILL, 5.0),)
+        for sig, wait in steps:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, sig)
             end = time.monotonic() + wait
@@ -356,16 +384,19 @@ class EmbeddedStore:
             self._proc = None
 
     def _cleanup(self, state: dict[str, Any]) -> None:
-        # weed leaves its gRPC unix sockets behind (named by port) when it is killed.
-        for flag in ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc"):
-            kind = flag.split(".")[0]
-            sock = Path(f"/tmp/seaweedfs-{kind}-grpc-{state['ports'][flag]}.sock")
+        # weed leaves its unix sockets behind (named by our ports) when it is killed.
+        ports = state["ports"]
+        names = [f"{flag.split('.')[0]}-grpc-{ports[flag]}" for flag in
+                 ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc")]
+        names += [f"filer-{ports['filer.port']}", f"s3-{ports['s3.port']}"]
+        for name in names:
+            sock = Path(f"/tmp/seaweedfs-{name}.sock")
             with contextlib.suppress(OSError):
                 if sock.is_socket():
                     sock.unlink()
         self.state_path.unlink(missing_ok=True)
 
-    def stop(self, grace: float = 5.0) -> bool:
+    def stop(self, grace: float = 3.0) -> bool:
         """Stop the server; True if one was running."""
         with self._lock():
             state = self._state()
