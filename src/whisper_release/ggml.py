@@ -399,7 +399,7 @@ def q5_1_encode(x: np.ndarray) -> bytes:
     np.divide(np.float32(1), d, out=inv, where=d != 0)
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = (blocks - vmin[:, None]) * inv[:, None] + np.float32(0.5)
-    q = scaled.astype(np.int64).astype(np.uint8)  # C truncates toward zero, values are >= 0
+    q = scaled.astype(np.uint8)  # C truncates toward zero; values lie in [0.5, 31.5]
     lo, hi = q[:, :16], q[:, 16:]
     qs = (lo & 0x0F) | ((hi & 0x0F) << 4)
     bits = np.arange(16, dtype=np.uint32)
