@@ -18,7 +18,7 @@ from . import index
 from .cache import Cache
 from .download import RetryPolicy, download
 from .errors import VerificationError
-from .models import cached_model, fetch_model_file, model_key
+from .models import cached_model, fetch_model_file, ggml_sha256_pin, model_key
 from .pins import PackageFile, Pins, load_pins
 from .sources import cached_source, fetch_source_tree, source_key
 
@@ -168,9 +168,12 @@ class _Fetcher:
         pin = self.pins.model(name)  # unknown model -> ConfigError
         key = model_key(self.pins, pin)
         label = f"model {name} (ggml f16)"
-        pin_text = (
-            f"sha1 {pin.sha1[:12]}" if pin.provider == "official" and pin.sha1 else "hparams, inventory"
-        )
+        if pin.provider == "official" and pin.sha1:
+            pin_text = f"sha1 {pin.sha1[:12]}"
+        elif ggml_sha256_pin(self.pins, pin):
+            pin_text = f"sha256 {ggml_sha256_pin(self.pins, pin)[:12]}"  # type: ignore[index]
+        else:
+            pin_text = "hparams, inventory"
         hit = cached_model(self.cache, self.pins, pin, rehash=not self.dry_run)
         if hit is not None:
             path, marker = hit
