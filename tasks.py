@@ -65,3 +65,32 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
     from whisper_release.build import build as build_artifacts
 
     build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))
+
+
+@task(help={"artifacts": "built release directory", "version": "release version (default: release.toml)",
+            "endpoint": "S3 endpoint URL (default: AWS_*/MINIO_* env or --config, else the embedded store)",
+            "config": "S3 settings file (TOML, [s3] table)", "bucket": "bucket (default: release.toml [publish])",
+            "prefix": "key prefix (default: release.toml [publish])",
+            "force": "replace an existing release with different content",
+            "create_bucket": "create the bucket if missing (the embedded store's is always created)",
+            "dry_run": "print the upload plan; contact no store"})
+@_entry
+def push(c, artifacts="dist/release_artifacts", version=None, endpoint=None, config=None, bucket=None,
+         prefix=None, force=False, create_bucket=False, dry_run=False):
+    """Upload built artifacts to S3, verified object by object; SHA256SUMS and the manifest go last."""
+    from whisper_release.publish import push_release
+
+    push_release(artifacts, version=version, endpoint=endpoint, config_file=config, bucket=bucket,
+                 prefix=prefix, force=force, create_bucket=create_bucket, dry_run=dry_run)
+
+
+@task(help={"start": "start the embedded S3 store (SeaweedFS on 127.0.0.1)", "stop": "stop it",
+            "status": "say whether it runs and where",
+            "show_credentials": "write its settings, secrets included, to a 0600 env file and print the path",
+            "dry_run": "say what would be done"})
+@_entry
+def store(c, start=False, stop=False, status=False, show_credentials=False, dry_run=False):
+    """The embedded S3 store used when no endpoint is configured (data in .store/)."""
+    from whisper_release.store import store_command
+
+    store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run)

@@ -488,3 +488,31 @@ def print_report(report: PushReport, config: S3Config, artifacts_dir: str | Path
             rel = sums.relative_to(artifacts_dir).as_posix()
             print(f"{report.location}{rel}:", file=out)
             print(sums.read_text(encoding="utf-8").rstrip("\n"), file=out)
+
+
+def push_release(
+    artifacts_dir: str | Path = "dist/release_artifacts",
+    *,
+    version: str | None = None,
+    endpoint: str | None = None,
+    config_file: str | Path | None = None,
+    bucket: str | None = None,
+    prefix: str | None = None,
+    force: bool = False,
+    create_bucket: bool = False,
+    dry_run: bool = False,
+    store_root: str | Path | None = None,
+) -> PushReport:
+    """`invoke push`: resolve the target (configured, else the embedded store), push, print the report."""
+    from .pins import load_pins
+    from .store import publish_config
+
+    version = version or load_pins().release_version
+    # Prove the artifacts before starting a store or touching the network.
+    scan_artifacts(artifacts_dir)
+    cfg = publish_config(config_file=config_file, endpoint=endpoint, bucket=bucket, prefix=prefix,
+                         store_root=store_root, dry_run=dry_run)
+    info(f"publishing to {cfg!r}")
+    report = push(artifacts_dir, cfg, version=version, force=force, dry_run=dry_run, create_bucket=create_bucket)
+    print_report(report, cfg, artifacts_dir)
+    return report

@@ -432,3 +432,28 @@ def publish_config(*, config_file: str | os.PathLike[str] | None = None, endpoin
         return cfg
     store = EmbeddedStore(store_root, bucket=bucket, prefix=prefix)
     return store.planned_config() if dry_run else store.start()
+
+
+def store_command(*, start: bool = False, stop: bool = False, status: bool = False,
+                  show_credentials: bool = False, root: str | os.PathLike[str] | None = None,
+                  dry_run: bool = False) -> StoreStatus:
+    """`invoke store`: start, stop or describe the embedded store; never prints a secret."""
+    if start and stop:
+        raise ConfigError("`invoke store` got both --start and --stop; pass one of them.")
+    store = EmbeddedStore(root)
+    if dry_run:
+        info(f"dry run: would {'start' if start else 'stop' if stop else 'inspect'} the embedded store in "
+             f"{store.root} ({weed_binary()} server on {LOOPBACK}, authentication on)")
+        return store.status()
+    if stop:
+        info("embedded store stopped" if store.stop() else "embedded store was not running")
+    if start:
+        store.start()
+    st = store.status()
+    if status or not (start or stop or show_credentials):
+        print(st.describe())
+    if show_credentials:
+        path = store.write_env_file()
+        print(f"settings with credentials written to {path} (mode 0600): `. {path}` then use the aws cli, "
+              "mc or push_to_minio.sh")
+    return st
