@@ -123,7 +123,13 @@ class Cache:
         (staging / MARKER).write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         final = self.item_path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        remove_tree(final)
+        if final.exists():
+            # Another fetch may have finished the same item meanwhile: a verified one stays put
+            # (someone may be reading it); anything else makes way.
+            if self.read_marker(final) == marker:
+                remove_tree(staging)
+                return final
+            remove_tree(final)
         os.rename(staging, final)
         return final
 

@@ -20,7 +20,7 @@ from .download import RetryPolicy, download
 from .errors import VerificationError
 from .models import cached_model, fetch_model_file, ggml_sha256_pin, model_key
 from .pins import PackageFile, Pins, load_pins
-from .sources import cached_source, fetch_source_tree, source_key
+from .sources import SOURCE_DIR_NAME, cached_source, fetch_source_tree, source_key
 
 ASSET_KEYS = ("mel_filters", "tokenizer_en", "tokenizer_multilingual")
 
@@ -156,7 +156,7 @@ class _Fetcher:
                     )
                 )
             self._record(Record(label, provider, pin, None, "would download", ""))
-            return self.cache.item_path("source", tree)
+            return self.cache.item_path("source", tree) / SOURCE_DIR_NAME
         path, _marker = fetch_source_tree(
             self.cache, self.pins, provider, fetch_package_file=self.package_file, policy=self.policy
         )

@@ -74,3 +74,19 @@ def test_derive_key_is_stable_and_separates_parts() -> None:
     assert derive_key("a", "bc") == derive_key("a", "bc")
     assert derive_key("a", "bc") != derive_key("ab", "c")
     assert len(derive_key("x")) == 32
+
+
+def test_commit_when_another_run_finished_first(tmp_path: Path) -> None:
+    c = Cache(tmp_path)
+    with c.tmp_dir("a") as first:
+        (first / "data").write_text("first")
+        item = c.commit_item(first, "thing", "k", {"tree": "abc"})
+    with c.tmp_dir("b") as second:
+        (second / "data").write_text("second")
+        assert c.commit_item(second, "thing", "k", {"tree": "abc"}) == item
+    assert (item / "data").read_text() == "first"  # the verified item in use stays put
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with c.tmp_dir("c") as third:
+        (third / "data").write_text("third")
+        c.commit_item(third, "thing", "k", {"tree": "new"})
+    assert (item / "data").read_text() == "third"
