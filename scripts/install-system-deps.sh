@@ -10,6 +10,7 @@ packages=(
   gcc             # C probe of whisper.h struct sizes
   espeak-ng       # synthesised English clips for the WER set
   curl            # shell publisher and diagnostics
+  ffmpeg          # the consumer decodes non-WAV audio with it (and its tests encode FLAC)
 )
 
 missing=()

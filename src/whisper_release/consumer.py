@@ -32,8 +32,9 @@ LIBRARY = "libwhisper.so"
 _WAV_MAGICS = (b"RIFF", b"RIFX", b"RF64", b"BW64")
 
 
-class AudioError(ConfigError):
-    """An audio file is unreadable, empty or in a format that cannot be decoded here."""
+class AudioError(VerificationError):
+    """An audio file is unreadable, empty or in a format that cannot be decoded here (the same
+    class audio.py raises for a broken WAV, so one exit code means "bad audio")."""
 
 
 # ---- audio --------------------------------------------------------------------------------
@@ -61,10 +62,20 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
         raise AudioError(f"Audio file {p} cannot be read ({e.strerror}); check its permissions.") from None
     if not head:
         raise AudioError(f"Audio file {p} is empty (0 bytes); give a WAV or other audio file with sound in it.")
-    if _is_wav(head):
-        samples = _decode_wav(p)
-    else:
+    if not _is_wav(head):
         samples = _decode_ffmpeg(p)
+    else:
+        try:
+            samples = _decode_wav(p)
+        except ReleaseError as wav_error:
+            # Python's wave module reads integer PCM only; ffmpeg, when present, also reads float
+            # and compressed WAV. If it fails too, the WAV reader's message says more.
+            if shutil.which("ffmpeg") is None:
+                raise
+            try:
+                samples = _decode_ffmpeg(p)
+            except ReleaseError:
+                raise wav_error from None
     if samples.size == 0:
         raise AudioError(f"Audio file {p} holds no samples; give a recording that is not empty.")
     return samples
@@ -180,13 +191,21 @@ class Transcriber:
         art = open_artifact(artifact, verify=verify)
         self.artifact = art
         self.whisper = binding.load(art.path, required_flags=artifact_cpu_flags(art), cpuinfo=CPUINFO)
-        self.ctx = self.whisper.open(art.model_file)
+        self._ctx: Any = None  # the model is read on first use, after the audio has been decoded
         self.threads = threads or min(os.cpu_count() or 1, 8)
         self.beam = beam
         self.language = language
 
+    @property
+    def ctx(self) -> Any:
+        if self._ctx is None:
+            self._ctx = self.whisper.open(self.artifact.model_file)
+        return self._ctx
+
     def close(self) -> None:
-        self.ctx.close()
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
 
     def __enter__(self) -> Transcriber:
         return self
