@@ -1,0 +1,142 @@
+"""Consumer pieces that need no library and no server: audio input checks, artifact checks,
+the CPU flags an artifact states, atomic writes and the command line's refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from whisper_release import cli, consumer
+from whisper_release.errors import ConfigError, ToolError, VerificationError
+from whisper_release.testing import require_tool
+
+
+def _wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((samples * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_wav_is_decoded_to_16k_mono_float32(tmp_path):
+    t = np.arange(48000) / 48000
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    stereo = np.stack([tone, tone], axis=1).reshape(-1)
+    x = consumer.decode_audio(_wav(tmp_path / "a.wav", stereo, 48000, channels=2))
+    assert x.dtype == np.float32 and x.ndim == 1
+    assert abs(x.size - 16000) <= 1
+    # 440 Hz survives resampling: the spectrum peaks there.
+    spec = np.abs(np.fft.rfft(x[2000:14000]))
+    assert abs(np.argmax(spec) * 16000 / 12000 - 440) < 3
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda p: p.write_bytes(b""), "is empty"),
+        (lambda p: p.mkdir(), "is a directory"),
+        (lambda p: None, "does not exist"),
+    ],
+)
+def test_unusable_paths_are_one_sentence_audio_errors(tmp_path, make, needle):
+    p = tmp_path / "in.wav"
+    make(p)
+    with pytest.raises(consumer.AudioError, match=needle) as e:
+        consumer.decode_audio(p)
+    assert isinstance(e.value, VerificationError)
+    assert str(p) in str(e.value)
+
+
+def test_wav_with_no_frames_is_refused(tmp_path):
+    p = _wav(tmp_path / "silent.wav", np.zeros(0), 16000)
+    with pytest.raises(VerificationError, match="no samples"):
+        consumer.decode_audio(p)
+
+
+def test_non_wav_without_ffmpeg_names_the_fix(tmp_path, monkeypatch):
+    p = tmp_path / "a.mp3"
+    p.write_bytes(b"ID3" + os.urandom(100))
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH
+    with pytest.raises(ToolError, match="ffmpeg is not installed.*convert the file to WAV"):
+        consumer.decode_audio(p)
+
+
+def test_ffmpeg_decodes_float_wav_that_the_wave_module_cannot(tmp_path):
+    require_tool("ffmpeg", "float WAV decoding")
+    src = _wav(tmp_path / "src.wav", 0.3 * np.sin(np.arange(16000) / 5), 16000)
+    flt = tmp_path / "float.wav"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(src), "-c:a", "pcm_f32le", str(flt)], check=True)
+    x = consumer.decode_audio(flt)
+    assert x.size == 16000 and 0.29 < float(np.abs(x).max()) < 0.31
+
+
+def _artifact(tmp_path: Path, readme: str | None = None) -> Path:
+    d = tmp_path / "whisper_base_xeon"
+    d.mkdir()
+    (d / "libwhisper.so").write_bytes(b"\x7fELF lib")
+    (d / "ggml-base-q5_1.bin").write_bytes(b"model")
+    if readme is not None:
+        (d / "README.md").write_text(readme)
+    (d / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir())))
+    return d
+
+
+def test_open_artifact_verifies_against_sha256sums(tmp_path):
+    d = _artifact(tmp_path)
+    art = consumer.open_artifact(d)
+    assert art.model == "base-q5_1" and art.model_file.name == "ggml-base-q5_1.bin"
+    (d / "ggml-base-q5_1.bin").write_bytes(b"tampered")
+    with pytest.raises(VerificationError, match="ggml-base-q5_1.bin missing or not matching SHA256SUMS"):
+        consumer.open_artifact(d)
+    assert consumer.open_artifact(d, verify=False).path == d
+
+
+def test_open_artifact_refuses_what_is_not_an_artifact(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist; pull one first"):
+        consumer.open_artifact(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="no libwhisper.so"):
+        consumer.open_artifact(tmp_path)
+    d = _artifact(tmp_path)
+    (d / "ggml-other.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="2 ggml-\\*.bin model files"):
+        consumer.open_artifact(d)
+
+
+def test_cpu_flags_come_from_the_artifacts_readme(tmp_path):
+    d = _artifact(tmp_path, readme="Check:\n  `grep -o -w -E 'avx|avx2|fma|sse4_2' /proc/cpuinfo | sort -u`\n")
+    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == ["avx", "avx2", "fma", "sse4_2"]
+
+
+def test_cpu_flags_fall_back_to_the_pins(tmp_path):
+    from whisper_release.pins import load_pins
+
+    d = _artifact(tmp_path)
+    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == load_pins().build["required_cpu_flags"]
+
+
+def test_write_atomic_replaces_whole_files_only(tmp_path):
+    out = tmp_path / "sub" / "a.srt"
+    consumer.write_atomic(out, "one")
+    consumer.write_atomic(out, "two")
+    assert out.read_text() == "two"
+    assert [p.name for p in out.parent.iterdir()] == ["a.srt"]
+
+
+def test_cli_refusals_are_one_sentence_and_typed(tmp_path, capsys):
+    d = _artifact(tmp_path)
+    wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)
+    assert cli.main(["transcribe", str(wav), "--artifact", str(d), "--format", "docx"]) == ConfigError.exit_code
+    assert capsys.readouterr().err.strip() == (
+        "error: Unknown output format 'docx': expected one of txt, json, srt, vtt."
+    )
+    assert cli.main(["transcribe", str(wav), "--artifact", str(tmp_path / "x")]) == ConfigError.exit_code
+    assert "pull one first" in capsys.readouterr().err
