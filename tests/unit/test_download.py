@@ -83,6 +83,14 @@ def test_5xx_is_retried(http_server, tmp_path: Path) -> None:  # noqa: F811
     assert http_server.hits("/f.bin") == 3
 
 
+def test_stalled_server_times_out_then_retried(http_server, tmp_path: Path) -> None:  # noqa: F811
+    url = http_server.add("/f.bin", BODY, stall=1.5, stalls=1)
+    policy = dl.RetryPolicy(retries=2, backoff=0.01, timeout=0.3)
+    dl.download(url, tmp_path / "f.bin", what="test file", size=len(BODY), sha256=SHA256, policy=policy)
+    assert http_server.hits("/f.bin") == 2
+    assert (tmp_path / "f.bin").read_bytes() == BODY
+
+
 def test_always_dropping_gives_up_with_fetch_error(http_server, tmp_path: Path) -> None:  # noqa: F811
     url = http_server.add("/f.bin", BODY, drop_after=10, drops=100, ranges=False)
     with pytest.raises(FetchError, match="after 4 attempts") as ei:

@@ -11,6 +11,7 @@ import hashlib
 import http.server
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +26,8 @@ class Route:
     fail_status: int | None = None  # answer this status...
     fails: int = 0  # ...for this many requests
     ranges: bool = True
+    stall: float = 0.0  # wait this long before answering...
+    stalls: int = 0  # ...for this many requests
     content_type: str = "application/octet-stream"
 
 
@@ -78,6 +81,9 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 return
+            if route.stall and route.stalls > 0:
+                route.stalls -= 1
+                time.sleep(route.stall)
             if route.fail_status and route.fails > 0:
                 route.fails -= 1
                 self.send_response(route.fail_status)
@@ -107,10 +113,21 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that timed out or dropped us on purpose is what several tests do.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @pytest.fixture
 def http_server() -> Iterator[Server]:
     state = Server("127.0.0.1", 0)
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    httpd = _QuietServer(("127.0.0.1", 0), _handler(state))
     state.port = httpd.server_address[1]
     t = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
