@@ -67,6 +67,17 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
     build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))
 
 
+@task(help={"profile": "offline or production", "endpoint": "S3 endpoint (default: AWS_*/MINIO_* env, else the embedded store)",
+            "config": "S3 settings file (TOML)", "force": "replace an existing release with different content",
+            "dry_run": "plan only: nothing built, nothing uploaded"})
+@_entry
+def release(c, profile="offline", endpoint=None, config=None, force=False, dry_run=False):
+    """Fetch, build, verify, then push; stops at the first failure with nothing published."""
+    from whisper_release.release import release as run_release
+
+    run_release(profile, endpoint=endpoint, config_file=config, force=force, dry_run=dry_run)
+
+
 @task(help={"artifacts": "built release directory", "version": "release version (default: release.toml)",
             "endpoint": "S3 endpoint URL (default: AWS_*/MINIO_* env or --config, else the embedded store)",
             "config": "S3 settings file (TOML, [s3] table)", "bucket": "bucket (default: release.toml [publish])",
