@@ -26,3 +26,11 @@ def integration(session: nox.Session) -> None:
     """Integration tests: real downloads from the package index, docker build, S3 server."""
     _install(session)
     session.run("pytest", "tests/integration", *session.posargs, env={"WHISPER_RELEASE_INTEGRATION": "1"})
+
+
+@nox.session(default=False)
+def verify(session: nox.Session) -> None:
+    """Acceptance suite on dist/release_artifacts (or --artifacts DIR): ISA audit, clean ctypes load,
+    q5_1 integrity and numerics, WER gates; prints a summary and writes dist/verify-report.json."""
+    _install(session)
+    session.run("pytest", "verify", "-p", "no:cacheprovider", *session.posargs)

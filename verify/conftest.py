@@ -1,0 +1,217 @@
+"""Acceptance suite fixtures: one parametrised case per artifact directory, a shared report.
+
+Artifacts come from --artifacts, else $WHISPER_RELEASE_ARTIFACTS, else dist/release_artifacts.
+The report (per model: instruction counts, WER f16 and q5_1, worst q5_1 error / bound, findings)
+is printed as a table at the end and written to dist/verify-report.json (--report to move it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from whisper_release import integrity, wer
+from whisper_release.pins import Pins, load_pins, project_root
+
+pytest_plugins = ["whisper_release.testing"]
+
+HERE = Path(__file__).resolve().parent
+ARTIFACTS_ENV = "WHISPER_RELEASE_ARTIFACTS"
+_REPORT_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("whisper-release verify")
+    g.addoption("--artifacts", default=None, help=f"release_artifacts directory (default: ${ARTIFACTS_ENV}, "
+                "else dist/release_artifacts)")
+    g.addoption("--report", default=None, help="JSON report path (default: dist/verify-report.json)")
+    g.addoption("--threads", type=int, default=2, help="whisper threads for transcription (default 2)")
+
+
+def artifacts_root(config: pytest.Config) -> Path:
+    opt = config.getoption("--artifacts") or os.environ.get(ARTIFACTS_ENV)
+    return Path(opt).resolve() if opt else project_root() / "dist" / "release_artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_REPORT_KEY] = {"artifacts": str(artifacts_root(config)), "models": {}, "tests": {}}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "artifact" in metafunc.fixturenames:
+        root = artifacts_root(metafunc.config)
+        dirs = sorted(p for p in root.glob("whisper_*_xeon") if p.is_dir()) if root.is_dir() else []
+        metafunc.parametrize("artifact", dirs or [None], ids=[d.name for d in dirs] or ["no-artifacts"],
+                             indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def artifact(request: pytest.FixtureRequest) -> Path:
+    if request.param is None:
+        root = artifacts_root(request.config)
+        pytest.fail(f"No artifact directories (whisper_<model>_xeon) under {root}: build them first "
+                    f"(invoke build) or point --artifacts / ${ARTIFACTS_ENV} at them.")
+    return Path(request.param)
+
+
+@pytest.fixture(scope="session")
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    return artifacts_root(request.config)
+
+
+@pytest.fixture(scope="session")
+def pins() -> Pins:
+    return load_pins()
+
+
+@pytest.fixture(scope="session")
+def model_name(artifact: Path) -> str:
+    return integrity.model_name_of(artifact)
+
+
+@pytest.fixture(scope="session")
+def model_file(artifact: Path, model_name: str, pins: Pins) -> Path:
+    return artifact / f"ggml-{model_name}-{pins.build['quantize']}.bin"
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest, model_name: str) -> dict[str, Any]:
+    """This model's section of the report."""
+    return request.config.stash[_REPORT_KEY]["models"].setdefault(model_name, {})
+
+
+def _profile(artifacts: Path) -> str:
+    try:
+        m = json.loads((artifacts / integrity.MANIFEST).read_text(encoding="utf-8"))
+        return str(m["predicate"]["buildDefinition"]["externalParameters"]["profile"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "offline"
+
+
+@pytest.fixture(scope="session")
+def source_dir(pins: Pins, artifacts: Path) -> Path:
+    """The verified whisper.cpp tree the release was built from (for samples/jfk.wav)."""
+    from whisper_release import fetch
+
+    return Path(fetch.fetch_source(pins, pins.profile(_profile(artifacts)).source))
+
+
+@pytest.fixture(scope="session")
+def clips(pins: Pins, source_dir: Path) -> list[wer.Clip]:
+    sample = pins.sample
+    return wer.sample_set(source_dir / sample["path"], sample["reference"], HERE / "clips.txt")
+
+
+@pytest.fixture(scope="session")
+def f16_model(pins: Pins, model_name: str) -> Path:
+    """The verified f16 model the release was quantized from (not shipped; fetched into the cache)."""
+    from whisper_release import fetch
+
+    return Path(fetch.fetch_model(pins, model_name))
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without anything that could make the loader find libraries for us."""
+    return {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT")}
+
+
+_worker_cache: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+
+def run_worker(lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads: int) -> dict[str, Any]:
+    """verify/worker.py in a fresh interpreter; results cached per (library, model) for the session."""
+    key = (str(lib_dir), str(model or ""), len(clips))
+    if key in _worker_cache:
+        return _worker_cache[key]
+    job = {"lib_dir": str(lib_dir), "model": str(model) if model else None, "threads": threads,
+           "clips": [{"name": c.name, "path": str(c.path)} for c in clips]}
+    proc = subprocess.run([sys.executable, str(HERE / "worker.py")], input=json.dumps(job), text=True,
+                          capture_output=True, env=clean_env(), timeout=3600)
+    try:
+        out = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    except json.JSONDecodeError:
+        out = {}
+    if proc.returncode != 0 or "error" in out or not out:
+        why = out.get("error") or (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        sig = f" (killed by signal {-proc.returncode})" if proc.returncode < 0 else ""
+        out = {"error": f"{why}{sig}", "returncode": proc.returncode, "stderr": proc.stderr[-2000:]}
+    _worker_cache[key] = out
+    return out
+
+
+@pytest.fixture(scope="session")
+def threads(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--threads"))
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or report.outcome != "passed":
+        tests = _CONFIG[0].stash[_REPORT_KEY]["tests"] if _CONFIG else {}
+        tests[report.nodeid] = report.outcome
+
+
+_CONFIG: list[pytest.Config] = []
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _CONFIG[:] = [session.config]
+
+
+def _fmt(v: Any, spec: str) -> str:
+    return format(v, spec) if isinstance(v, (int, float)) else "-"
+
+
+def summary_lines(data: dict[str, Any]) -> list[str]:
+    head = f"{'model':<10} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} {'WER q5_1':>8} " \
+           f"{'delta pp':>8} {'worst err/bound':>15}"
+    lines = [head, "-" * len(head)]
+    for model, m in sorted(data["models"].items()):
+        isa = m.get("isa", {})
+        tot = {k: sum(lib["counts"].get(k, 0) for lib in isa.values()) for k in ("avx2", "fma", "avx512", "amx")}
+        w = m.get("wer", {})
+        num = m.get("numerics", {})
+        lines.append(
+            f"{model:<10} {_fmt(tot['avx2'] if isa else None, 'd'):>6} {_fmt(tot['fma'] if isa else None, 'd'):>6} "
+            f"{_fmt(tot['avx512'] if isa else None, 'd'):>6} {_fmt(tot['amx'] if isa else None, 'd'):>4} "
+            f"{_fmt(w.get('f16', {}).get('wer'), '.2%'):>8} {_fmt(w.get('q5_1', {}).get('wer'), '.2%'):>8} "
+            f"{_fmt(w.get('delta_pp'), '+.2f'):>8} {_fmt(num.get('worst_ratio'), '.4f'):>15}"
+        )
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    data = config.stash[_REPORT_KEY]
+    if not data["models"]:
+        return
+    terminalreporter.section("whisper-release verification summary")
+    for line in summary_lines(data):
+        terminalreporter.write_line(line)
+    path = _report_path(config)
+    terminalreporter.write_line(f"report: {path}")
+
+
+def _report_path(config: pytest.Config) -> Path:
+    opt = config.getoption("--report")
+    return Path(opt) if opt else project_root() / "dist" / "verify-report.json"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    data = session.config.stash[_REPORT_KEY]
+    if not data["models"] and not data["tests"]:
+        return
+    data["passed"] = int(exitstatus) == 0
+    path = _report_path(session.config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

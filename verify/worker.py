@@ -1,0 +1,42 @@
+"""Runs in a fresh interpreter with no LD_LIBRARY_PATH: loads the shipped libwhisper with ctypes,
+reports what the library says about itself, loads one model and transcribes the clips.
+
+Input (stdin, JSON): {"lib_dir", "model", "clips": [{"name", "path"}], "threads"}.
+Output (stdout, JSON): {"version", "system_info", "hparams", "model_type", "segments": {name: [...]}}
+or {"error": "..."} with the error's exit code. A separate process is the point: whatever the
+library needs must come from its own directory ($ORIGIN), not from this test process.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> int:
+    from whisper_release import audio, binding
+    from whisper_release.errors import ReleaseError
+
+    job = json.load(sys.stdin)
+    try:
+        whisper = binding.load(job["lib_dir"])
+        out: dict[str, object] = {"version": whisper.version, "system_info": whisper.system_info()}
+        if job.get("model"):
+            with whisper.open(job["model"]) as ctx:
+                out["hparams"] = ctx.hparams()
+                out["model_type"] = ctx.model_type()
+                segments = {}
+                for clip in job.get("clips", []):
+                    pcm = audio.read_wav(clip["path"])
+                    segs = ctx.transcribe(pcm, threads=int(job.get("threads", 2)), beam=job.get("beam"))
+                    segments[clip["name"]] = [[s.t0, s.t1, s.text] for s in segs]
+                out["segments"] = segments
+    except ReleaseError as e:
+        json.dump({"error": str(e), "type": type(e).__name__}, sys.stdout)
+        return e.exit_code
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
