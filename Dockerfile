@@ -17,6 +17,8 @@ COPY models/ /inputs/models/
 RUN ["/bin/bash", "/packaging/quantize.sh"]
 
 FROM builder AS organizer
+# ARGs are per stage: the manifest and the normalised mtimes need the epoch here too.
+ARG SOURCE_DATE_EPOCH
 COPY packaging/ /packaging/
 COPY build.json /inputs/build.json
 RUN ["/bin/bash", "/packaging/organize.sh"]

@@ -29,6 +29,13 @@ def integration(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def reproducibility(session: nox.Session) -> None:
+    """Two --no-cache docker builds of the offline profile; every artifact's sha256 must match."""
+    _install(session)
+    session.run("python", "-m", "whisper_release.build", "reproducibility", *(session.posargs or ["offline"]))
+
+
+@nox.session(default=False)
 def verify(session: nox.Session) -> None:
     """Acceptance suite on dist/release_artifacts (or --artifacts DIR): ISA audit, clean ctypes load,
     q5_1 integrity and numerics, WER gates; prints a summary and writes dist/verify-report.json."""

@@ -96,11 +96,9 @@ def needed_versions(path: Path) -> set[str]:
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise LayoutError(f"{path} is not a 64-bit little-endian ELF file.")
-    e_shoff, = struct.unpack_from("<Q", data, 0x28)
+    (e_shoff,) = struct.unpack_from("<Q", data, 0x28)
     e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [
-        struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)
-    ]
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
     names: set[str] = set()
     for _name, sh_type, _flags, _addr, off, _size, link, info, _align, _entsize in sections:
         if sh_type != _SHT_GNU_VERNEED:
@@ -139,14 +137,16 @@ def min_runtime(libs: Iterable[Path]) -> tuple[str, str]:
     glibc = _max_version(names, "GLIBC_")
     glibcxx = _max_version(names, "GLIBCXX_")
     if not glibc:
-        raise LayoutError("no GLIBC_ symbol version found in the shipped libraries; they are not glibc-linked.")
+        raise LayoutError(
+            "no GLIBC_ symbol version found in the shipped libraries; they are not glibc-linked."
+        )
     return glibc, (f"GLIBCXX_{glibcxx}" if glibcxx else "")
 
 
 # ---- layout --------------------------------------------------------------------------------
 def normalise(root: Path, epoch: int) -> None:
     """Modes 0644/0755 and mtime `epoch` on everything under root (root included)."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, _dirnames, filenames in os.walk(root):
         for f in filenames:
             p = os.path.join(dirpath, f)
             os.chmod(p, FILE_MODE)
@@ -166,7 +166,9 @@ def lay_out_model(
     for lib in LIBRARIES:
         src = lib_dir / lib
         if not src.is_file():
-            raise LayoutError(f"library {src} is missing from the build output; the compile step is incomplete.")
+            raise LayoutError(
+                f"library {src} is missing from the build output; the compile step is incomplete."
+            )
         shutil.copyfile(src, d / lib, follow_symlinks=True)
     model_file = model_file_name(model, quantize)
     shutil.copyfile(quantized, d / model_file)
@@ -175,8 +177,13 @@ def lay_out_model(
     sizes[README] = None
     sizes[SUMS] = None
     values = readme.readme_values(
-        model=model, model_file=model_file, dir_name=d.name, sizes=sizes, build=build,
-        glibc=glibc, glibcxx=glibcxx,
+        model=model,
+        model_file=model_file,
+        dir_name=d.name,
+        sizes=sizes,
+        build=build,
+        glibc=glibc,
+        glibcxx=glibcxx,
     )
     (d / README).write_text(readme.render(template, values), encoding="utf-8")
     (d / SUMS).write_text(sha256sums_text(d), encoding="utf-8")
@@ -263,8 +270,14 @@ def parse_toolchain(text: str) -> dict[str, str]:
 
 
 def organize(
-    *, lib_dir: Path, models_dir: Path, toolchain: Path, build_json: Path, template: Path,
-    out: Path, epoch: int,
+    *,
+    lib_dir: Path,
+    models_dir: Path,
+    toolchain: Path,
+    build_json: Path,
+    template: Path,
+    out: Path,
+    epoch: int,
 ) -> None:
     """The organizer stage: every per-model directory, then manifest.json, then normalised modes/mtimes."""
     build = json.loads(build_json.read_text(encoding="utf-8"))
@@ -276,7 +289,9 @@ def organize(
     for model in sorted(build["models"]):
         quantized = models_dir / model_file_name(model, quantize)
         if not quantized.is_file():
-            raise LayoutError(f"quantized model {quantized} is missing; the quantize step did not produce it.")
+            raise LayoutError(
+                f"quantized model {quantized} is missing; the quantize step did not produce it."
+            )
         lay_out_model(out, model, quantized, lib_dir, tpl, build)
     stmt = statement(out, build, parse_toolchain(toolchain.read_text(encoding="utf-8")))
     (out / MANIFEST).write_text(canonical_json(stmt), encoding="utf-8")
@@ -322,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         organize(
-            lib_dir=a.lib_dir, models_dir=a.models_dir, toolchain=a.toolchain, build_json=a.build_json,
-            template=a.template, out=a.out, epoch=a.epoch,
+            lib_dir=a.lib_dir,
+            models_dir=a.models_dir,
+            toolchain=a.toolchain,
+            build_json=a.build_json,
+            template=a.template,
+            out=a.out,
+            epoch=a.epoch,
         )
     except (LayoutError, readme.TemplateError) as e:
         print(f"error: {e}", file=sys.stderr)

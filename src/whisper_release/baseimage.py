@@ -66,7 +66,8 @@ def recipe_for(profile: str, pins: Pins | None = None) -> BaseRecipe:
             mirror = str(b["debian_snapshot_url"]).format(snapshot=b["debian_snapshot"])
         except KeyError as e:
             raise ConfigError(
-                f"release.toml [build] lacks {e.args[0]!r}, needed for the production base image's snapshot mirror."
+                f"release.toml [build] lacks {e.args[0]!r}, "
+                "needed for the production base image's snapshot mirror."
             ) from None
     return BaseRecipe(str(b["debian_suite"]), mirror, tuple(sorted(set(b["base_packages"]))))
 
@@ -77,7 +78,9 @@ def docker_ready() -> str:
     proc = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ToolError(f"The Docker daemon is not reachable ({last}); start it (service docker start) and retry.")
+        raise ToolError(
+            f"The Docker daemon is not reachable ({last}); start it (service docker start) and retry."
+        )
     return docker
 
 
@@ -93,8 +96,17 @@ def pack_rootfs(root: Path, out_tar: Path, mtime: int) -> None:
     """Tar a root filesystem deterministically: sorted names, one mtime, numeric owners."""
     run(
         [
-            "tar", "--create", "--file", out_tar, "--directory", root,
-            "--sort=name", "--numeric-owner", f"--mtime=@{mtime}", "--format=gnu", ".",
+            "tar",
+            "--create",
+            "--file",
+            out_tar,
+            "--directory",
+            root,
+            "--sort=name",
+            "--numeric-owner",
+            f"--mtime=@{mtime}",
+            "--format=gnu",
+            ".",
         ]
     )
 
@@ -116,7 +128,10 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
     recipe = recipe_for(profile, pins)
     tag = recipe.tag
     if dry_run:
-        info(f"base image {tag}: would debootstrap {recipe.suite} from {recipe.mirror} with {', '.join(recipe.packages)}")
+        info(
+            f"base image {tag}: would debootstrap {recipe.suite} from {recipe.mirror} "
+            f"with {', '.join(recipe.packages)}"
+        )
         return tag, image_id(tag) or ""
     docker_ready()
     existing = image_id(tag)
@@ -131,8 +146,12 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
         root = tmp / "root"
         run(
             [
-                debootstrap, f"--variant={recipe.variant}", f"--include={','.join(recipe.packages)}",
-                recipe.suite, root, recipe.mirror,
+                debootstrap,
+                f"--variant={recipe.variant}",
+                f"--include={','.join(recipe.packages)}",
+                recipe.suite,
+                root,
+                recipe.mirror,
             ]
         )
         _prune(root)
@@ -142,14 +161,22 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
             info(f"+ docker import - {tag}")
             proc = subprocess.run(
                 [
-                    "docker", "import",
-                    "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                    "--change", "ENV LANG=C.UTF-8",
-                    "--change", f"LABEL org.whisper-release.base-recipe={recipe.digest}",
-                    "--message", f"debootstrap {recipe.variant} {recipe.suite} recipe {recipe.digest[:12]}",
-                    "-", tag,
+                    "docker",
+                    "import",
+                    "--change",
+                    "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "--change",
+                    "ENV LANG=C.UTF-8",
+                    "--change",
+                    f"LABEL org.whisper-release.base-recipe={recipe.digest}",
+                    "--message",
+                    f"debootstrap {recipe.variant} {recipe.suite} recipe {recipe.digest[:12]}",
+                    "-",
+                    tag,
                 ],
-                stdin=fh, capture_output=True, text=True,
+                stdin=fh,
+                capture_output=True,
+                text=True,
             )
         if proc.returncode != 0:
             raise ToolError(f"docker import of the base root filesystem failed: {proc.stderr.strip()[-500:]}")
@@ -157,7 +184,8 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
         subprocess.run(["rm", "-rf", "--one-file-system", str(tmp)], check=False)
     new_id = image_id(tag)
     if not new_id:
-        raise ToolError(f"docker import reported success but image {tag} does not exist; check `docker images`.")
+        raise ToolError(
+            f"docker import reported success but image {tag} does not exist; check `docker images`."
+        )
     info(f"base image {tag} created ({new_id[:19]})")
     return tag, new_id
-

@@ -72,7 +72,9 @@ def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
             "JOBS": "2",
         }
     except KeyError as e:
-        raise ConfigError(f"release.toml [build] lacks {e.args[0]!r}, which the docker build needs.") from None
+        raise ConfigError(
+            f"release.toml [build] lacks {e.args[0]!r}, which the docker build needs."
+        ) from None
 
 
 def build_description(
@@ -90,19 +92,42 @@ def build_description(
         "required_cpu_flags": list(b["required_cpu_flags"]),
         "source_date_epoch": int(b["source_date_epoch"]),
         "source": {
-            "version": src["version"], "commit": src["commit"], "tree": src["tree"],
+            "version": src["version"],
+            "commit": src["commit"],
+            "tree": src["tree"],
             "provider": pins.profile(inputs.profile).source,
             "uri": provider.get("url") or f"pypi:{provider.get('package')}=={provider.get('version')}",
         },
         "models": {
-            name: {"sha256": model_digests[name], "size": inputs.models[name].stat().st_size,
-                   "provider": pins.model(name).provider, "format": "ggml-f16"}
+            name: {
+                "sha256": model_digests[name],
+                "size": inputs.models[name].stat().st_size,
+                "provider": pins.model(name).provider,
+                "format": "ggml-f16",
+            }
             for name in sorted(inputs.models)
         },
-        "base_image": {"tag": base_tag, "id": base_id,
-                       "recipe": baseimage.recipe_for(inputs.profile, pins).as_dict()},
-        "inputs": dict(inputs.provenance),
+        "base_image": {
+            "tag": base_tag,
+            "id": base_id,
+            "recipe": baseimage.recipe_for(inputs.profile, pins).as_dict(),
+        },
+        "inputs": stable_provenance(inputs.provenance),
     }
+
+
+# Keys that describe one run rather than the inputs (whether a file came from the cache or the
+# network); kept out so the manifest of the same inputs is the same bytes on every machine.
+_RUN_KEYS = frozenset({"status", "path"})
+
+
+def stable_provenance(obj: Any) -> Any:
+    """The fetch provenance without run-dependent keys, at any depth."""
+    if isinstance(obj, Mapping):
+        return {k: stable_provenance(v) for k, v in obj.items() if k not in _RUN_KEYS}
+    if isinstance(obj, list | tuple):
+        return [stable_provenance(v) for v in obj]
+    return obj
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -132,9 +157,13 @@ def assemble_context(
     root = root or project_root()
     missing = [n for n in pins.profile(inputs.profile).models if n not in inputs.models]
     if missing:
-        raise BuildError(f"Inputs of profile {inputs.profile!r} lack models {missing}; run `invoke fetch` first.")
+        raise BuildError(
+            f"Inputs of profile {inputs.profile!r} lack models {missing}; run `invoke fetch` first."
+        )
     if not (inputs.source_dir / "CMakeLists.txt").is_file():
-        raise BuildError(f"{inputs.source_dir} holds no whisper.cpp source tree (no CMakeLists.txt); run `invoke fetch`.")
+        raise BuildError(
+            f"{inputs.source_dir} holds no whisper.cpp source tree (no CMakeLists.txt); run `invoke fetch`."
+        )
     parent = root / "build" / "context"
     parent.mkdir(parents=True, exist_ok=True)
     final = parent / inputs.profile
@@ -224,7 +253,7 @@ def docker_build(
 
 
 def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
-    """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out` atomically."""
+    """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out`."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".release_artifacts-", dir=out.parent))
@@ -237,7 +266,8 @@ def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -
         cid = proc.stdout.strip()
         proc = subprocess.run(
             ["docker", "cp", "--follow-link", f"{cid}:/release_artifacts", str(tmp / "release_artifacts")],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if proc.returncode != 0:
             raise BuildError(f"docker cp from {tag} failed: {proc.stderr.strip()}.")
@@ -277,8 +307,10 @@ def build(
     args = build_args(pins, base_tag)
     if dry_run:
         info(f"would make or reuse base image {base_tag}")
-        info(f"would fetch {prof.source} source and models {', '.join(prof.models)}, "
-             f"assemble build/context/{profile}/ and run docker build --network=none with:")
+        info(
+            f"would fetch {prof.source} source and models {', '.join(prof.models)}, "
+            f"assemble build/context/{profile}/ and run docker build --network=none with:"
+        )
         for k, v in sorted(args.items()):
             info(f"  --build-arg {k}={v}")
         info(f"would extract /release_artifacts of {artifact_tag(profile)} into {out}")
@@ -292,11 +324,81 @@ def build(
     tag = artifact_tag(profile)
     docker_build(context, tag, args, no_cache=no_cache, log_path=logs / f"docker-build-{profile}.log")
     out = out if out.is_absolute() else root / out
-    result = extract(tag, out, sorted(inputs.models), str(pins.build["quantize"]),
-                     int(pins.build["source_date_epoch"]))
+    result = extract(
+        tag, out, sorted(inputs.models), str(pins.build["quantize"]), int(pins.build["source_date_epoch"])
+    )
     info(f"artifacts in {result}")
     return result
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
     return json.loads((out / artifacts.MANIFEST).read_text(encoding="utf-8"))
+
+
+# ---- reproducibility ---------------------------------------------------------------------------
+def artifact_digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): artifacts.sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def compare_trees(a: Path, b: Path, report_dir: Path | None = None) -> list[str]:
+    """Relative paths whose bytes differ (or exist on one side only); diffoscope reports when installed."""
+    da, db = artifact_digests(a), artifact_digests(b)
+    differ = sorted(n for n in set(da) | set(db) if da.get(n) != db.get(n))
+    diffoscope = shutil.which("diffoscope")
+    if differ and diffoscope and report_dir:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for name in differ:
+            if name in da and name in db:
+                report = report_dir / (name.replace("/", "__") + ".txt")
+                subprocess.run(
+                    [diffoscope, "--text", str(report), str(a / name), str(b / name)], capture_output=True
+                )
+    return differ
+
+
+def reproducibility(profile: str = "offline", pins: Pins | None = None) -> Path:
+    """Two --no-cache builds of the same fetched inputs; BuildError naming every file that differs."""
+    pins = pins or load_pins()
+    inputs = fetch_inputs(profile, pins)
+    root = project_root() / "build" / "repro" / profile
+    a = build(profile, no_cache=True, out=root / "a", inputs=inputs, pins=pins)
+    b = build(profile, no_cache=True, out=root / "b", inputs=inputs, pins=pins)
+    differ = compare_trees(a, b, root / "diffoscope")
+    if differ:
+        where = (
+            f"; diffoscope reports in {root / 'diffoscope'}"
+            if shutil.which("diffoscope")
+            else " (install diffoscope for a report of each difference)"
+        )
+        raise BuildError(
+            f"Two clean builds of profile {profile!r} differ in {len(differ)} file(s): "
+            f"{', '.join(differ)}{where}."
+        )
+    info(f"reproducible: {len(artifact_digests(a))} files identical across two --no-cache builds ({a}, {b})")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m whisper_release.build reproducibility [profile]` (the nox session's entry)."""
+    import sys
+
+    from .errors import ReleaseError
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] != "reproducibility":
+        print("usage: python -m whisper_release.build reproducibility [profile]", file=sys.stderr)
+        return 2
+    try:
+        reproducibility(args[1] if len(args) > 1 else "offline")
+    except ReleaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -22,13 +22,14 @@ class TemplateError(ValueError):
 
 
 def render(template: str, values: Mapping[str, object]) -> str:
-    """Replace every {{name}}; a placeholder without a value, or a value without a placeholder, is an error."""
+    """Replace every {{name}}; a placeholder without a value, or a value without one, is an error."""
     wanted = set(_PLACEHOLDER.findall(template))
     missing = sorted(wanted - set(values))
     unused = sorted(set(values) - wanted)
     if missing or unused:
         raise TemplateError(
-            f"README template placeholders and values differ: missing values {missing}, unused values {unused}; "
+            f"README template placeholders and values differ: missing values {missing}, "
+            f"unused values {unused}; "
             "keep packaging/README.template.md and readme.py in step."
         )
     return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), template)
@@ -86,7 +87,9 @@ def readme_values(
     assert model_size is not None
     # GCC release whose libstdc++ first exports a GLIBCXX_3.4.N version (libstdc++ ABI docs).
     glibcxx_gcc = {28: "11", 29: "11", 30: "12", 31: "13", 32: "13", 33: "14"}
-    gcc_major = glibcxx_gcc.get(version_tuple(glibcxx.split("_", 1)[1])[-1], "the matching") if glibcxx else "any"
+    gcc_major = (
+        glibcxx_gcc.get(version_tuple(glibcxx.split("_", 1)[1])[-1], "the matching") if glibcxx else "any"
+    )
     return {
         "whisper_version": source["version"],
         "model": model,

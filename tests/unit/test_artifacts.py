@@ -44,19 +44,34 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
         "cmake_flags": pins.build["cmake_flags"],
         "required_cpu_flags": pins.build["required_cpu_flags"],
         "source_date_epoch": 1704067200,
-        "source": {"version": "1.8.5", "commit": pins.source["commit"], "tree": pins.source["tree"],
-                   "provider": "pypi-sdist", "uri": "pypi:pywhispercpp==1.5.1"},
+        "source": {
+            "version": "1.8.5",
+            "commit": pins.source["commit"],
+            "tree": pins.source["tree"],
+            "provider": "pypi-sdist",
+            "uri": "pypi:pywhispercpp==1.5.1",
+        },
         "models": {"tiny.en": {"sha256": "a" * 64, "size": 5}, "base": {"sha256": "b" * 64, "size": 6}},
-        "base_image": {"tag": "whisper-release/builder-base:bookworm-0123456789ab", "id": "sha256:" + "c" * 64},
+        "base_image": {
+            "tag": "whisper-release/builder-base:bookworm-0123456789ab",
+            "id": "sha256:" + "c" * 64,
+        },
         "inputs": {"note": "unit test"},
     }
     build_json = tmp_path / "build.json"
     build_json.write_text(json.dumps(build))
     toolchain = tmp_path / "toolchain.txt"
-    toolchain.write_text("compiler=g++ (Debian 12.2.0-14) 12.2.0\ncmake=cmake version 3.25.1\n"
-                         "cpu_variant=-msse4.2;-mf16c;-mfma;-mbmi2;-mavx;-mavx2\n")
-    return {"lib_dir": lib_dir, "models_dir": models_dir, "build_json": build_json, "toolchain": toolchain,
-            "template": project_root() / "packaging" / "README.template.md"}
+    toolchain.write_text(
+        "compiler=g++ (Debian 12.2.0-14) 12.2.0\ncmake=cmake version 3.25.1\n"
+        "cpu_variant=-msse4.2;-mf16c;-mfma;-mbmi2;-mavx;-mavx2\n"
+    )
+    return {
+        "lib_dir": lib_dir,
+        "models_dir": models_dir,
+        "build_json": build_json,
+        "toolchain": toolchain,
+        "template": project_root() / "packaging" / "README.template.md",
+    }
 
 
 def _organize(dirs: dict[str, Path], out: Path) -> Path:
@@ -66,7 +81,11 @@ def _organize(dirs: dict[str, Path], out: Path) -> Path:
 
 def test_layout_matches_the_contract(build_dirs: dict[str, Path], tmp_path: Path) -> None:
     out = _organize(build_dirs, tmp_path / "release_artifacts")
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "whisper_base_xeon", "whisper_tiny.en_xeon"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "manifest.json",
+        "whisper_base_xeon",
+        "whisper_tiny.en_xeon",
+    ]
     for m in ("tiny.en", "base"):
         d = out / artifacts.model_dir_name(m)
         assert sorted(p.name for p in d.iterdir()) == list(artifacts.expected_files(m, "q5_1"))
@@ -82,17 +101,23 @@ def test_sha256sums_pass_coreutils_check(build_dirs: dict[str, Path], tmp_path: 
     out = _organize(build_dirs, tmp_path / "ra")
     for d in out.iterdir():
         if d.is_dir():
-            proc = subprocess.run([sha256sum, "-c", "--strict", "SHA256SUMS"], cwd=d, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sha256sum, "-c", "--strict", "SHA256SUMS"], cwd=d, capture_output=True, text=True
+            )
             assert proc.returncode == 0, proc.stdout + proc.stderr
             assert proc.stdout.count(": OK") == len(artifacts.expected_files("x", "q5_1")) - 1
 
 
-def test_manifest_is_an_in_toto_statement_over_every_file(build_dirs: dict[str, Path], tmp_path: Path) -> None:
+def test_manifest_is_an_in_toto_statement_over_every_file(
+    build_dirs: dict[str, Path], tmp_path: Path
+) -> None:
     out = _organize(build_dirs, tmp_path / "ra")
     stmt = json.loads((out / "manifest.json").read_text())
     assert stmt["_type"] == "https://in-toto.io/Statement/v1"
     assert stmt["predicateType"] == "https://slsa.dev/provenance/v1"
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
+    files = sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
     assert [s["name"] for s in stmt["subject"]] == files
     for s in stmt["subject"]:
         assert s["digest"]["sha256"] == artifacts.sha256_file(out / s["name"])
@@ -112,8 +137,14 @@ def test_two_runs_give_identical_bytes(build_dirs: dict[str, Path], tmp_path: Pa
     b = _organize(build_dirs, tmp_path / "b")
 
     def snapshot(root: Path) -> dict[str, tuple[bytes, int, int]]:
-        return {p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else b"", p.stat().st_mode,
-                                                 int(p.stat().st_mtime)) for p in root.rglob("*")}
+        return {
+            p.relative_to(root).as_posix(): (
+                p.read_bytes() if p.is_file() else b"",
+                p.stat().st_mode,
+                int(p.stat().st_mtime),
+            )
+            for p in root.rglob("*")
+        }
 
     assert snapshot(a) == snapshot(b)
 
@@ -157,7 +188,10 @@ def test_min_runtime_takes_the_max_version() -> None:
     glibc, glibcxx = artifacts.min_runtime([_real_elf("libstdc++.so.6"), _real_elf("libz.so.1")])
     assert re.fullmatch(r"2\.\d+", glibc)
     assert glibcxx == ""  # libstdc++ defines GLIBCXX, it does not need it
-    assert artifacts._max_version(["GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.3.4", "GLIBC_PRIVATE"], "GLIBC_") == "2.14"
+    assert (
+        artifacts._max_version(["GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.3.4", "GLIBC_PRIVATE"], "GLIBC_")
+        == "2.14"
+    )
 
 
 def test_not_elf_is_rejected(tmp_path: Path) -> None:

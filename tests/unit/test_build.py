@@ -55,7 +55,7 @@ def test_dockerfile_has_no_pins_and_pulls_nothing() -> None:
     froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
     assert froms == ["${BASE_IMAGE}", "builder", "scratch"]
     # Compile before models: a model change must not invalidate the compile layer.
-    assert text.index("compile.sh\"]") < text.index("COPY models/")
+    assert text.index('compile.sh"]') < text.index("COPY models/")
     instructions = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     assert not any("--network" in ln or "http" in ln for ln in instructions)
 
@@ -73,13 +73,25 @@ def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tm
     pins = load_pins()
     ctx = build.assemble_context(pins, inputs, "base:tag", "sha256:" + "d" * 64, root)
     assert ctx == root / "build" / "context" / "offline"
-    assert sorted(p.name for p in ctx.iterdir()) == [".dockerignore", "Dockerfile", "build.json", "models",
-                                                     "packaging", "source"]
-    assert {p.name for p in (ctx / "packaging").iterdir()} >= {"compile.sh", "artifacts.py", "readme.py",
-                                                               "README.template.md"}
+    assert sorted(p.name for p in ctx.iterdir()) == [
+        ".dockerignore",
+        "Dockerfile",
+        "build.json",
+        "models",
+        "packaging",
+        "source",
+    ]
+    assert {p.name for p in (ctx / "packaging").iterdir()} >= {
+        "compile.sh",
+        "artifacts.py",
+        "readme.py",
+        "README.template.md",
+    }
     # Hardlinks, not copies: assembling the context costs no disk space.
     assert (ctx / "models" / "base.bin").stat().st_ino == inputs.models["base"].stat().st_ino
-    assert (ctx / "source" / "ggml" / "g.c").stat().st_ino == (inputs.source_dir / "ggml" / "g.c").stat().st_ino
+    assert (ctx / "source" / "ggml" / "g.c").stat().st_ino == (
+        inputs.source_dir / "ggml" / "g.c"
+    ).stat().st_ino
     assert os.readlink(ctx / "source" / "ggml" / "link.c") == "g.c"
     desc = json.loads((ctx / "build.json").read_text())
     assert desc["models"]["base"]["sha256"] == hashlib.sha256(b"base" * 100).hexdigest()
@@ -87,7 +99,9 @@ def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tm
     assert desc["source"]["tree"] == pins.source["tree"]
     assert desc["inputs"] == {"source": {"tree": "x"}}
     # A second assembly replaces the first whole; no temp dirs are left behind.
-    inputs2 = dataclasses.replace(inputs, models={"tiny.en": inputs.models["tiny.en"], "base": inputs.models["base"]})
+    inputs2 = dataclasses.replace(
+        inputs, models={"tiny.en": inputs.models["tiny.en"], "base": inputs.models["base"]}
+    )
     build.assemble_context(pins, inputs2, "base:tag", "sha256:" + "d" * 64, root)
     assert [p.name for p in (root / "build" / "context").iterdir()] == ["offline"]
 

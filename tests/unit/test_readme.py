@@ -21,10 +21,21 @@ def _values(**over: object) -> dict[str, object]:
         "quantize": "q5_1",
         "release_version": pins.release_version,
     }
-    sizes: dict[str, int | None] = {"libwhisper.so": 1234567, "ggml-base-q5_1.bin": 59707625,
-                                    "README.md": None, "SHA256SUMS": None}
-    kw: dict = dict(model="base", model_file="ggml-base-q5_1.bin", dir_name="whisper_base_xeon",
-                    sizes=sizes, build=build, glibc="2.34", glibcxx="GLIBCXX_3.4.30")
+    sizes: dict[str, int | None] = {
+        "libwhisper.so": 1234567,
+        "ggml-base-q5_1.bin": 59707625,
+        "README.md": None,
+        "SHA256SUMS": None,
+    }
+    kw: dict = dict(
+        model="base",
+        model_file="ggml-base-q5_1.bin",
+        dir_name="whisper_base_xeon",
+        sizes=sizes,
+        build=build,
+        glibc="2.34",
+        glibcxx="GLIBCXX_3.4.30",
+    )
     kw.update(over)
     return readme.readme_values(**kw)
 

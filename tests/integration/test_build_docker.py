@@ -1,0 +1,222 @@
+"""The real offline build: debootstrap base, docker build --network=none, extraction, then checks.
+
+One cold build per run (session fixture, into dist/release_artifacts like `invoke build`); the warm
+rebuild test reuses the layer cache, so the whole module costs one compile.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from whisper_release import artifacts, build, readme
+from whisper_release.errors import BuildError
+from whisper_release.pins import load_pins, project_root
+from whisper_release.testing import require_tool
+
+pytestmark = pytest.mark.integration
+
+PROFILE = "offline"
+# Anything only AVX-512 (EVEX) code has: zmm or mask registers, masking, EVEX-only mnemonics.
+AVX512 = re.compile(
+    r"%zmm\d|%k[0-7]\b|\{%k[0-7]\}|\bvpternlog|\bvpermt2|\bvpcompress|\bvpexpand|\bvcvtne2ps2bf16"
+    r"|\bvpmovm2|\bvpdpbusd|\bvpdpwssd"
+)
+
+
+@pytest.fixture(scope="session")
+def inputs() -> build.BuildInputs:
+    return build.fetch_inputs(PROFILE, load_pins())
+
+
+@pytest.fixture(scope="session")
+def dist(inputs: build.BuildInputs) -> Path:
+    require_tool("docker")
+    require_tool("debootstrap")
+    return build.build(PROFILE, inputs=inputs, out=project_root() / "dist" / "release_artifacts")
+
+
+@pytest.fixture(scope="session")
+def models() -> tuple[str, ...]:
+    return load_pins().profile(PROFILE).models
+
+
+def _word_list(text: str) -> list[str]:
+    return re.sub(r"[^a-z ]", " ", text.lower()).split()
+
+
+def test_layout_and_sha256sums(dist: Path, models: tuple[str, ...]) -> None:
+    sha256sum = require_tool("sha256sum")
+    assert artifacts.check_tree(dist, models, "q5_1") == []
+    assert sorted(p.name for p in dist.iterdir()) == sorted(
+        ["manifest.json", *(artifacts.model_dir_name(m) for m in models)]
+    )
+    for m in models:
+        d = dist / artifacts.model_dir_name(m)
+        proc = subprocess.run(
+            [sha256sum, "-c", "--strict", "SHA256SUMS"], cwd=d, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        for p in d.iterdir():
+            assert p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o644
+
+
+def test_libraries_load_from_origin(dist: Path, models: tuple[str, ...]) -> None:
+    readelf = require_tool("readelf")
+    d = dist / artifacts.model_dir_name(models[0])
+    for lib in artifacts.LIBRARIES[:4]:
+        dyn = subprocess.run([readelf, "-d", d / lib], capture_output=True, text=True, check=True).stdout
+        assert re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[\$ORIGIN\]", dyn), f"{lib}:\n{dyn}"
+    dyn = subprocess.run(
+        [readelf, "-d", d / "libwhisper.so"], capture_output=True, text=True, check=True
+    ).stdout
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[(.+?)\]", dyn))
+    assert {"libggml.so.0", "libggml-base.so.0"} <= needed
+
+
+def test_cpu_library_has_avx2_fma_and_no_avx512(dist: Path, models: tuple[str, ...]) -> None:
+    objdump = require_tool("objdump")
+    d = dist / artifacts.model_dir_name(models[0])
+    cpu = subprocess.run(
+        [objdump, "-d", "--no-show-raw-insn", d / "libggml-cpu.so.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for wanted in ("vfmadd", "vpmaddubsw", "%ymm", "vcvtph2ps"):
+        assert wanted in cpu, f"libggml-cpu.so.0 has no {wanted}: not an AVX2/FMA/F16C build"
+    for lib in artifacts.LIBRARIES:
+        text = subprocess.run(
+            [objdump, "-d", "--no-show-raw-insn", d / lib], capture_output=True, text=True, check=True
+        ).stdout
+        hits = sorted({m.group(0) for m in AVX512.finditer(text)})
+        assert not hits, f"{lib} holds AVX-512 code: {hits[:10]}"
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_readme_example_transcribes_the_sample(
+    dist: Path, inputs: build.BuildInputs, models: tuple[str, ...], index: int, tmp_path: Path
+) -> None:
+    pins = load_pins()
+    model = models[index]
+    d = dist / artifacts.model_dir_name(model)
+    code = readme.python_example((d / "README.md").read_text())
+    script = tmp_path / "transcribe.py"
+    script.write_text(code)
+    sample = inputs.source_dir / pins.sample["path"]
+    # As a user would run it: from the artifact directory, no LD_LIBRARY_PATH, a clean interpreter.
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-I", str(script), str(sample)],
+        cwd=d,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, want = _word_list(proc.stdout), _word_list(pins.sample["reference"])
+    ratio = difflib.SequenceMatcher(a=want, b=got).ratio()
+    assert ratio >= 0.9, (
+        f"{model}: transcript {proc.stdout!r} is too far from the reference (ratio {ratio:.2f})"
+    )
+
+
+def test_readme_struct_size_matches_the_header(inputs: build.BuildInputs, tmp_path: Path) -> None:
+    cc = require_tool("gcc")
+    probe = tmp_path / "probe.c"
+    probe.write_text(
+        '#include <stdio.h>\n#include "whisper.h"\n'
+        'int main(void){printf("%zu %zu\\n", sizeof(struct whisper_full_params),'
+        " sizeof(struct whisper_context_params));return 0;}\n"
+    )
+    src = inputs.source_dir
+    subprocess.run(
+        [cc, "-I", src / "include", "-I", src / "ggml" / "include", probe, "-o", tmp_path / "probe"],
+        check=True,
+    )
+    out = subprocess.run([tmp_path / "probe"], capture_output=True, text=True, check=True).stdout.split()
+    assert [int(x) for x in out] == [readme.FULL_PARAMS_SIZE, 48]
+
+
+def test_readme_reports_real_sizes_and_glibc(dist: Path, models: tuple[str, ...]) -> None:
+    for m in models:
+        d = dist / artifacts.model_dir_name(m)
+        text = (d / "README.md").read_text()
+        for p in d.iterdir():
+            if p.name not in ("README.md", "SHA256SUMS"):
+                assert re.search(rf"{re.escape(p.name)}\s+{p.stat().st_size:,} bytes", text), p.name
+        glibc, _ = artifacts.min_runtime(d / lib for lib in artifacts.LIBRARIES)
+        assert f"glibc {glibc} or newer" in text
+
+
+def test_manifest_records_the_inputs(dist: Path, inputs: build.BuildInputs) -> None:
+    stmt = build.read_manifest(dist)
+    pins = load_pins()
+    bd = stmt["predicate"]["buildDefinition"]
+    deps = {d["name"]: d for d in bd["resolvedDependencies"]}
+    assert deps["whisper.cpp"]["digest"] == {
+        "gitCommit": pins.source["commit"],
+        "gitTree": pins.source["tree"],
+    }
+    for name, path in inputs.models.items():
+        assert deps[f"model:{name}"]["digest"]["sha256"] == artifacts.sha256_file(path)
+    assert bd["internalParameters"]["cpu_backend_variant"] == pins.build["expected_cpu_variant"]
+    assert bd["internalParameters"]["compiler"].startswith("g++ ")
+    base_id = subprocess.run(
+        [
+            "docker",
+            "image",
+            "inspect",
+            "-f",
+            "{{.Id}}",
+            deps["builder-base-image"]["uri"].removeprefix("docker-image:"),
+        ],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    assert deps["builder-base-image"]["digest"]["sha256"] == base_id.removeprefix("sha256:")
+
+
+def test_warm_rebuild_uses_the_cache_and_gives_the_same_bytes(
+    dist: Path, inputs: build.BuildInputs, tmp_path: Path
+) -> None:
+    before = build.artifact_digests(dist)
+    again = build.build(PROFILE, inputs=inputs, out=tmp_path / "warm")
+    log = (project_root() / "build" / "logs" / f"docker-build-{PROFILE}.log").read_text()
+    compile_step = log[log.index('compile.sh"]') :]
+    assert compile_step.lstrip().split("\n", 2)[1].strip() == "---> Using cache", "the compile step re-ran"
+    assert build.artifact_digests(again) == before
+
+
+def test_failing_step_is_a_build_error_with_its_last_lines(tmp_path: Path) -> None:
+    require_tool("docker")
+    tag = subprocess.run(
+        ["docker", "images", "-q", "--filter", "reference=whisper-release/builder-base"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not tag:
+        pytest.fail("no builder base image; the build fixture should have made one")
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {tag[0]}\nRUN echo preparing && echo 'error: the compiler exploded' >&2 && exit 3\n"
+    )
+    with pytest.raises(BuildError) as e:
+        build.docker_build(tmp_path, "whisper-release/test-failing:latest", {}, log_path=tmp_path / "log")
+    msg = str(e.value)
+    assert "docker build failed at step [2/2] RUN" in msg
+    assert "error: the compiler exploded" in msg
+
+
+@pytest.fixture(autouse=True)
+def _cleanup_failing_image() -> Iterator[None]:
+    yield
+    if shutil.which("docker"):
+        subprocess.run(["docker", "rmi", "-f", "whisper-release/test-failing:latest"], capture_output=True)
