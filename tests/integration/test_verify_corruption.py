@@ -1,0 +1,159 @@
+"""Each verify check fails for the right reason: copies of the built artifacts are corrupted one way
+each, the real suite (verify/) runs on the copy, and its failure must name the file, wanted and got.
+
+Needs built artifacts: $WHISPER_RELEASE_ARTIFACTS, else dist/release_artifacts (CI builds first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from whisper_release import ggml
+from whisper_release.pins import project_root
+from whisper_release.testing import require_tool, strict
+
+pytestmark = pytest.mark.integration
+
+ROOT = project_root()
+
+
+@pytest.fixture(scope="module")
+def built() -> tuple[Path, Path]:
+    """(release_artifacts root, its smallest whisper_<model>_xeon dir)."""
+    env = os.environ.get("WHISPER_RELEASE_ARTIFACTS")
+    root = Path(env) if env else ROOT / "dist" / "release_artifacts"
+    dirs = sorted(root.glob("whisper_*_xeon"), key=lambda d: sum(p.stat().st_size for p in d.iterdir()))
+    if not dirs:
+        msg = f"no built artifacts under {root}; run `invoke build` (or set WHISPER_RELEASE_ARTIFACTS)"
+        if strict():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root, dirs[0]
+
+
+@pytest.fixture
+def copy(built: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    src_root, src_dir = built
+    root = tmp_path / "release_artifacts"
+    root.mkdir()
+    shutil.copyfile(src_root / "manifest.json", root / "manifest.json")
+    shutil.copytree(src_dir, root / src_dir.name, symlinks=False)
+    return root, root / src_dir.name
+
+
+def _verify(root: Path, tmp_path: Path, select: str) -> str:
+    """Run the acceptance suite on `root` (only the tests matching `select`); return its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "verify"), "-p", "no:cacheprovider", "-q", "-rN",
+         "--artifacts", str(root), "--report", str(tmp_path / "report.json"), "-k", select],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        env={k: v for k, v in os.environ.items() if k not in ("CI", "WHISPER_RELEASE_STRICT")},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, f"verify passed on a corrupted copy:\n{out}"
+    return out
+
+
+def _model(d: Path) -> Path:
+    (m,) = d.glob("ggml-*-q5_1.bin")
+    return m
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_untouched_copy_passes(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, _ = copy
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(ROOT / "verify"), "-p", "no:cacheprovider", "-q",
+         "--artifacts", str(root), "--report", str(tmp_path / "r.json"),
+         "-k", "files or isa or model_file or loads_alone"],
+        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_flipped_byte_in_a_model_block(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    model = _model(d)
+    good = _sha(model)
+    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.GGML_TYPE_Q5_1)
+    with model.open("r+b") as f:
+        f.seek(info.data_offset + 8)  # block 0, first byte of qs (two 4-bit quants)
+        b = f.read(1)[0]
+        f.seek(info.data_offset + 8)
+        f.write(bytes([b ^ 0x88]))  # both nibbles move by 8 steps of d
+    out = _verify(root, tmp_path, "numerics or model_file")
+    assert f"{model}: q5_1 tensor {info.name}: wanted every element within its block's quantisation bound, " \
+           f"got 2 element(s) outside it, first in block 0 (file byte {info.data_offset})" in out
+    assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
+
+
+def test_truncated_model(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    model = _model(d)
+    size = model.stat().st_size
+    with model.open("r+b") as f:
+        f.truncate(size - 4096)
+    out = _verify(root, tmp_path, "model_file")
+    assert f"{model}: file length: wanted {size} bytes (header + every tensor), got {size - 4096} bytes" in out
+    assert f"{model}: tensor records: wanted complete tensor records up to the end of the file, got " in out
+
+
+def test_wrong_hparam(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    model = _model(d)
+    head = ggml.read_header(model).hparams["n_text_head"]
+    with model.open("r+b") as f:
+        f.seek(4 + 4 * 7)  # magic, then hparams in order: n_text_head is the 8th
+        f.write((head + 1).to_bytes(4, "little"))
+    out = _verify(root, tmp_path, "model_file")
+    assert f"{model}: hparam n_text_head: wanted {head}, got {head + 1}" in out
+
+
+def test_library_with_an_avx512_instruction(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    gcc = require_tool("gcc", "builds the planted library")
+    src = tmp_path / "evex.S"
+    # vaddps %zmm1,%zmm0,%zmm0 as raw bytes: no compiler flag would reveal it.
+    src.write_text(".text\n.globl f\nf:\n.byte 0x62,0xf1,0x7c,0x48,0x58,0xc1\nret\n"
+                   '.section .note.GNU-stack,"",@progbits\n')
+    planted = d / "libgomp.so.1"
+    subprocess.run([gcc, "-shared", "-nostdlib", str(src), "-o", str(planted)], check=True)
+    out = _verify(root, tmp_path, "isa_audit")
+    assert re.search(re.escape(f"{planted}: avx512 instructions: wanted 0, got 1 (e.g. ") + r"\w+: vaddps %zmm1,%zmm0,%zmm0\)",
+                     out), out
+
+
+def test_missing_ggml_library(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    gone = d / "libggml-cpu.so.0"
+    gone.unlink()
+    out = _verify(root, tmp_path, "files or loads_alone or isa_audit")
+    assert f"{gone}: shipped file: wanted present, got missing" in out
+    assert f"{gone}: file listed in SHA256SUMS: wanted present, got missing" in out
+    assert f"{gone}: ggml CPU backend: wanted present, got missing" in out
+    # The loader's own words from the clean subprocess: which library it could not find.
+    assert re.search(rf"{re.escape(str(d / 'libwhisper.so'))}: wanted a ctypes load with no LD_LIBRARY_PATH, "
+                     r"got: Cannot load .*libggml-cpu\.so\.0: cannot open shared object file", out), out
+
+
+def test_edited_sha256sums(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    sums = d / "SHA256SUMS"
+    lib = d / "libwhisper.so"
+    real = _sha(lib)
+    fake = hashlib.sha256(b"not the library").hexdigest()
+    sums.write_text(sums.read_text().replace(real, fake))
+    out = _verify(root, tmp_path, "files")
+    assert f"{lib}: sha256: wanted {fake} (SHA256SUMS), got {real}" in out
+    assert f"{sums}: sha256: wanted " in out and "(manifest.json)" in out
