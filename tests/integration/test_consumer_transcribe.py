@@ -68,21 +68,27 @@ def reference() -> str:
 
 
 @pytest.fixture(scope="module")
-def pulled(artifacts, model, tmp_path_factory) -> Path:
-    """Publish the build to a fresh embedded store, then pull it with the console script."""
+def store_env(artifacts, tmp_path_factory):
+    """The build published as release e2e-r1 to a fresh embedded store; the console's environment."""
     store = EmbeddedStore(tmp_path_factory.mktemp("store"), bucket="consumer-e2e", prefix="whisper.cpp")
     cfg = store.start()
     try:
         publish.push(artifacts, cfg, version="e2e-r1", create_bucket=True, progress=False)
-        dest = tmp_path_factory.mktemp("fresh") / f"whisper_{model}_xeon"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "WHISPER_RELEASE_"))}
         env.update(cfg.client_env(), WHISPER_RELEASE_BUCKET=cfg.bucket, WHISPER_RELEASE_PREFIX=cfg.prefix)
-        proc = subprocess.run([EXE, "pull", "--release", "latest", "--model", model, "--dest", str(dest)],
-                              env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.strip() == str(dest)
+        yield env
     finally:
         store.stop()
+
+
+@pytest.fixture(scope="module")
+def pulled(artifacts, model, store_env, tmp_path_factory) -> Path:
+    """The release pulled into a fresh folder with the console script."""
+    dest = tmp_path_factory.mktemp("fresh") / f"whisper_{model}_xeon"
+    proc = subprocess.run([EXE, "pull", "--release", "latest", "--model", model, "--dest", str(dest)],
+                          env=store_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(dest)
     src = artifacts / f"whisper_{model}_xeon"
     assert {p.name: p.read_bytes() for p in dest.iterdir()} == {p.name: p.read_bytes() for p in src.iterdir()}
     return dest
@@ -232,3 +238,57 @@ def test_tampered_artifact_is_refused_before_loading(pulled, jfk, tmp_path):
         f.seek(1000)
         f.write(b"\xff" * 16)
     _one_sentence_error(_transcribe(jfk, copy), VerificationError.exit_code, model.name, "pull the artifact again")
+
+
+# ---- docs/examples/worker.py ---------------------------------------------------------------
+
+WORKER = project_root() / "docs" / "examples" / "worker.py"
+
+
+def _worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(WORKER), *args, "--threads", "2"], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_worker_pulls_once_and_transcribes_a_folder_idempotently(store_env, model, jfk, reference, tmp_path):
+    inbox, outbox, cache = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "cache"
+    (inbox / "sub").mkdir(parents=True)
+    shutil.copy(jfk, inbox / "a.wav")
+    _stereo_44k(jfk, inbox / "sub" / "b.wav")
+    (inbox / "broken.wav").write_bytes(b"")
+    args = (str(inbox), "--outbox", str(outbox), "--cache", str(cache), "--model", model)
+
+    first = _worker(store_env, *args)
+    assert first.returncode == 1, first.stderr  # broken.wav failed, the others did not
+    assert "release e2e-r1 pulled" in first.stderr and "broken.wav" in first.stderr
+    outs = sorted(p.relative_to(outbox).as_posix() for p in outbox.rglob("*") if p.is_file())
+    assert outs == ["a.txt", "sub/b.txt"]
+    for p in outbox.rglob("*.txt"):
+        assert wer(reference, p.read_text()) == 0.0
+    assert [p.relative_to(cache).as_posix() for p in cache.iterdir()] == ["e2e-r1"]
+    stamps = {p: p.stat().st_mtime_ns for p in outbox.rglob("*.txt")}
+
+    # Nothing new: nothing is redone, and the bucket is not even needed.
+    (inbox / "broken.wav").unlink()
+    no_s3 = {k: v for k, v in store_env.items() if not k.startswith(("AWS_", "WHISPER_RELEASE_"))}
+    no_s3["WHISPER_RELEASE_STORE"] = str(tmp_path / "no-store")
+    again = _worker(no_s3, *args)
+    assert again.returncode == 0, again.stderr
+    assert "0 to transcribe, 2 already done" in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in outbox.rglob("*.txt")} == stamps
+
+    # A new file: the cached release is reused, not pulled again; srt output this time.
+    shutil.copy(jfk, inbox / "c.wav")
+    third = _worker(store_env, *args, "--format", "srt")
+    assert third.returncode == 0, third.stderr
+    assert "release e2e-r1 cached" in third.stderr
+    assert "3 transcribed" in third.stderr  # srt transcripts are a different output set
+    assert wer(reference, _text_of("srt", (outbox / "c.srt").read_text())) == 0.0
+
+    # The bucket unreachable (nothing listens on that port): the newest cached release still serves.
+    shutil.copy(jfk, inbox / "d.wav")
+    dead = dict(store_env, AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    offline = _worker(dead, *args)
+    assert offline.returncode == 0, offline.stderr
+    assert "bucket unreachable" in offline.stderr and "using cached" in offline.stderr
+    assert wer(reference, (outbox / "d.txt").read_text()) == 0.0
