@@ -1,0 +1,289 @@
+#!/usr/bin/env bash
+# Publish a built release directory to MinIO or any S3 store, for hosts without Python.
+# Same layout and ordering rules as `invoke push`; see minio/README.md. Run with --help.
+set -euo pipefail
+
+readonly EX_OK=0 EX_INTERNAL=1 EX_USAGE=2 EX_NO_CLIENT=3 EX_LOCAL=4 EX_UNREACHABLE=5 EX_AUTH=6 \
+  EX_NO_BUCKET=7 EX_UPLOAD=8 EX_EXISTS=9
+
+usage() {
+  cat <<'EOF'
+Usage: push_to_minio.sh [options] [ARTIFACTS_DIR]
+
+Uploads ARTIFACTS_DIR (default: dist/release_artifacts), which holds manifest.json and
+whisper_<model>_xeon/ folders each with a SHA256SUMS, to
+  s3://BUCKET/PREFIX/VERSION/whisper_<model>_xeon/<file>  and  s3://BUCKET/PREFIX/VERSION/manifest.json
+Data files go first, then every SHA256SUMS, then manifest.json: a release is complete once its
+manifest is listed. Each object carries its sha256 as metadata (x-amz-meta-sha256).
+
+Options (each also read from the environment, shown in brackets):
+  -e, --endpoint URL    S3 endpoint, http(s)://host[:port]   [AWS_ENDPOINT_URL, MINIO_ENDPOINT]
+  -b, --bucket NAME     bucket          [WHISPER_RELEASE_BUCKET, MINIO_BUCKET; else release.toml]
+  -p, --prefix PREFIX   key prefix      [WHISPER_RELEASE_PREFIX, MINIO_PREFIX; else release.toml]
+  -v, --version VER     release version [WHISPER_RELEASE_VERSION; else release.toml]
+  -c, --client KIND     auto (default), mc or aws
+  -r, --retries N       attempts per object before giving up (default 4; backoff 1, 2, 4... s)
+  -f, --force           replace a published release whose manifest differs
+  -n, --dry-run         check the local files and settings, print the plan, contact nothing
+  -h, --help            this text
+
+Credentials (environment only, never on the command line):
+  AWS_ACCESS_KEY_ID or MINIO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY or MINIO_SECRET_KEY,
+  AWS_DEFAULT_REGION (default us-east-1).
+
+Client: the first of mc, mcli, minio-client whose `--version` shows MinIO's "commit-id="
+(GNU Midnight Commander, also called mc, is refused); otherwise the aws cli.
+
+Exit codes:
+  0 published (or already published)     5 endpoint unreachable
+  1 unexpected failure                   6 credentials rejected
+  2 usage or setting error               7 bucket does not exist
+  3 no usable client found               8 an upload failed after all retries
+  4 local artifacts invalid              9 release exists with a different manifest (use --force)
+EOF
+}
+
+log() { echo "push_to_minio: $*" >&2; }
+die() { local code=$1; shift; log "error: $*"; exit "$code"; }
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+pins="$here/../release.toml"
+# pin SECTION KEY: the value of KEY = "..." inside [SECTION] of release.toml, if that file is here.
+pin() {
+  [[ -r "$pins" ]] || return 0
+  awk -v sec="[$1]" -v key="$2" '
+    /^\[/ { insec = ($0 == sec) }
+    insec && $1 == key && $2 == "=" { v = $0; sub(/^[^=]*=[ \t]*"/, "", v); sub(/".*$/, "", v); print v; exit }
+  ' "$pins"
+}
+
+endpoint="${AWS_ENDPOINT_URL:-${MINIO_ENDPOINT:-}}"
+bucket="${WHISPER_RELEASE_BUCKET:-${MINIO_BUCKET:-}}"
+prefix="${WHISPER_RELEASE_PREFIX-${MINIO_PREFIX-}}"
+version="${WHISPER_RELEASE_VERSION:-}"
+client_kind=auto
+retries=4
+force=0
+dry_run=0
+artifacts=""
+
+while (($#)); do
+  case "$1" in
+    -h|--help) usage; exit $EX_OK ;;
+    -e|--endpoint) endpoint="${2?--endpoint needs a value}"; shift 2 ;;
+    -b|--bucket) bucket="${2?--bucket needs a value}"; shift 2 ;;
+    -p|--prefix) prefix="${2?--prefix needs a value}"; shift 2 ;;
+    -v|--version) version="${2?--version needs a value}"; shift 2 ;;
+    -c|--client) client_kind="${2?--client needs a value}"; shift 2 ;;
+    -r|--retries) retries="${2?--retries needs a value}"; shift 2 ;;
+    -f|--force) force=1; shift ;;
+    -n|--dry-run) dry_run=1; shift ;;
+    --) shift; artifacts="${1:-}"; break ;;
+    -*) usage >&2; die $EX_USAGE "unknown option $1 (see --help)" ;;
+    *) [[ -z "$artifacts" ]] || die $EX_USAGE "more than one artifacts directory given ($artifacts, $1)"
+       artifacts="$1"; shift ;;
+  esac
+done
+artifacts="${artifacts:-dist/release_artifacts}"
+bucket="${bucket:-$(pin publish bucket)}"
+[[ -n "${WHISPER_RELEASE_PREFIX+x}${MINIO_PREFIX+x}" ]] || prefix="${prefix:-$(pin publish prefix)}"
+version="${version:-$(pin release version)}"
+access_key="${AWS_ACCESS_KEY_ID:-${MINIO_ACCESS_KEY:-}}"
+secret_key="${AWS_SECRET_ACCESS_KEY:-${MINIO_SECRET_KEY:-}}"
+region="${AWS_DEFAULT_REGION:-${AWS_REGION:-us-east-1}}"
+
+# ---- settings ---------------------------------------------------------------------------------
+[[ "$client_kind" =~ ^(auto|mc|aws)$ ]] || die $EX_USAGE "--client must be auto, mc or aws, got '$client_kind'"
+[[ "$retries" =~ ^[1-9][0-9]?$ ]] || die $EX_USAGE "--retries must be a number from 1 to 99, got '$retries'"
+[[ -n "$endpoint" ]] || die $EX_USAGE "no endpoint: pass --endpoint http(s)://host:port or set AWS_ENDPOINT_URL"
+if [[ "$endpoint" != *://* ]]; then
+  # MinIO-style host:port; MINIO_SECURE=false means plain http.
+  case "${MINIO_SECURE:-true}" in false|0|no|off) endpoint="http://$endpoint" ;; *) endpoint="https://$endpoint" ;; esac
+fi
+[[ "$endpoint" =~ ^(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:([0-9]{1,5}))?/?$ ]] ||
+  die $EX_USAGE "endpoint '$endpoint' is not http(s)://host[:port] (no path, no credentials in the URL)"
+scheme="${BASH_REMATCH[1]}"; host="${BASH_REMATCH[2]}"; port="${BASH_REMATCH[4]}"
+[[ -n "$port" ]] || { [[ "$scheme" == https ]] && port=443 || port=80; }
+endpoint="$scheme://$host:$port"
+[[ -n "$bucket" ]] || die $EX_USAGE "no bucket: pass --bucket or set WHISPER_RELEASE_BUCKET/MINIO_BUCKET"
+if [[ ! "$bucket" =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ || "$bucket" == *..* ]]; then
+  die $EX_USAGE "bucket '$bucket' breaks S3 naming rules (3-63 of a-z 0-9 . -, starting and ending alphanumeric)"
+fi
+prefix="${prefix#/}"; prefix="${prefix%/}"
+if [[ -n "$prefix" && ! "$prefix" =~ ^[A-Za-z0-9._+=@-]+(/[A-Za-z0-9._+=@-]+)*$ || "/$prefix/" == */../* || "/$prefix/" == */./* ]]; then
+  die $EX_USAGE "prefix '$prefix' is not '/'-separated names of letters, digits and ._+=@-"
+fi
+[[ "$version" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] ||
+  die $EX_USAGE "version '$version' is not a single path segment (set --version or WHISPER_RELEASE_VERSION)"
+if [[ -z "$access_key" || -z "$secret_key" ]]; then
+  die $EX_USAGE "credentials incomplete: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY)"
+fi
+release_key="${prefix:+$prefix/}$version"
+
+# ---- local artifacts --------------------------------------------------------------------------
+[[ -d "$artifacts" ]] || die $EX_LOCAL "artifacts directory '$artifacts' does not exist (build first)"
+artifacts="$(cd "$artifacts" && pwd)"
+[[ -f "$artifacts/manifest.json" ]] || die $EX_LOCAL "$artifacts has no manifest.json: not a built release"
+data_files=(); sums_files=(); n_dirs=0
+while IFS= read -r -d '' dir; do
+  rel_dir="${dir#"$artifacts"/}"
+  [[ -f "$dir/SHA256SUMS" ]] || die $EX_LOCAL "$rel_dir/ has no SHA256SUMS"
+  (cd "$dir" && sha256sum --check --quiet --strict SHA256SUMS >/dev/null 2>&1) ||
+    die $EX_LOCAL "$rel_dir/SHA256SUMS does not match the files beside it (sha256sum -c fails); rebuild"
+  while IFS= read -r -d '' f; do
+    name="${f##*/}"
+    [[ "$name" == SHA256SUMS ]] && continue
+    [[ -L "$f" ]] && die $EX_LOCAL "$rel_dir/$name is a symlink; object stores keep none"
+    awk -v n="$name" '{ sub(/^[0-9a-f]+ [ *]/, ""); if ($0 == n) found = 1 } END { exit !found }' "$dir/SHA256SUMS" ||
+      die $EX_LOCAL "$rel_dir/$name is not listed in $rel_dir/SHA256SUMS"
+    data_files+=("$rel_dir/$name")
+  done < <(find "$dir" -mindepth 1 -maxdepth 1 \( -type f -o -type l \) -print0 | sort -z)
+  [[ -z "$(find "$dir" -mindepth 1 -type d -print -quit)" ]] || die $EX_LOCAL "$rel_dir/ has subfolders; expected files only"
+  sums_files+=("$rel_dir/SHA256SUMS"); n_dirs=$((n_dirs + 1))
+done < <(find "$artifacts" -mindepth 1 -maxdepth 1 -type d -print0 | sort -z)
+((n_dirs)) || die $EX_LOCAL "$artifacts holds no whisper_<model>_xeon/ folder"
+while IFS= read -r -d '' f; do data_files+=("${f#"$artifacts"/}"); done \
+  < <(find "$artifacts" -mindepth 1 -maxdepth 1 -type f ! -name manifest.json -print0 | sort -z)
+plan=("${data_files[@]}" "${sums_files[@]}" manifest.json)
+
+if ((dry_run)); then
+  log "dry run: would upload ${#plan[@]} objects to s3://$bucket/$release_key/ at $endpoint, in this order:"
+  for rel in "${plan[@]}"; do echo "  $release_key/$rel  $(stat -c %s "$artifacts/$rel") bytes"; done
+  exit $EX_OK
+fi
+
+# ---- client -----------------------------------------------------------------------------------
+find_mc() {
+  local name path out
+  for name in mc mcli minio-client; do
+    path="$(command -v "$name" 2>/dev/null)" || continue
+    out="$(timeout 10 "$path" --version </dev/null 2>&1 | head -n 5)" || true
+    if grep -q 'commit-id=' <<<"$out"; then echo "$path"; return 0; fi
+    if grep -qi 'midnight commander' <<<"$out"; then
+      log "refusing $path: it is GNU Midnight Commander, not MinIO's client"
+    else
+      log "refusing $path: its --version shows no MinIO commit-id"
+    fi
+  done
+  return 1
+}
+client="" kind=""
+if [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
+  kind=mc
+elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)" && [[ "$(aws --version 2>&1)" == aws-cli/* ]]; then
+  kind=aws
+else
+  die $EX_NO_CLIENT "no usable client: install MinIO's client (minio/install-minio-client.sh) or the aws cli"
+fi
+log "client: $kind ($client)"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+if [[ $kind == mc ]]; then
+  urlencode() {  # percent-encode every byte outside the unreserved set
+    local s="$1" out="" c i
+    for ((i = 0; i < ${#s}; i++)); do
+      c="${s:i:1}"
+      case "$c" in [A-Za-z0-9._~-]) out+="$c" ;; *) out+="$(printf '%%%02X' "'$c")" ;; esac
+    done
+    printf '%s' "$out"
+  }
+  # Credentials travel in the environment (MC_HOST_<alias>), never in argv; a private config dir
+  # keeps the user's mc aliases untouched.
+  export MC_HOST_wrpush="$scheme://$(urlencode "$access_key"):$(urlencode "$secret_key")@$host:$port"
+  mcx() { "$client" --config-dir "$tmp/mc" --no-color --quiet "$@"; }
+  target="wrpush/$bucket"
+else
+  export AWS_ACCESS_KEY_ID="$access_key" AWS_SECRET_ACCESS_KEY="$secret_key" AWS_DEFAULT_REGION="$region"
+  # boto3 >= 1.36's default CRC checksums break several S3-compatible servers; our sha256 metadata
+  # is the integrity proof instead.
+  export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
+  unset AWS_PROFILE
+  awsx() { "$client" --endpoint-url "$endpoint" "$@"; }
+fi
+
+# ---- checks before any upload -----------------------------------------------------------------
+timeout 5 bash -c "exec 3<>/dev/tcp/${host//[\[\]]/}/$port" 2>/dev/null ||
+  die $EX_UNREACHABLE "cannot connect to $host:$port; check the endpoint and that the server runs"
+
+classify() {  # map a client's error text to an exit code and a sentence
+  local err="$1"
+  if grep -qiE 'InvalidAccessKeyId|SignatureDoesNotMatch|access key.*(not exist|does not exist)|signature.*(not match|does not match)|InvalidToken|\(403\)|Forbidden' <<<"$err"; then
+    die $EX_AUTH "the store at $endpoint rejected the credentials (access key ${access_key:0:4}…); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+  elif grep -qiE 'NoSuchBucket|bucket does not exist|\(404\)|Not Found' <<<"$err"; then
+    die $EX_NO_BUCKET "bucket '$bucket' does not exist at $endpoint; create it first (mc mb / aws s3 mb)"
+  elif grep -qiE 'AccessDenied|Access Denied' <<<"$err"; then
+    die $EX_AUTH "the store at $endpoint denied access key ${access_key:0:4}… access to bucket '$bucket'"
+  elif grep -qiE 'connect|connection|timed out|timeout|resolve' <<<"$err"; then
+    die $EX_UNREACHABLE "cannot talk to $endpoint: $(tail -n1 <<<"$err")"
+  fi
+  die $EX_INTERNAL "checking bucket '$bucket' at $endpoint failed: $(tail -n1 <<<"$err")"
+}
+if [[ $kind == mc ]]; then
+  err="$(mcx ls "$target/" 2>&1 >/dev/null)" || classify "$err"
+else
+  err="$(awsx s3api list-objects-v2 --bucket "$bucket" --max-items 1 --prefix "$release_key/" 2>&1 >/dev/null)" || classify "$err"
+fi
+log "endpoint, credentials and bucket OK: $endpoint, s3://$bucket"
+
+# ---- an existing release ----------------------------------------------------------------------
+remote_manifest="$tmp/remote-manifest.json"
+if [[ $kind == mc ]]; then
+  mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
+else
+  awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
+fi
+if [[ -f "$remote_manifest" ]]; then
+  if cmp -s "$remote_manifest" "$artifacts/manifest.json"; then
+    log "release $version is already published at s3://$bucket/$release_key/ with this manifest: nothing to upload"
+    exit $EX_OK
+  fi
+  ((force)) || die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  log "--force: hiding the existing release (deleting its manifest) before replacing it"
+  if [[ $kind == mc ]]; then mcx rm "$target/$release_key/manifest.json" >/dev/null
+  else awsx s3 rm --only-show-errors "s3://$bucket/$release_key/manifest.json"; fi
+fi
+
+# ---- upload -----------------------------------------------------------------------------------
+upload_once() {  # upload_once REL SHA256 SIZE: one attempt, then check size (and metadata) stored
+  local rel="$1" sum="$2" size="$3" key="$release_key/$1" got
+  if [[ $kind == mc ]]; then
+    mcx cp --attr "sha256=$sum" "$artifacts/$rel" "$target/$key" >/dev/null || return 1
+    got="$(mcx stat --json "$target/$key" | grep -o '"size": *[0-9]*' | head -n1 | grep -o '[0-9]*$')" || return 1
+    [[ "$got" == "$size" ]] || { log "stored size of $key is $got, expected $size"; return 1; }
+  else
+    # Sizes are checked in one listing before the manifest goes up (each aws call costs a second).
+    awsx s3 cp --only-show-errors --no-progress --metadata "sha256=$sum" "$artifacts/$rel" "s3://$bucket/$key" || return 1
+  fi
+}
+verify_listing() {  # every object but the manifest is stored with its local size
+  [[ $kind == aws ]] || return 0
+  local listing rel want
+  listing="$(awsx s3api list-objects-v2 --bucket "$bucket" --prefix "$release_key/" \
+    --query 'Contents[].[Key,Size]' --output text)" || die $EX_UPLOAD "listing s3://$bucket/$release_key/ failed; release not published, rerun"
+  for rel in "${plan[@]}"; do
+    [[ "$rel" == manifest.json ]] && continue
+    want="$release_key/$rel"$'\t'"$(stat -c %s "$artifacts/$rel")"
+    grep -qxF "$want" <<<"$listing" ||
+      die $EX_UPLOAD "s3://$bucket/$release_key/$rel is missing or has the wrong size after upload; release not published, rerun"
+  done
+}
+total=${#plan[@]}; i=0
+for rel in "${plan[@]}"; do
+  i=$((i + 1))
+  [[ "$rel" == manifest.json ]] && verify_listing
+  size="$(stat -c %s "$artifacts/$rel")"
+  sum="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+  attempt=1
+  until upload_once "$rel" "$sum" "$size"; do
+    if ((attempt >= retries)); then
+      die $EX_UPLOAD "uploading $rel failed $attempt times; release $version is not published (no manifest written), rerun later"
+    fi
+    delay=$((1 << (attempt - 1)))
+    log "[$i/$total] $rel: attempt $attempt failed, retrying in ${delay}s"
+    sleep "$delay"
+    attempt=$((attempt + 1))
+  done
+  echo "[$i/$total] uploaded $release_key/$rel ($size bytes, sha256 ${sum:0:16}…)"
+done
+log "release $version published at s3://$bucket/$release_key/ ($total objects) via $kind"

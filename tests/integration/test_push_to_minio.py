@@ -1,0 +1,153 @@
+"""minio/push_to_minio.sh run for real against SeaweedFS (auth on): aws cli and MinIO's client."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_publish_support import local_files, make_artifacts, running_store, stored_files
+
+from whisper_release.pins import project_root
+from whisper_release.publish import make_client, push
+from whisper_release.testing import require_tool, strict
+
+pytestmark = pytest.mark.integration
+ROOT = project_root()
+SCRIPT = ROOT / "minio" / "push_to_minio.sh"
+INSTALLER = ROOT / "minio" / "install-minio-client.sh"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    with running_store(tmp_path_factory.mktemp("store"), bucket="whisper-sh", prefix="sh") as s:
+        cfg = s.config()
+        make_client(cfg).create_bucket(Bucket=cfg.bucket)
+        yield s
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    # One model and small files: every aws cli call costs about a second here.
+    return make_artifacts(tmp_path_factory.mktemp("art") / "release", models=("base",), big=6 * 1024 * 1024)
+
+
+def _path_with(*dirs: Path) -> str:
+    """PATH with the given dirs first, then python's bin (aws) and the system dirs, never a real mc."""
+    aws = Path(require_tool("aws", "the aws cli is in the test extra")).parent
+    return os.pathsep.join([*map(str, dirs), str(aws), "/usr/bin", "/bin"])
+
+
+def run(args, cfg, *, path: str, env_extra=None, timeout=240):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "MC_HOST"))}
+    env.update(cfg.client_env())
+    env.update({"PATH": path, "WHISPER_RELEASE_BUCKET": cfg.bucket, "WHISPER_RELEASE_PREFIX": cfg.prefix})
+    env.update(env_extra or {})
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_documents_exit_codes():
+    out = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
+    for code in range(10):
+        assert f"  {code} " in out
+    assert "commit-id=" in out and "Midnight Commander" in out
+
+
+def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts):
+    cfg = store.config()
+    shutil.which("mc", path=_path_with()) is None or pytest.fail("an mc is on the system PATH; the aws path test needs none")
+    p = run(["--version", "aws-1", artifacts], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert "client: aws" in p.stderr
+    lines = [line for line in p.stdout.splitlines() if line.startswith("[")]
+    assert len(lines) == 9 and lines[-1].startswith("[9/9] uploaded sh/aws-1/manifest.json")
+    assert "SHA256SUMS" in lines[-2]
+    client = make_client(cfg)
+    assert stored_files(client, cfg, "sh/aws-1") == local_files(artifacts)
+    head = client.head_object(Bucket=cfg.bucket, Key="sh/aws-1/whisper_base_xeon/libwhisper.so")
+    assert head["Metadata"]["sha256"] == local_files(artifacts)["whisper_base_xeon/libwhisper.so"]
+    assert cfg.secret_key not in p.stdout + p.stderr
+    # A rerun finds the same manifest and uploads nothing.
+    again = run(["--version", "aws-1", artifacts], cfg, path=_path_with())
+    assert again.returncode == 0 and "nothing to upload" in again.stderr and "uploaded" not in again.stdout
+
+
+def test_midnight_commander_is_refused(store, artifacts, tmp_path):
+    fake = tmp_path / "bin" / "mc"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'GNU Midnight Commander 4.8.29'\necho 'Built with GLib 2.74.5'\n")
+    fake.chmod(0o755)
+    cfg = store.config()
+    p = run(["--client", "mc", artifacts], cfg, path=_path_with(fake.parent))
+    assert p.returncode == 3, p.stderr
+    assert f"refusing {fake}: it is GNU Midnight Commander" in p.stderr
+    # In auto mode it falls back to the aws cli (here stopped early by a missing bucket: exit 7).
+    p = run(["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(fake.parent))
+    assert p.returncode == 7, p.stderr
+    assert "Midnight Commander" in p.stderr and "client: aws" in p.stderr
+
+
+def test_wrong_credentials_exit_6_and_nothing_uploaded(store, artifacts):
+    cfg = store.config()
+    p = run(["--version", "bad-1", artifacts], cfg, path=_path_with(),
+            env_extra={"AWS_SECRET_ACCESS_KEY": "wrong-secret-123"})
+    assert p.returncode == 6, p.stderr
+    assert "rejected the credentials" in p.stderr and "wrong-secret-123" not in p.stderr + p.stdout
+    assert make_client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix="sh/bad-1/").get("KeyCount") == 0
+
+
+def test_unreachable_bad_endpoint_and_bad_artifacts_have_distinct_codes(store, artifacts, tmp_path):
+    cfg = store.config()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = run(["--endpoint", f"http://127.0.0.1:{port}", artifacts], cfg, path=_path_with())
+    assert p.returncode == 5 and "cannot connect" in p.stderr
+    p = run(["--endpoint", "http://user:pw@127.0.0.1:9000/x", artifacts], cfg, path=_path_with())
+    assert p.returncode == 2 and "not http(s)://host[:port]" in p.stderr
+    broken = make_artifacts(tmp_path / "broken", models=("base",), big=1000)
+    (broken / "whisper_base_xeon" / "libwhisper.so").write_bytes(b"tampered")
+    p = run([broken], cfg, path=_path_with())
+    assert p.returncode == 4 and "SHA256SUMS does not match" in p.stderr
+
+
+def test_changed_release_needs_force(store, artifacts, tmp_path):
+    cfg = store.config()
+    first = make_artifacts(tmp_path / "a", models=("base",), big=1000)
+    second = make_artifacts(tmp_path / "b", models=("base",), big=1000)
+    # The existing release comes from the Python publisher (same layout): it saves a slow aws run.
+    push(first, cfg, version="f-1", progress=False)
+    p = run(["--version", "f-1", second], cfg, path=_path_with())
+    assert p.returncode == 9 and "--force" in p.stderr
+    assert stored_files(make_client(cfg), cfg, "sh/f-1") == local_files(first)
+    p = run(["--version", "f-1", "--force", second], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert stored_files(make_client(cfg), cfg, "sh/f-1") == local_files(second)
+
+
+@pytest.fixture(scope="module")
+def minio_client():
+    require_tool("apt-get", "the installer fetches Debian's minio-client package")
+    p = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        msg = f"MinIO's client could not be installed: {p.stderr.strip().splitlines()[-1]}"
+        if strict():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
+def test_real_minio_client_push_then_sha256_matches(store, artifacts, minio_client):
+    cfg = store.config()
+    out = subprocess.run([str(minio_client), "--version"], capture_output=True, text=True).stdout
+    assert "commit-id=" in out
+    p = run(["--client", "mc", "--version", "mc-1", artifacts], cfg, path=_path_with(minio_client.parent))
+    assert p.returncode == 0, p.stderr
+    assert f"client: mc ({minio_client})" in p.stderr
+    client = make_client(cfg)
+    assert stored_files(client, cfg, "sh/mc-1") == local_files(artifacts)
+    assert cfg.secret_key not in p.stdout + p.stderr
