@@ -28,8 +28,11 @@ _REPORT_KEY = pytest.StashKey[dict[str, Any]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("whisper-release verify")
-    g.addoption("--artifacts", default=None, help=f"release_artifacts directory (default: ${ARTIFACTS_ENV}, "
-                "else dist/release_artifacts)")
+    g.addoption(
+        "--artifacts",
+        default=None,
+        help=f"release_artifacts directory (default: ${ARTIFACTS_ENV}, else dist/release_artifacts)",
+    )
     g.addoption("--report", default=None, help="JSON report path (default: dist/verify-report.json)")
     g.addoption("--threads", type=int, default=2, help="whisper threads for transcription (default 2)")
 
@@ -47,16 +50,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "artifact" in metafunc.fixturenames:
         root = artifacts_root(metafunc.config)
         dirs = sorted(p for p in root.glob("whisper_*_xeon") if p.is_dir()) if root.is_dir() else []
-        metafunc.parametrize("artifact", dirs or [None], ids=[d.name for d in dirs] or ["no-artifacts"],
-                             indirect=True, scope="session")
+        metafunc.parametrize(
+            "artifact",
+            dirs or [None],
+            ids=[d.name for d in dirs] or ["no-artifacts"],
+            indirect=True,
+            scope="session",
+        )
 
 
 @pytest.fixture(scope="session")
 def artifact(request: pytest.FixtureRequest) -> Path:
     if request.param is None:
         root = artifacts_root(request.config)
-        pytest.fail(f"No artifact directories (whisper_<model>_xeon) under {root}: build them first "
-                    f"(invoke build) or point --artifacts / ${ARTIFACTS_ENV} at them.")
+        pytest.fail(
+            f"No artifact directories (whisper_<model>_xeon) under {root}: build them first "
+            f"(invoke build) or point --artifacts / ${ARTIFACTS_ENV} at them."
+        )
     return Path(request.param)
 
 
@@ -129,10 +139,20 @@ def run_worker(lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads
     key = (str(lib_dir), str(model or ""), len(clips))
     if key in _worker_cache:
         return _worker_cache[key]
-    job = {"lib_dir": str(lib_dir), "model": str(model) if model else None, "threads": threads,
-           "clips": [{"name": c.name, "path": str(c.path)} for c in clips]}
-    proc = subprocess.run([sys.executable, str(HERE / "worker.py")], input=json.dumps(job), text=True,
-                          capture_output=True, env=clean_env(), timeout=3600)
+    job = {
+        "lib_dir": str(lib_dir),
+        "model": str(model) if model else None,
+        "threads": threads,
+        "clips": [{"name": c.name, "path": str(c.path)} for c in clips],
+    }
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "worker.py")],
+        input=json.dumps(job),
+        text=True,
+        capture_output=True,
+        env=clean_env(),
+        timeout=3600,
+    )
     try:
         out = json.loads(proc.stdout) if proc.stdout.strip() else {}
     except json.JSONDecodeError:
@@ -172,16 +192,21 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def summary_lines(data: dict[str, Any]) -> list[str]:
-    head = f"{'model':<10} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} {'WER q5_1':>8} " \
-           f"{'delta pp':>8} {'worst err/bound':>15}"
+    head = (
+        f"{'model':<10} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} {'WER q5_1':>8} "
+        f"{'delta pp':>8} {'worst err/bound':>15}"
+    )
     lines = [head, "-" * len(head)]
     for model, m in sorted(data["models"].items()):
         isa = m.get("isa", {})
-        tot = {k: sum(lib["counts"].get(k, 0) for lib in isa.values()) for k in ("avx2", "fma", "avx512", "amx")}
+        tot = {
+            k: sum(lib["counts"].get(k, 0) for lib in isa.values()) for k in ("avx2", "fma", "avx512", "amx")
+        }
         w = m.get("wer", {})
         num = m.get("numerics", {})
         lines.append(
-            f"{model:<10} {_fmt(tot['avx2'] if isa else None, 'd'):>6} {_fmt(tot['fma'] if isa else None, 'd'):>6} "
+            f"{model:<10} {_fmt(tot['avx2'] if isa else None, 'd'):>6} "
+            f"{_fmt(tot['fma'] if isa else None, 'd'):>6} "
             f"{_fmt(tot['avx512'] if isa else None, 'd'):>6} {_fmt(tot['amx'] if isa else None, 'd'):>4} "
             f"{_fmt(w.get('f16', {}).get('wer'), '.2%'):>8} {_fmt(w.get('q5_1', {}).get('wer'), '.2%'):>8} "
             f"{_fmt(w.get('delta_pp'), '+.2f'):>8} {_fmt(num.get('worst_ratio'), '.4f'):>15}"

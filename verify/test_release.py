@@ -17,7 +17,9 @@ from whisper_release.artifacts import LIBRARIES, expected_files
 from whisper_release.integrity import Finding, format_findings
 from whisper_release.pins import Pins
 
-REBUILD_ISA = "rebuild with release.toml [build].cmake_flags (every AVX-512/VNNI/AMX switch OFF, GGML_NATIVE OFF)"
+REBUILD_ISA = (
+    "rebuild with release.toml [build].cmake_flags (every AVX-512/VNNI/AMX switch OFF, GGML_NATIVE OFF)"
+)
 
 
 def _fail_on(findings: list[Finding], what: str) -> None:
@@ -29,13 +31,17 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
     required = [str(f) for f in pins.build["required_cpu_flags"]]
     missing = cpu.missing_flags(required)
     if missing:
-        pytest.fail(f"This host lacks {', '.join(missing)} (from /proc/cpuinfo), which the release needs "
-                    f"(wanted all of {', '.join(required)}); run the verification on a Haswell-class or newer "
-                    f"x86-64 CPU.", pytrace=False)
+        pytest.fail(
+            f"This host lacks {', '.join(missing)} (from /proc/cpuinfo), which the release needs "
+            f"(wanted all of {', '.join(required)}); run the verification on a Haswell-class or newer "
+            f"x86-64 CPU.",
+            pytrace=False,
+        )
 
 
-def test_files_sha256sums_and_manifest(artifact: Path, artifacts: Path, model_name: str, pins: Pins,
-                                       report: dict[str, Any]) -> None:
+def test_files_sha256sums_and_manifest(
+    artifact: Path, artifacts: Path, model_name: str, pins: Pins, report: dict[str, Any]
+) -> None:
     findings = integrity.check_layout(artifact, expected_files(model_name, str(pins.build["quantize"])))
     findings += integrity.check_sums(artifact)
     findings += integrity.check_manifest(artifacts, artifact)
@@ -44,45 +50,81 @@ def test_files_sha256sums_and_manifest(artifact: Path, artifacts: Path, model_na
 
 
 def test_isa_audit_of_every_library(artifact: Path, report: dict[str, Any]) -> None:
-    libs = sorted({*(artifact / n for n in LIBRARIES if (artifact / n).exists()),
-                   *(p for p in artifact.iterdir() if ".so" in p.name)})
+    libs = sorted(
+        {
+            *(artifact / n for n in LIBRARIES if (artifact / n).exists()),
+            *(p for p in artifact.iterdir() if ".so" in p.name),
+        }
+    )
     findings: list[Finding] = []
     counts = {}
     for lib in libs:
         c = cpu.audit_isa(lib)
         counts[lib.name] = c.as_dict()
         for ext, n in c.forbidden.items():
-            findings.append(Finding(str(lib), f"{ext} instructions", "0", f"{n} (e.g. {'; '.join(c.examples[ext])})",
-                                    REBUILD_ISA))
+            findings.append(
+                Finding(
+                    str(lib),
+                    f"{ext} instructions",
+                    "0",
+                    f"{n} (e.g. {'; '.join(c.examples[ext])})",
+                    REBUILD_ISA,
+                )
+            )
         if lib.name.startswith("libggml-cpu"):
             for ext in ("avx2", "fma"):
                 if c[ext] == 0:
-                    findings.append(Finding(str(lib), f"{ext} instructions", "at least 1 (the AVX2+FMA kernels)",
-                                            "0: a scalar build", REBUILD_ISA))
+                    findings.append(
+                        Finding(
+                            str(lib),
+                            f"{ext} instructions",
+                            "at least 1 (the AVX2+FMA kernels)",
+                            "0: a scalar build",
+                            REBUILD_ISA,
+                        )
+                    )
     if not any(lib.name.startswith("libggml-cpu") for lib in libs):
         findings.append(Finding(str(artifact / "libggml-cpu.so.0"), "ggml CPU backend", "present", "missing"))
     report["isa"] = counts
     _fail_on(findings, f"{artifact.name}: instruction-set audit")
 
 
-def test_library_loads_alone_and_reports_avx2_fma(artifact: Path, threads: int, report: dict[str, Any]) -> None:
+def test_library_loads_alone_and_reports_avx2_fma(
+    artifact: Path, threads: int, report: dict[str, Any]
+) -> None:
     out = run_worker(artifact, None, [], threads)
     if "error" in out:
-        pytest.fail(f"{artifact / 'libwhisper.so'}: wanted a ctypes load with no LD_LIBRARY_PATH, got: "
-                    f"{out['error']}", pytrace=False)
+        pytest.fail(
+            f"{artifact / 'libwhisper.so'}: wanted a ctypes load with no LD_LIBRARY_PATH, got: "
+            f"{out['error']}",
+            pytrace=False,
+        )
     info = out["system_info"]
     report["system_info"] = info
     report["library_version"] = out["version"]
     flags = dict(re.findall(r"([A-Z0-9_]+) = (\d+)", info))
-    findings = [Finding(str(artifact / "libwhisper.so"), f"whisper_print_system_info {k}", "1", flags.get(k, "absent"),
-                        REBUILD_ISA) for k in ("AVX2", "FMA", "F16C") if flags.get(k) != "1"]
-    findings += [Finding(str(artifact / "libwhisper.so"), f"whisper_print_system_info {k}", "0", v, REBUILD_ISA)
-                 for k, v in flags.items() if (k.startswith("AVX512") or k.startswith("AMX")) and v != "0"]
+    findings = [
+        Finding(
+            str(artifact / "libwhisper.so"),
+            f"whisper_print_system_info {k}",
+            "1",
+            flags.get(k, "absent"),
+            REBUILD_ISA,
+        )
+        for k in ("AVX2", "FMA", "F16C")
+        if flags.get(k) != "1"
+    ]
+    findings += [
+        Finding(str(artifact / "libwhisper.so"), f"whisper_print_system_info {k}", "0", v, REBUILD_ISA)
+        for k, v in flags.items()
+        if (k.startswith("AVX512") or k.startswith("AMX")) and v != "0"
+    ]
     _fail_on(findings, f"{artifact.name}: the library's own report ({info.strip()})")
 
 
-def test_q5_1_model_file(artifact: Path, model_file: Path, model_name: str, pins: Pins,
-                         report: dict[str, Any]) -> None:
+def test_q5_1_model_file(
+    artifact: Path, model_file: Path, model_name: str, pins: Pins, report: dict[str, Any]
+) -> None:
     sums, bad = integrity.parse_sums(artifact / integrity.SUMS)
     findings = bad + integrity.check_model_file(model_file, pins.model(model_name), sums=sums)
     report["model_file"] = {"path": str(model_file), "findings": [f.as_dict() for f in findings]}
@@ -96,25 +138,42 @@ def test_q5_1_numerics_against_f16(model_file: Path, f16_model: Path, report: di
     assert n.quantized_tensors > 0, f"{model_file}: wanted q5_1 tensors, got none"
 
 
-def _transcripts(artifact: Path, model: Path, clips: list[wer.Clip], threads: int, label: str) -> dict[str, str]:
+def _transcripts(
+    artifact: Path, model: Path, clips: list[wer.Clip], threads: int, label: str
+) -> dict[str, str]:
     out = run_worker(artifact, model, clips, threads)
     if "error" in out:
-        pytest.fail(f"{model}: wanted a {label} transcription with {artifact / 'libwhisper.so'}, got: {out['error']}",
-                    pytrace=False)
+        pytest.fail(
+            f"{model}: wanted a {label} transcription with {artifact / 'libwhisper.so'}, got: {out['error']}",
+            pytrace=False,
+        )
     return {name: "".join(s[2] for s in segs) for name, segs in out["segments"].items()}
 
 
-def test_q5_1_loads_and_transcribes(artifact: Path, model_file: Path, model_name: str, pins: Pins,
-                                    clips: list[wer.Clip], threads: int, report: dict[str, Any]) -> None:
+def test_q5_1_loads_and_transcribes(
+    artifact: Path,
+    model_file: Path,
+    model_name: str,
+    pins: Pins,
+    clips: list[wer.Clip],
+    threads: int,
+    report: dict[str, Any],
+) -> None:
     out = run_worker(artifact, model_file, clips, threads)
     if "error" in out:
-        pytest.fail(f"{model_file}: wanted it loaded and transcribed by {artifact / 'libwhisper.so'}, got: "
-                    f"{out['error']}", pytrace=False)
+        pytest.fail(
+            f"{model_file}: wanted it loaded and transcribed by {artifact / 'libwhisper.so'}, got: "
+            f"{out['error']}",
+            pytrace=False,
+        )
     want = integrity.quantized_hparams(pins.model(model_name))
     # whisper_model_ftype() reports the type without the quantization version (2009 -> 9).
     want["ftype"] %= ggml.GGML_QNT_VERSION_FACTOR
-    findings = [Finding(str(model_file), f"hparam {k} as whisper.cpp loaded it", str(v), str(out["hparams"][k]))
-                for k, v in want.items() if out["hparams"][k] != v]
+    findings = [
+        Finding(str(model_file), f"hparam {k} as whisper.cpp loaded it", str(v), str(out["hparams"][k]))
+        for k, v in want.items()
+        if out["hparams"][k] != v
+    ]
     jfk = clips[0]
     if not out["segments"].get(jfk.name):
         findings.append(Finding(str(jfk.path), "segments", "at least one transcribed segment", "none"))
@@ -122,8 +181,16 @@ def test_q5_1_loads_and_transcribes(artifact: Path, model_file: Path, model_name
     _fail_on(findings, f"{model_file.name}: load and transcribe")
 
 
-def test_word_error_rate(artifact: Path, model_file: Path, f16_model: Path, model_name: str, pins: Pins,
-                         clips: list[wer.Clip], threads: int, report: dict[str, Any]) -> None:
+def test_word_error_rate(
+    artifact: Path,
+    model_file: Path,
+    f16_model: Path,
+    model_name: str,
+    pins: Pins,
+    clips: list[wer.Clip],
+    threads: int,
+    report: dict[str, Any],
+) -> None:
     refs = [c.reference for c in clips]
     results: dict[str, Any] = {}
     for label, path in (("f16", f16_model), ("q5_1", model_file)):
@@ -134,15 +201,33 @@ def test_word_error_rate(artifact: Path, model_file: Path, f16_model: Path, mode
     gates = pins.verify
     ceiling = float(gates["wer_ceiling"][model_name])
     max_delta = float(gates["max_q5_1_wer_delta_pp"])
-    report["wer"] = {**results, "delta_pp": delta_pp, "ceiling": ceiling, "max_delta_pp": max_delta,
-                     "clips": [{"name": c.name, "voice": c.voice, "reference": c.reference} for c in clips]}
+    report["wer"] = {
+        **results,
+        "delta_pp": delta_pp,
+        "ceiling": ceiling,
+        "max_delta_pp": max_delta,
+        "clips": [{"name": c.name, "voice": c.voice, "reference": c.reference} for c in clips],
+    }
     findings = []
     for label, path in (("f16", f16_model), ("q5_1", model_file)):
         if results[label]["wer"] > ceiling:
-            findings.append(Finding(str(path), f"WER over {len(clips)} clips", f"<= {ceiling:.2%} "
-                                    f"(release.toml [verify.wer_ceiling])", f"{results[label]['wer']:.2%}",
-                                    "see the transcripts in dist/verify-report.json"))
+            findings.append(
+                Finding(
+                    str(path),
+                    f"WER over {len(clips)} clips",
+                    f"<= {ceiling:.2%} (release.toml [verify.wer_ceiling])",
+                    f"{results[label]['wer']:.2%}",
+                    "see the transcripts in dist/verify-report.json",
+                )
+            )
     if delta_pp > max_delta:
-        findings.append(Finding(str(model_file), "WER q5_1 minus f16", f"<= {max_delta:.2f} pp", f"{delta_pp:+.2f} pp",
-                                "see the transcripts in dist/verify-report.json"))
+        findings.append(
+            Finding(
+                str(model_file),
+                "WER q5_1 minus f16",
+                f"<= {max_delta:.2f} pp",
+                f"{delta_pp:+.2f} pp",
+                "see the transcripts in dist/verify-report.json",
+            )
+        )
     _fail_on(findings, f"{model_name}: word error rate")

@@ -72,7 +72,9 @@ def _phase_table(up: int, down: int, zero_crossings: int, beta: float) -> tuple[
     return taps.astype(np.float64), half
 
 
-def resample(x: np.ndarray, rate_in: int, rate_out: int, *, zero_crossings: int = 24, beta: float = 8.0) -> np.ndarray:
+def resample(
+    x: np.ndarray, rate_in: int, rate_out: int, *, zero_crossings: int = 24, beta: float = 8.0
+) -> np.ndarray:
     """Band-limited resampling of a 1-D signal by the rational factor rate_out/rate_in."""
     x = np.asarray(x, dtype=np.float64)
     if rate_in <= 0 or rate_out <= 0:

@@ -161,7 +161,7 @@ class whisper_full_params(Structure):
 
 # (name, restype, argtypes) of every function this binding uses.
 _CTX = c_void_p
-_FUNCTIONS: list[tuple[str, Any, list[Any]]] = [
+_FUNCTIONS: list[tuple[str, Any, list[Any]]] = [  # type: ignore[assignment]
     ("whisper_version", c_char_p, []),
     ("whisper_print_system_info", c_char_p, []),
     ("whisper_log_set", None, [ggml_log_callback, c_void_p]),
@@ -179,14 +179,32 @@ _FUNCTIONS: list[tuple[str, Any, list[Any]]] = [
 ] + [
     (f"whisper_model_{h}", c_int, [_CTX])
     for h in (
-        "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_text_ctx",
-        "n_text_state", "n_text_head", "n_text_layer", "n_mels", "ftype",
+        "n_vocab",
+        "n_audio_ctx",
+        "n_audio_state",
+        "n_audio_head",
+        "n_audio_layer",
+        "n_text_ctx",
+        "n_text_state",
+        "n_text_head",
+        "n_text_layer",
+        "n_mels",
+        "ftype",
     )
 ]
 
 HPARAM_GETTERS = (
-    "n_vocab", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_text_ctx",
-    "n_text_state", "n_text_head", "n_text_layer", "n_mels", "ftype",
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+    "n_mels",
+    "ftype",
 )
 
 
@@ -258,7 +276,9 @@ class Context:
         self.whisper = whisper
         self.model_path = model_path
         if not model_path.is_file():
-            raise VerificationError(f"Model file {model_path} does not exist; pass the path of a ggml .bin file.")
+            raise VerificationError(
+                f"Model file {model_path} does not exist; pass the path of a ggml .bin file."
+            )
         lib = whisper.lib
         cparams = lib.whisper_context_default_params()
         cparams.use_gpu = use_gpu
@@ -273,7 +293,9 @@ class Context:
 
     def _handle(self) -> int:
         if self._ctx is None:
-            raise VerificationError(f"The whisper context for {self.model_path} is already closed; open the model again.")
+            raise VerificationError(
+                f"The whisper context for {self.model_path} is already closed; open the model again."
+            )
         return self._ctx
 
     def close(self) -> None:
@@ -337,8 +359,13 @@ class Context:
         for i in range(lib.whisper_full_n_segments(h)):
             text = (lib.whisper_full_get_segment_text(h, i) or b"").decode("utf-8", "replace")
             # t0/t1 are in units of 10 ms.
-            segments.append(Segment(lib.whisper_full_get_segment_t0(h, i) / 100.0,
-                                    lib.whisper_full_get_segment_t1(h, i) / 100.0, text))
+            segments.append(
+                Segment(
+                    lib.whisper_full_get_segment_t0(h, i) / 100.0,
+                    lib.whisper_full_get_segment_t1(h, i) / 100.0,
+                    text,
+                )
+            )
         return segments
 
 
@@ -374,7 +401,8 @@ def load(
                 fn = getattr(lib, name)
             except AttributeError:
                 raise VerificationError(
-                    f"{path} lacks the symbol {name}: wanted whisper.cpp's v1.8.5 C API; rebuild from the pinned source."
+                    f"{path} lacks the symbol {name}: wanted whisper.cpp's v1.8.5 C API; "
+                    "rebuild from the pinned source."
                 ) from None
             fn.restype = restype
             fn.argtypes = argtypes

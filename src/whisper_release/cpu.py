@@ -28,7 +28,9 @@ def host_flags(cpuinfo: str | os.PathLike[str] = CPUINFO) -> set[str]:
     try:
         text = path.read_text(encoding="ascii", errors="replace")
     except OSError as e:
-        raise CpuError(f"Cannot read CPU flags from {path} ({e.strerror}); this check needs Linux's /proc.") from None
+        raise CpuError(
+            f"Cannot read CPU flags from {path} ({e.strerror}); this check needs Linux's /proc."
+        ) from None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "flags":
@@ -71,12 +73,19 @@ class IsaCounts:
         return {ext: self[ext] for ext in FORBIDDEN if self[ext]}
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": self.path, "total": self.total, "counts": dict(self.counts), "examples": self.examples}
+        return {
+            "path": self.path,
+            "total": self.total,
+            "counts": dict(self.counts),
+            "examples": self.examples,
+        }
 
 
 # Legacy prefixes that may legally precede a VEX/EVEX prefix (address size, segment overrides).
 _PASS_PREFIXES = {0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
-_EVEX_REGS = re.compile(r"%zmm\d|%k[0-7]\b|%[xy]mm(?:1[6-9]|2\d|3[01])\b|\{1to\d+\}|\{(?:rn|rd|ru|rz)?-?sae\}")
+_EVEX_REGS = re.compile(
+    r"%zmm\d|%k[0-7]\b|%[xy]mm(?:1[6-9]|2\d|3[01])\b|\{1to\d+\}|\{(?:rn|rd|ru|rz)?-?sae\}"
+)
 _AMX = re.compile(r"^(?:tile\w+|tdp\w+|tcmmi?\w+|ldtilecfg|sttilecfg)$")
 _FMA = re.compile(r"^v(?:fn?m(?:add|sub)|fmaddsub|fmsubadd)\d{3}[ps][sdh]$")
 _F16C = {"vcvtph2ps", "vcvtps2ph"}
@@ -139,8 +148,15 @@ def audit_isa(so_path: str | os.PathLike[str], *, max_examples: int = 3) -> IsaC
     result = IsaCounts(str(path))
     cmd = [objdump, "-d", "-w", str(path)]
     env = dict(os.environ, LC_ALL="C")
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          text=True, errors="replace", bufsize=1 << 20) as proc:
+    with subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+        errors="replace",
+        bufsize=1 << 20,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             # Instruction lines: "  addr:\t<hex bytes>\t<mnemonic operands>"

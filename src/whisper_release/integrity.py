@@ -80,13 +80,22 @@ def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | Non
     try:
         header = ggml.read_header(path)
     except VerificationError as e:
-        return [*findings, Finding(f, "ggml header", "a readable whisper ggml header", str(e).split(": ", 1)[-1])]
+        return [
+            *findings,
+            Finding(f, "ggml header", "a readable whisper ggml header", str(e).split(": ", 1)[-1]),
+        ]
     want_h = quantized_hparams(pin)
     for k in HPARAM_ORDER:
         if header.hparams[k] != want_h[k]:
-            findings.append(Finding(f, f"hparam {k}", str(want_h[k]), str(header.hparams[k]),
-                                    f"the pins (release.toml [models.{pin.name}.hparams]) and the file disagree; "
-                                    f"{REBUILD}"))
+            findings.append(
+                Finding(
+                    f,
+                    f"hparam {k}",
+                    str(want_h[k]),
+                    str(header.hparams[k]),
+                    f"the pins (release.toml [models.{pin.name}.hparams]) and the file disagree; {REBUILD}",
+                )
+            )
     if header.n_mel != pin.hparams["n_mels"]:
         findings.append(Finding(f, "mel filter rows", str(pin.hparams["n_mels"]), str(header.n_mel)))
 
@@ -100,31 +109,53 @@ def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | Non
             seen[info.name] = info
             end = info.data_offset + info.nbytes
     except VerificationError as e:
-        findings.append(Finding(f, "tensor records", "complete tensor records up to the end of the file",
-                                str(e).split(": ", 1)[-1].split("; ")[0]))
+        findings.append(
+            Finding(
+                f,
+                "tensor records",
+                "complete tensor records up to the end of the file",
+                str(e).split(": ", 1)[-1].split("; ")[0],
+            )
+        )
     for name, (ttype, shape) in inventory.items():
-        info = seen.get(name)
-        if info is None:
+        found = seen.get(name)
+        if found is None:
             findings.append(Finding(f, f"tensor {name}", f"{ggml.type_name(ttype)} {list(shape)}", "missing"))
             continue
-        if info.ttype != ttype or info.shape != shape:
-            findings.append(Finding(f, f"tensor {name}", f"{ggml.type_name(ttype)} {list(shape)}",
-                                    f"{ggml.type_name(info.ttype)} {list(info.shape)}"))
-        elif info.nbytes != ggml.tensor_nbytes(ttype, shape):
-            findings.append(Finding(f, f"tensor {name} bytes", str(ggml.tensor_nbytes(ttype, shape)), str(info.nbytes)))
+        if found.ttype != ttype or found.shape != shape:
+            findings.append(
+                Finding(
+                    f,
+                    f"tensor {name}",
+                    f"{ggml.type_name(ttype)} {list(shape)}",
+                    f"{ggml.type_name(found.ttype)} {list(found.shape)}",
+                )
+            )
+        elif found.nbytes != ggml.tensor_nbytes(ttype, shape):
+            findings.append(
+                Finding(f, f"tensor {name} bytes", str(ggml.tensor_nbytes(ttype, shape)), str(found.nbytes))
+            )
     for name in seen.keys() - inventory.keys():
-        findings.append(Finding(f, f"tensor {name}", "no such tensor (whisper.cpp does not load it)", "present"))
+        findings.append(
+            Finding(f, f"tensor {name}", "no such tensor (whisper.cpp does not load it)", "present")
+        )
 
     want_size = header.tensor_offset + sum(
         12 + 4 * len(shape) + len(name.encode()) + ggml.tensor_nbytes(ttype, shape)
         for name, (ttype, shape) in inventory.items()
     )
     if size != want_size:
-        findings.append(Finding(f, "file length", f"{want_size} bytes (header + every tensor)", f"{size} bytes"))
+        findings.append(
+            Finding(f, "file length", f"{want_size} bytes (header + every tensor)", f"{size} bytes")
+        )
     elif end != size:
-        findings.append(Finding(f, "file end", f"the last tensor ending at byte {size}", f"it ends at byte {end}"))
+        findings.append(
+            Finding(f, "file end", f"the last tensor ending at byte {size}", f"it ends at byte {end}")
+        )
     if pin.q5_1_size is not None and size != pin.q5_1_size:
-        findings.append(Finding(f, "file length", f"{pin.q5_1_size} bytes (release.toml q5_1_size)", f"{size} bytes"))
+        findings.append(
+            Finding(f, "file length", f"{pin.q5_1_size} bytes (release.toml q5_1_size)", f"{size} bytes")
+        )
     return findings
 
 
@@ -171,31 +202,55 @@ def check_numerics(q5_1_path: Path, f16_path: Path) -> Numerics:
     for name, qi in q_infos.items():
         si = s_infos.get(name)
         if si is None:
-            out.findings.append(Finding(qf, f"tensor {name}", f"a source tensor of that name in {sf}", "none"))
+            out.findings.append(
+                Finding(qf, f"tensor {name}", f"a source tensor of that name in {sf}", "none")
+            )
             continue
         if qi.shape != si.shape:
-            out.findings.append(Finding(qf, f"tensor {name} shape", f"{list(si.shape)} (as in {sf})", f"{list(qi.shape)}"))
+            out.findings.append(
+                Finding(qf, f"tensor {name} shape", f"{list(si.shape)} (as in {sf})", f"{list(qi.shape)}")
+            )
             continue
         if qi.ttype != ggml.GGML_TYPE_Q5_1:
             out.copied_tensors += 1
             if qi.ttype != si.ttype or not np.array_equal(
-                qmap[qi.data_offset : qi.data_offset + qi.nbytes], smap[si.data_offset : si.data_offset + si.nbytes]
+                qmap[qi.data_offset : qi.data_offset + qi.nbytes],
+                smap[si.data_offset : si.data_offset + si.nbytes],
             ):
-                out.findings.append(Finding(qf, f"tensor {name}",
-                                            f"a byte-identical copy of the {ggml.type_name(si.ttype)} source tensor",
-                                            f"{ggml.type_name(qi.ttype)} data that differs"))
+                out.findings.append(
+                    Finding(
+                        qf,
+                        f"tensor {name}",
+                        f"a byte-identical copy of the {ggml.type_name(si.ttype)} source tensor",
+                        f"{ggml.type_name(qi.ttype)} data that differs",
+                    )
+                )
             continue
         if si.ttype not in (ggml.GGML_TYPE_F16, ggml.GGML_TYPE_F32):
-            out.findings.append(Finding(sf, f"tensor {name}", "f16 or f32 source data", ggml.type_name(si.ttype),
-                                        "compare against the f16 model the release was quantized from"))
+            out.findings.append(
+                Finding(
+                    sf,
+                    f"tensor {name}",
+                    "f16 or f32 source data",
+                    ggml.type_name(si.ttype),
+                    "compare against the f16 model the release was quantized from",
+                )
+            )
             continue
         out.quantized_tensors += 1
         _compare_tensor(out, qf, name, qmap, qi, smap, si)
     return out
 
 
-def _compare_tensor(out: Numerics, qf: str, name: str, qmap: np.ndarray, qi: ggml.TensorInfo,
-                    smap: np.ndarray, si: ggml.TensorInfo) -> None:
+def _compare_tensor(
+    out: Numerics,
+    qf: str,
+    name: str,
+    qmap: np.ndarray,
+    qi: ggml.TensorInfo,
+    smap: np.ndarray,
+    si: ggml.TensorInfo,
+) -> None:
     n_blocks = qi.n_elements // ggml.QK5_1
     src_dtype = np.dtype("<f2") if si.ttype == ggml.GGML_TYPE_F16 else np.dtype("<f4")
     over = 0
@@ -207,7 +262,12 @@ def _compare_tensor(out: Numerics, qf: str, name: str, qmap: np.ndarray, qi: ggm
         got = ggml.q5_1_decode(raw, n).reshape(-1, ggml.QK5_1).astype(np.float64)
         bound = ggml.q5_1_error_bound(raw, n)[:, None]
         off = si.data_offset + b0 * ggml.QK5_1 * src_dtype.itemsize
-        src = smap[off : off + n * src_dtype.itemsize].view(src_dtype).astype(np.float64).reshape(-1, ggml.QK5_1)
+        src = (
+            smap[off : off + n * src_dtype.itemsize]
+            .view(src_dtype)
+            .astype(np.float64)
+            .reshape(-1, ggml.QK5_1)
+        )
         err = np.abs(got - src)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
@@ -230,12 +290,15 @@ def _compare_tensor(out: Numerics, qf: str, name: str, qmap: np.ndarray, qi: ggm
     if first_bad is not None:
         blk, el, e, bnd = first_bad
         byte = qi.data_offset + blk * ggml.Q5_1_BLOCK_BYTES
-        out.findings.append(Finding(
-            qf, f"q5_1 tensor {name}",
-            "every element within its block's quantisation bound",
-            f"{over} element(s) outside it, first in block {blk} (file byte {byte}) element {el}: "
-            f"|error| {e:.3g} > bound {bnd:.3g}",
-        ))
+        out.findings.append(
+            Finding(
+                qf,
+                f"q5_1 tensor {name}",
+                "every element within its block's quantisation bound",
+                f"{over} element(s) outside it, first in block {blk} (file byte {byte}) element {el}: "
+                f"|error| {e:.3g} > bound {bnd:.3g}",
+            )
+        )
 
 
 # ---- SHA256SUMS and the manifest ------------------------------------------------------------------
@@ -284,14 +347,24 @@ def check_layout(artifact_dir: Path, expected: Iterable[str]) -> list[Finding]:
     """The directory holds exactly the release contract's files, each a regular file."""
     want = set(expected)
     got = {p.name for p in artifact_dir.iterdir()} if artifact_dir.is_dir() else set()
-    findings = [Finding(str(artifact_dir / n), "shipped file", "present", "missing") for n in sorted(want - got)]
-    findings += [Finding(str(artifact_dir / n), "shipped file", "not part of the release", "present")
-                 for n in sorted(got - want)]
+    findings = [
+        Finding(str(artifact_dir / n), "shipped file", "present", "missing") for n in sorted(want - got)
+    ]
+    findings += [
+        Finding(str(artifact_dir / n), "shipped file", "not part of the release", "present")
+        for n in sorted(got - want)
+    ]
     for n in sorted(want & got):
         p = artifact_dir / n
         if p.is_symlink() or not p.is_file():
-            findings.append(Finding(str(p), "file kind", "a regular file (object stores keep no symlinks)",
-                                    "a symlink" if p.is_symlink() else "not a regular file"))
+            findings.append(
+                Finding(
+                    str(p),
+                    "file kind",
+                    "a regular file (object stores keep no symlinks)",
+                    "a symlink" if p.is_symlink() else "not a regular file",
+                )
+            )
     return findings
 
 
@@ -301,7 +374,9 @@ def load_manifest(root: Path) -> tuple[dict[str, str], list[Finding]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        return {}, [Finding(str(path), "manifest", "an in-toto statement beside the artifact directories", "none")]
+        return {}, [
+            Finding(str(path), "manifest", "an in-toto statement beside the artifact directories", "none")
+        ]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return {}, [Finding(str(path), "manifest", "valid JSON", f"a parse error ({e})")]
     subjects = data.get("subject") if isinstance(data, dict) else None
@@ -323,7 +398,7 @@ def check_manifest(root: Path, artifact_dir: Path) -> list[Finding]:
     if findings and not subjects:
         return findings
     prefix = artifact_dir.name + "/"
-    mine = {k[len(prefix):]: v for k, v in subjects.items() if k.startswith(prefix)}
+    mine = {k[len(prefix) :]: v for k, v in subjects.items() if k.startswith(prefix)}
     present = {p.name for p in artifact_dir.iterdir() if p.is_file()} if artifact_dir.is_dir() else set()
     manifest = str(root / MANIFEST)
     for name in sorted(mine.keys() - present):
@@ -343,4 +418,3 @@ def model_name_of(artifact_dir: Path) -> str:
     if not (name.startswith("whisper_") and name.endswith("_xeon")):
         raise VerificationError(f"{artifact_dir} is not an artifact directory: wanted whisper_<model>_xeon.")
     return name[len("whisper_") : -len("_xeon")]
-

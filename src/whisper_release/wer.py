@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from . import audio
 from .console import run, which
@@ -56,7 +57,7 @@ class WerResult:
 
 
 @lru_cache(maxsize=1)
-def _normalizer():  # type: ignore[no-untyped-def]
+def _normalizer() -> Any:
     from whisper_normalizer.english import EnglishTextNormalizer
 
     return EnglishTextNormalizer()
@@ -72,7 +73,8 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> WerResul
 
     if len(references) != len(hypotheses):
         raise VerificationError(
-            f"WER needs one hypothesis per reference: got {len(references)} references, {len(hypotheses)} hypotheses."
+            f"WER needs one hypothesis per reference: got {len(references)} references, "
+            f"{len(hypotheses)} hypotheses."
         )
     if not references:
         raise VerificationError("WER needs at least one reference text, got none.")
@@ -80,7 +82,9 @@ def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> WerResul
     hyps = [normalize(h) for h in hypotheses]
     for raw, norm in zip(references, refs, strict=True):
         if not norm:
-            raise VerificationError(f"Reference text {raw!r} is empty after normalisation; give it real words.")
+            raise VerificationError(
+                f"Reference text {raw!r} is empty after normalisation; give it real words."
+            )
     out = jiwer.process_words(refs, hyps)
     n_ref = out.hits + out.substitutions + out.deletions
     return WerResult(out.wer, out.substitutions, out.deletions, out.insertions, out.hits, n_ref)
@@ -92,10 +96,14 @@ def load_texts(path: str | os.PathLike[str]) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise VerificationError(f"Clip list {path} does not exist; it is committed as verify/clips.txt.") from None
+        raise VerificationError(
+            f"Clip list {path} does not exist; it is committed as verify/clips.txt."
+        ) from None
     texts = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
     if not texts:
-        raise VerificationError(f"Clip list {path} holds no sentences; add at least one line of English text.")
+        raise VerificationError(
+            f"Clip list {path} holds no sentences; add at least one line of English text."
+        )
     return texts
 
 
@@ -105,7 +113,9 @@ def espeak_version() -> str:
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
     m = re.search(r"eSpeak NG text-to-speech:\s*(\S+)", out)
     if not m:
-        raise ToolError(f"Cannot read the espeak-ng version from `espeak-ng --version` (got {out.strip()[:80]!r}).")
+        raise ToolError(
+            f"Cannot read the espeak-ng version from `espeak-ng --version` (got {out.strip()[:80]!r})."
+        )
     return m.group(1)
 
 
@@ -116,7 +126,9 @@ def default_cache_dir() -> Path:
 
 
 def clip_key(text: str, voice: str) -> str:
-    material = "\0".join([CLIPS_FORMAT, espeak_version(), voice, str(ESPEAK_SPEED), str(audio.SAMPLE_RATE), text])
+    material = "\0".join(
+        [CLIPS_FORMAT, espeak_version(), voice, str(ESPEAK_SPEED), str(audio.SAMPLE_RATE), text]
+    )
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
@@ -132,8 +144,11 @@ def synthesize(text: str, voice: str, cache_dir: str | os.PathLike[str] | None =
         text_file = Path(tmp) / "text.txt"
         text_file.write_text(text + "\n", encoding="utf-8")
         raw = Path(tmp) / "espeak.wav"
-        run([exe, "-v", voice, "-s", str(ESPEAK_SPEED), "-f", str(text_file), "-w", str(raw)],
-            capture=True, echo=False)
+        run(
+            [exe, "-v", voice, "-s", str(ESPEAK_SPEED), "-f", str(text_file), "-w", str(raw)],
+            capture=True,
+            echo=False,
+        )
         # espeak-ng writes 22050 Hz; whisper wants 16 kHz, so resample band-limited.
         audio.write_wav(final, audio.read_wav(raw))
     return final

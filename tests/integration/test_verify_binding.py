@@ -45,7 +45,9 @@ def _source_dir() -> Path:
     dev = Path("/tmp/vsrc/pywhispercpp-1.5.1/whisper.cpp")
     if dev.is_dir() and not strict():
         return dev
-    pytest.fail("no verified whisper.cpp source: set WHISPER_RELEASE_SOURCE_DIR or provide whisper_release.fetch")
+    pytest.fail(
+        "no verified whisper.cpp source: set WHISPER_RELEASE_SOURCE_DIR or provide whisper_release.fetch"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def _fields(struct: type[ctypes.Structure], prefix: str = "") -> Iterator[tuple[
 
 
 def _probe_source(structs: dict[str, type[ctypes.Structure]]) -> str:
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "whisper.h"', "int main(void) {"]
+    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "whisper.h"', "int main(void) {"]
     for cname, struct in structs.items():
         lines.append(f'  printf("{cname} %zu\\n", sizeof(struct {cname}));')
         for path, _, _ in _fields(struct):
@@ -127,8 +129,17 @@ def test_struct_layout_matches_c_probe(source_dir: Path, tmp_path: Path) -> None
     probe.write_text(_probe_source(STRUCTS))
     exe = tmp_path / "probe"
     subprocess.run(
-        [gcc, "-std=c11", "-I", str(source_dir / "include"), "-I", str(source_dir / "ggml" / "include"),
-         str(probe), "-o", str(exe)],
+        [
+            gcc,
+            "-std=c11",
+            "-I",
+            str(source_dir / "include"),
+            "-I",
+            str(source_dir / "ggml" / "include"),
+            str(probe),
+            "-o",
+            str(exe),
+        ],
         check=True,
     )
     c_view: dict[str, tuple[int, ...]] = {}
@@ -142,7 +153,9 @@ def test_struct_layout_matches_c_probe(source_dir: Path, tmp_path: Path) -> None
             mismatches.append(f"sizeof {cname}: C {c_view[cname][0]}, ctypes {ctypes.sizeof(struct)}")
         for path, off, size in _fields(struct):
             if c_view[f"{cname}.{path}"] != (off, size):
-                mismatches.append(f"{cname}.{path}: C (offset, size) {c_view[f'{cname}.{path}']}, ctypes {(off, size)}")
+                mismatches.append(
+                    f"{cname}.{path}: C (offset, size) {c_view[f'{cname}.{path}']}, ctypes {(off, size)}"
+                )
     assert not mismatches, "\n".join(mismatches)
     # The numbers the C API documents (FACTS.md): a check that the probe measured the real thing.
     assert c_view["whisper_context_params"] == (48,)

@@ -52,9 +52,26 @@ def copy(built: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
 def _verify(root: Path, tmp_path: Path, select: str) -> str:
     """Run the acceptance suite on `root` (only the tests matching `select`); return its output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "verify"), "-p", "no:cacheprovider", "-q", "-rN",
-         "--artifacts", str(root), "--report", str(tmp_path / "report.json"), "-k", select],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "verify"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rN",
+            "--artifacts",
+            str(root),
+            "--report",
+            str(tmp_path / "report.json"),
+            "-k",
+            select,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
         env={k: v for k, v in os.environ.items() if k not in ("CI", "WHISPER_RELEASE_STRICT")},
     )
     out = proc.stdout + proc.stderr
@@ -74,10 +91,25 @@ def _sha(p: Path) -> str:
 def test_untouched_copy_passes(copy: tuple[Path, Path], tmp_path: Path) -> None:
     root, _ = copy
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(ROOT / "verify"), "-p", "no:cacheprovider", "-q",
-         "--artifacts", str(root), "--report", str(tmp_path / "r.json"),
-         "-k", "files or isa or model_file or loads_alone"],
-        cwd=ROOT, capture_output=True, text=True, timeout=1800,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(ROOT / "verify"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "--artifacts",
+            str(root),
+            "--report",
+            str(tmp_path / "r.json"),
+            "-k",
+            "files or isa or model_file or loads_alone",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -93,8 +125,10 @@ def test_flipped_byte_in_a_model_block(copy: tuple[Path, Path], tmp_path: Path) 
         f.seek(info.data_offset + 8)
         f.write(bytes([b ^ 0x88]))  # both nibbles move by 8 steps of d
     out = _verify(root, tmp_path, "numerics or model_file")
-    assert f"{model}: q5_1 tensor {info.name}: wanted every element within its block's quantisation bound, " \
-           f"got 2 element(s) outside it, first in block 0 (file byte {info.data_offset})" in out
+    assert (
+        f"{model}: q5_1 tensor {info.name}: wanted every element within its block's quantisation bound, "
+        f"got 2 element(s) outside it, first in block 0 (file byte {info.data_offset})" in out
+    )
     assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
 
 
@@ -105,7 +139,9 @@ def test_truncated_model(copy: tuple[Path, Path], tmp_path: Path) -> None:
     with model.open("r+b") as f:
         f.truncate(size - 4096)
     out = _verify(root, tmp_path, "model_file")
-    assert f"{model}: file length: wanted {size} bytes (header + every tensor), got {size - 4096} bytes" in out
+    assert (
+        f"{model}: file length: wanted {size} bytes (header + every tensor), got {size - 4096} bytes" in out
+    )
     assert f"{model}: tensor records: wanted complete tensor records up to the end of the file, got " in out
 
 
@@ -125,13 +161,18 @@ def test_library_with_an_avx512_instruction(copy: tuple[Path, Path], tmp_path: P
     gcc = require_tool("gcc", "builds the planted library")
     src = tmp_path / "evex.S"
     # vaddps %zmm1,%zmm0,%zmm0 as raw bytes: no compiler flag would reveal it.
-    src.write_text(".text\n.globl f\nf:\n.byte 0x62,0xf1,0x7c,0x48,0x58,0xc1\nret\n"
-                   '.section .note.GNU-stack,"",@progbits\n')
+    src.write_text(
+        ".text\n.globl f\nf:\n.byte 0x62,0xf1,0x7c,0x48,0x58,0xc1\nret\n"
+        '.section .note.GNU-stack,"",@progbits\n'
+    )
     planted = d / "libgomp.so.1"
     subprocess.run([gcc, "-shared", "-nostdlib", str(src), "-o", str(planted)], check=True)
     out = _verify(root, tmp_path, "isa_audit")
-    assert re.search(re.escape(f"{planted}: avx512 instructions: wanted 0, got 1 (e.g. ") + r"\w+: vaddps %zmm1,%zmm0,%zmm0\)",
-                     out), out
+    assert re.search(
+        re.escape(f"{planted}: avx512 instructions: wanted 0, got 1 (e.g. ")
+        + r"\w+: vaddps %zmm1,%zmm0,%zmm0\)",
+        out,
+    ), out
 
 
 def test_missing_ggml_library(copy: tuple[Path, Path], tmp_path: Path) -> None:
@@ -143,8 +184,11 @@ def test_missing_ggml_library(copy: tuple[Path, Path], tmp_path: Path) -> None:
     assert f"{gone}: file listed in SHA256SUMS: wanted present, got missing" in out
     assert f"{gone}: ggml CPU backend: wanted present, got missing" in out
     # The loader's own words from the clean subprocess: which library it could not find.
-    assert re.search(rf"{re.escape(str(d / 'libwhisper.so'))}: wanted a ctypes load with no LD_LIBRARY_PATH, "
-                     r"got: Cannot load .*libggml-cpu\.so\.0: cannot open shared object file", out), out
+    assert re.search(
+        rf"{re.escape(str(d / 'libwhisper.so'))}: wanted a ctypes load with no LD_LIBRARY_PATH, "
+        r"got: Cannot load .*libggml-cpu\.so\.0: cannot open shared object file",
+        out,
+    ), out
 
 
 def test_edited_sha256sums(copy: tuple[Path, Path], tmp_path: Path) -> None:

@@ -14,8 +14,17 @@ from whisper_release import ggml, integrity
 from whisper_release.pins import ModelPin
 
 HP = {
-    "n_vocab": 96, "n_audio_ctx": 16, "n_audio_state": 64, "n_audio_head": 2, "n_audio_layer": 1,
-    "n_text_ctx": 8, "n_text_state": 64, "n_text_head": 2, "n_text_layer": 1, "n_mels": 80, "ftype": 1,
+    "n_vocab": 96,
+    "n_audio_ctx": 16,
+    "n_audio_state": 64,
+    "n_audio_head": 2,
+    "n_audio_layer": 1,
+    "n_text_ctx": 8,
+    "n_text_state": 64,
+    "n_text_head": 2,
+    "n_text_layer": 1,
+    "n_mels": 80,
+    "ftype": 1,
 }
 PIN = ModelPin(name="toy", provider="ct2", hparams=dict(HP))
 
@@ -24,18 +33,33 @@ def _models(d: Path) -> tuple[Path, Path]:
     rng = np.random.default_rng(7)
     mel = rng.random((80, 201), dtype=np.float32)
     vocab = [f"tok{i}".encode() for i in range(HP["n_vocab"])]
-    values = {name: rng.normal(0, 0.05, shape).astype(np.float16)
-              for name, (_, shape) in ggml.expected_inventory(HP, quantized=False).items()}
+    values = {
+        name: rng.normal(0, 0.05, shape).astype(np.float16)
+        for name, (_, shape) in ggml.expected_inventory(HP, quantized=False).items()
+    }
     f16 = ggml.write_model(
-        d / "f16.bin", HP, mel, vocab,
+        d / "f16.bin",
+        HP,
+        mel,
+        vocab,
         ((n, t, values[n]) for n, (t, _) in ggml.expected_inventory(HP, quantized=False).items()),
     ).path
     qh = dict(HP, ftype=ggml.FTYPE_Q5_1)
     q = ggml.write_model(
-        d / "ggml-toy-q5_1.bin", qh, mel, vocab,
-        ((n, t, values[n].astype(np.float32) if t == ggml.GGML_TYPE_Q5_1 else values[n].astype(
-            np.float32 if t == ggml.GGML_TYPE_F32 else np.float16))
-         for n, (t, _) in ggml.expected_inventory(HP, quantized=True).items()),
+        d / "ggml-toy-q5_1.bin",
+        qh,
+        mel,
+        vocab,
+        (
+            (
+                n,
+                t,
+                values[n].astype(np.float32)
+                if t == ggml.GGML_TYPE_Q5_1
+                else values[n].astype(np.float32 if t == ggml.GGML_TYPE_F32 else np.float16),
+            )
+            for n, (t, _) in ggml.expected_inventory(HP, quantized=True).items()
+        ),
     ).path
     return f16, q
 
@@ -113,8 +137,10 @@ def test_f16_file_is_not_a_q5_1_release(models: tuple[Path, Path]) -> None:
     f16, _ = models
     findings = integrity.check_model_file(f16, PIN)
     assert ("hparam ftype", "2009", "1") in [(f.check, f.wanted, f.got) for f in findings]
-    assert any(f.check.startswith("tensor ") and f.wanted.startswith("q5_1") and f.got.startswith("f16")
-               for f in findings)
+    assert any(
+        f.check.startswith("tensor ") and f.wanted.startswith("q5_1") and f.got.startswith("f16")
+        for f in findings
+    )
 
 
 def test_copied_tensor_must_be_identical(models: tuple[Path, Path], tmp_path: Path) -> None:
@@ -134,10 +160,13 @@ def _artifact_tree(tmp_path: Path, q: Path) -> tuple[Path, Path]:
     d.mkdir(parents=True)
     shutil.copyfile(q, d / q.name)
     (d / "README.md").write_text("toy\n")
-    (d / "SHA256SUMS").write_text("".join(
-        f"{integrity.sha256_file(p)}  {p.name}\n" for p in sorted(d.iterdir())))
-    subjects = [{"name": f"{d.name}/{p.name}", "digest": {"sha256": integrity.sha256_file(p)}}
-                for p in sorted(d.iterdir())]
+    (d / "SHA256SUMS").write_text(
+        "".join(f"{integrity.sha256_file(p)}  {p.name}\n" for p in sorted(d.iterdir()))
+    )
+    subjects = [
+        {"name": f"{d.name}/{p.name}", "digest": {"sha256": integrity.sha256_file(p)}}
+        for p in sorted(d.iterdir())
+    ]
     (root / "manifest.json").write_text(json.dumps({"subject": subjects}))
     return root, d
 
@@ -166,7 +195,8 @@ def test_missing_file_everywhere(models: tuple[Path, Path], tmp_path: Path) -> N
     root, d = _artifact_tree(tmp_path, q)
     (d / "README.md").unlink()
     assert [(f.file, f.got) for f in integrity.check_layout(d, ["README.md", "SHA256SUMS", q.name])] == [
-        (str(d / "README.md"), "missing")]
+        (str(d / "README.md"), "missing")
+    ]
     assert [(f.file, f.got) for f in integrity.check_sums(d)] == [(str(d / "README.md"), "missing")]
     assert [(f.file, f.got) for f in integrity.check_manifest(root, d)] == [(str(d / "README.md"), "missing")]
 
