@@ -101,7 +101,9 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
     try:
         json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise VerificationError(f"{root / MANIFEST} is not valid JSON ({e}); rebuild the artifacts.") from None
+        raise VerificationError(
+            f"{root / MANIFEST} is not valid JSON ({e}); rebuild the artifacts."
+        ) from None
     objects: list[LocalObject] = []
     findings: list[str] = []
     for path in sorted(root.rglob("*")):
@@ -129,14 +131,18 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
             findings.append(f"{d}/{SUMS} lists {name}, which is missing")
         for name in sorted(present & set(listed)):
             if files[name].sha256 != listed[name]:
-                findings.append(f"{d}/{name} has sha256 {files[name].sha256[:12]}…, {SUMS} says {listed[name][:12]}…")
+                findings.append(
+                    f"{d}/{name} has sha256 {files[name].sha256[:12]}…, {SUMS} says {listed[name][:12]}…"
+                )
     if findings:
         raise VerificationError(
             f"The artifacts in {root} do not match their checksums ({len(findings)} finding(s): "
             + "; ".join(findings) + "); rebuild them, nothing was published."
         )
     if not any(o.phase == 1 for o in objects):
-        raise VerificationError(f"{root} holds no whisper_<model>_xeon/{SUMS}: nothing to publish; run `invoke build`.")
+        raise VerificationError(
+            f"{root} holds no whisper_<model>_xeon/{SUMS}: nothing to publish; run `invoke build`."
+        )
     return sorted(objects, key=lambda o: (o.phase, o.relpath))
 
 
@@ -219,7 +225,9 @@ def check_access(client: Any, cfg: S3Config, *, create_bucket: bool = False) -> 
                 "(AccessDenied); grant it list/read/write on the bucket, nothing was uploaded."
             ) from None
         if code not in ("NoSuchBucket", "404"):
-            raise PublishError(f"{where} refused to list bucket {cfg.bucket!r} ({_describe(e)}); nothing was uploaded.") from None
+            raise PublishError(
+                f"{where} refused to list bucket {cfg.bucket!r} ({_describe(e)}); nothing was uploaded."
+            ) from None
     except BotoCoreError as e:
         raise PublishError(
             f"Cannot reach {where} ({_describe(e)}); check the endpoint URL and that the server runs, "
@@ -234,7 +242,10 @@ def check_access(client: Any, cfg: S3Config, *, create_bucket: bool = False) -> 
         client.create_bucket(Bucket=cfg.bucket)
     except (BotoCoreError, ClientError) as e:
         if _error_code(e) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise PublishError(f"Creating bucket {cfg.bucket!r} at {cfg.endpoint_display} failed ({_describe(e)}).") from None
+            raise PublishError(
+                f"Creating bucket {cfg.bucket!r} at {cfg.endpoint_display} failed ({_describe(e)}); "
+                "create it yourself or check the key's permissions."
+            ) from None
     info(f"created bucket {cfg.bucket!r} at {cfg.endpoint_display}")
     return True
 
@@ -365,7 +376,9 @@ def push(
     try:
         remote = _remote_state(client, config, release_key)
     except (BotoCoreError, ClientError) as e:
-        raise PublishError(f"Listing {report.location} failed ({_describe(e)}); nothing was uploaded.") from None
+        raise PublishError(
+            f"Listing {report.location} failed ({_describe(e)}); nothing was uploaded."
+        ) from None
 
     manifest_key = report.manifest_key
     differing: list[str] = []
@@ -416,7 +429,9 @@ def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport)
         try:
             client.delete_object(Bucket=cfg.bucket, Key=key)
         except (BotoCoreError, ClientError) as e:
-            raise PublishError(f"Deleting s3://{cfg.bucket}/{key} failed ({_describe(e)}); rerun the push.") from None
+            raise PublishError(
+                f"Deleting s3://{cfg.bucket}/{key} failed ({_describe(e)}); rerun the push."
+            ) from None
         report.deleted.append(key)
 
 
@@ -513,6 +528,7 @@ def push_release(
     cfg = publish_config(config_file=config_file, endpoint=endpoint, bucket=bucket, prefix=prefix,
                          store_root=store_root, dry_run=dry_run)
     info(f"publishing to {cfg!r}")
-    report = push(artifacts_dir, cfg, version=version, force=force, dry_run=dry_run, create_bucket=create_bucket)
+    report = push(artifacts_dir, cfg, version=version, force=force, dry_run=dry_run,
+                  create_bucket=create_bucket)
     print_report(report, cfg, artifacts_dir)
     return report

@@ -160,7 +160,8 @@ def check_bucket(bucket: str, where: str = "bucket") -> None:
     if not 3 <= len(bucket) <= 63:
         problem = f"is {len(bucket)} characters long (must be 3 to 63)"
     elif not _BUCKET_RE.match(bucket):
-        problem = "may use only lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        problem = ("may use only lowercase letters, digits, dots and hyphens, starting and ending with a "
+                   "letter or digit")
     elif ".." in bucket or ".-" in bucket or "-." in bucket:
         problem = "must not contain '..', '.-' or '-.'"
     elif bucket.startswith("xn--") or bucket.endswith("-s3alias"):
@@ -195,7 +196,9 @@ def validate(cfg: S3Config, origins: Mapping[str, str] | None = None) -> S3Confi
     def src(key: str) -> str:
         return origins.get(key, cfg.source)
 
-    endpoint = normalize_endpoint(cfg.endpoint, where=f"The endpoint from {src('endpoint')}") if cfg.endpoint else None
+    endpoint = None
+    if cfg.endpoint:
+        endpoint = normalize_endpoint(cfg.endpoint, where=f"The endpoint from {src('endpoint')}")
     check_bucket(cfg.bucket, where=f"bucket (from {src('bucket')})")
     prefix = normalize_prefix(cfg.prefix, where=f"prefix (from {src('prefix')})")
     if not _REGION_RE.match(cfg.region):
@@ -227,7 +230,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"The S3 config file {path} does not exist; create it or unset {CONFIG_FILE_VAR}.") from None
+        raise ConfigError(
+            f"The S3 config file {path} does not exist; create it or unset {CONFIG_FILE_VAR}."
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"The S3 config file {path} is not valid TOML ({e}); fix its syntax.") from None
     table = data.get("s3", data)

@@ -419,7 +419,8 @@ class EmbeddedStore:
         """Write the running store's settings (secrets included) to a 0600 shell file; return its path."""
         cfg = self.config()
         target = Path(path) if path else self.root / "env.sh"
-        _write_private(target, "# source this file: settings of the embedded S3 store\n" + cfg.env_file_text())
+        header = "# source this file: settings of the embedded S3 store\n"
+        _write_private(target, header + cfg.env_file_text())
         return target
 
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
-from pathlib import Path
 
 import pytest
-from test_publish_support import TEST_SETTINGS, local_files, make_artifacts, running_store, stored_files, write_sums
+from test_publish_support import (
+    TEST_SETTINGS,
+    local_files,
+    make_artifacts,
+    running_store,
+    stored_files,
+    write_sums,
+)
 
 from whisper_release.errors import PublishError
 from whisper_release.publish import MANIFEST, make_client, push
@@ -42,7 +48,8 @@ def test_full_push_reads_back_identical_and_orders_manifest_last(tmp_path, cfg):
         head = client.head_object(Bucket=cfg.bucket, Key=f"{report.release_key}/{rel}")
         assert head["Metadata"]["sha256"] == digest
     # The large weights went up in parts (multipart ETag "<md5>-<n>").
-    big = client.head_object(Bucket=cfg.bucket, Key=f"{report.release_key}/whisper_tiny.en_xeon/ggml-tiny.en-q5_1.bin")
+    big_key = f"{report.release_key}/whisper_tiny.en_xeon/ggml-tiny.en-q5_1.bin"
+    big = client.head_object(Bucket=cfg.bucket, Key=big_key)
     assert big["ETag"].strip('"').endswith("-3")
     assert report.uploaded[-1] == report.manifest_key
     assert all(k.endswith("/SHA256SUMS") for k in report.uploaded[-3:-1])

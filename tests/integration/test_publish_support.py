@@ -61,7 +61,8 @@ def stored_files(client, cfg: S3Config, release_key: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def running_store(root: Path, bucket: str = "whisper-test", prefix: str = "ci/whisper") -> Iterator[EmbeddedStore]:
+def running_store(root: Path, bucket: str = "whisper-test",
+                  prefix: str = "ci/whisper") -> Iterator[EmbeddedStore]:
     """An embedded store on runtime-chosen loopback ports, always stopped (process group killed)."""
     store = EmbeddedStore(root, bucket=bucket, prefix=prefix)
     try:

@@ -1,0 +1,105 @@
+"""The publisher's local side: artifact checks, upload order, version rules, dry run (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from whisper_release.errors import PublishError, VerificationError
+from whisper_release.publish import check_version, push, scan_artifacts
+from whisper_release.s3config import S3Config, validate
+
+
+def _sums(d: Path) -> None:
+    (d / "SHA256SUMS").write_text("".join(
+        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n"
+        for p in sorted(d.iterdir()) if p.name != "SHA256SUMS"))
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "release_artifacts"
+    for model in ("tiny.en", "base"):
+        d = root / f"whisper_{model}_xeon"
+        d.mkdir(parents=True)
+        for name in ("libwhisper.so", "libggml.so.0", f"ggml-{model}-q5_1.bin", "README.md"):
+            (d / name).write_bytes(os.urandom(64))
+        _sums(d)
+    (root / "manifest.json").write_text(json.dumps({"version": "x"}))
+    return root
+
+
+CFG = validate(S3Config("http://127.0.0.1:9", "whisper-releases", "whisper.cpp",
+                        access_key="k", secret_key="s" * 20))
+
+
+def test_scan_orders_data_then_sums_then_manifest(tree):
+    objs = scan_artifacts(tree)
+    names = [o.relpath for o in objs]
+    assert names[-1] == "manifest.json"
+    assert names[-3:-1] == ["whisper_base_xeon/SHA256SUMS", "whisper_tiny.en_xeon/SHA256SUMS"]
+    assert all("SHA256SUMS" not in n for n in names[:-3]) and len(names) == 11
+    o = next(o for o in objs if o.relpath == "whisper_base_xeon/libwhisper.so")
+    assert o.sha256 == hashlib.sha256(o.path.read_bytes()).hexdigest() and o.size == 64
+
+
+def test_scan_reports_every_finding_at_once(tree):
+    base = tree / "whisper_base_xeon"
+    (base / "libwhisper.so").write_bytes(b"tampered")
+    (base / "extra.txt").write_text("not listed")
+    (tree / "whisper_tiny.en_xeon" / "libggml.so.0").unlink()
+    with pytest.raises(VerificationError) as e:
+        scan_artifacts(tree)
+    msg = str(e.value)
+    assert "3 finding(s)" in msg
+    assert "whisper_base_xeon/libwhisper.so has sha256" in msg
+    assert "whisper_base_xeon/extra.txt is not listed" in msg
+    assert "lists libggml.so.0, which is missing" in msg
+
+
+def test_scan_refuses_symlinks_missing_sums_and_manifest(tree, tmp_path):
+    (tree / "whisper_base_xeon" / "link.so").symlink_to("libwhisper.so")
+    with pytest.raises(VerificationError, match="link.so is a symlink"):
+        scan_artifacts(tree)
+    (tree / "whisper_base_xeon" / "link.so").unlink()
+    (tree / "whisper_tiny.en_xeon" / "SHA256SUMS").unlink()
+    with pytest.raises(VerificationError, match="whisper_tiny.en_xeon/ has no SHA256SUMS"):
+        scan_artifacts(tree)
+    (tree / "manifest.json").write_text("{not json")
+    with pytest.raises(VerificationError, match="manifest.json is not valid JSON"):
+        scan_artifacts(tree)
+    with pytest.raises(VerificationError, match="has no manifest.json"):
+        scan_artifacts(tmp_path / "nowhere")
+
+
+def test_bad_sums_line(tree):
+    (tree / "whisper_base_xeon" / "SHA256SUMS").write_text("nonsense\n")
+    with pytest.raises(VerificationError, match=r"SHA256SUMS:1 is not a sha256sum line"):
+        scan_artifacts(tree)
+
+
+@pytest.mark.parametrize("version", ["", "a/b", "..", "-x", "1.0 beta"])
+def test_version_must_be_one_segment(version):
+    with pytest.raises(PublishError, match="path segment"):
+        check_version(version)
+
+
+def test_dry_run_plans_without_contacting_the_store(tree, capsys):
+    # Port 9 (discard) on loopback: any contact would fail; a dry run must not try.
+    report = push(tree, CFG, version="1.8.5-r1", dry_run=True)
+    keys = [p.key for p in report.plan]
+    assert keys[0].startswith("whisper.cpp/1.8.5-r1/whisper_base_xeon/")
+    assert keys[-1] == "whisper.cpp/1.8.5-r1/manifest.json" == report.manifest_key
+    assert report.location == "s3://whisper-releases/whisper.cpp/1.8.5-r1/"
+    assert report.uploaded == [] and report.dry_run
+    assert "the store was not contacted" in capsys.readouterr().err
+
+
+def test_invalid_artifacts_fail_before_any_network(tree):
+    (tree / "whisper_base_xeon" / "README.md").write_text("changed")
+    with pytest.raises(VerificationError, match="nothing was published"):
+        push(tree, CFG, version="1")
