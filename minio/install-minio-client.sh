@@ -55,7 +55,8 @@ version="$(apt-cache "${apt_opts[@]}" policy minio-client | sed -n 's/^ *Candida
 [[ -n "$version" && "$version" != "(none)" ]] || { log "error: suite $suite has no minio-client package."; exit 4; }
 log "downloading minio-client $version"
 ( cd "$work/cache/archives" && apt-get "${apt_opts[@]}" -qq download "minio-client=$version" )
-deb="$(ls -t "$work"/cache/archives/minio-client_*.deb | head -n1)"
+deb="$(find "$work/cache/archives" -maxdepth 1 -name "minio-client_${version//:/%3a}_*.deb" -print -quit)"
+[[ -n "$deb" ]] || { log "error: apt-get download left no minio-client_${version}_*.deb in $work/cache/archives."; exit 4; }
 
 # Unpack into a fresh folder, check it, then swap it in: never a half-installed client.
 stage="$(mktemp -d "$tools/.minio-client.XXXXXX")"

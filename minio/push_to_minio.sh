@@ -190,7 +190,9 @@ if [[ $kind == mc ]]; then
   }
   # Credentials travel in the environment (MC_HOST_<alias>), never in argv; a private config dir
   # keeps the user's mc aliases untouched.
-  export MC_HOST_wrpush="$scheme://$(urlencode "$access_key"):$(urlencode "$secret_key")@$host:$port"
+  mc_host="$scheme://$(urlencode "$access_key"):$(urlencode "$secret_key")@$host:$port"
+  export MC_HOST_wrpush="$mc_host"
+  unset mc_host
   mcx() { "$client" --config-dir "$tmp/mc" --no-color --quiet "$@"; }
   target="wrpush/$bucket"
 else
