@@ -215,7 +215,7 @@ def docker_build(
     tail: deque[str] = deque(maxlen=_TAIL_LINES)
     errors: deque[str] = deque(maxlen=5)  # the step's error lines, often far above its last lines
     step, step_start, build_start = "", time.monotonic(), time.monotonic()
-    log = log_path.open("w", encoding="utf-8") if log_path else None
+    log = log_path.open("w", encoding="utf-8", buffering=1) if log_path else None
     try:
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, errors="replace"
