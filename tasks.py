@@ -105,3 +105,15 @@ def store(c, start=False, stop=False, status=False, show_credentials=False, dry_
     from whisper_release.store import store_command
 
     store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run)
+
+
+@task(help={"release": "release version or 'latest' (newest complete release)", "model": "model name, e.g. base",
+            "dest": "target directory (default ./whisper_<model>_xeon-<version>)",
+            "list_": "list published releases and their models", "force": "replace DEST if it holds something else",
+            "dry_run": "check the release in the bucket, download nothing"})
+@_entry
+def pull(c, release="latest", model=None, dest=None, list_=False, force=False, dry_run=False):
+    """Download one artifact directory of a published release, verified, atomically into DEST."""
+    from whisper_release.consumer import pull_command
+
+    pull_command(release, model, dest, list_only=list_, force=force, dry_run=dry_run)

@@ -269,6 +269,7 @@ def _configure_pull(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the published releases and their models")
     p.add_argument("--force", action="store_true", help="replace DEST if it holds something else")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="check the release and say what would be pulled")
 
 
 def remote_from_env() -> Any:
@@ -304,18 +305,25 @@ def print_listing(remote: Any, out: Any = sys.stdout) -> None:
         info(f"no releases in {remote.where()}")
 
 
-@command("pull", _configure_pull)
-def _pull_cmd(args: argparse.Namespace) -> int:
+def pull_command(release: str = "latest", model: str | None = None, dest: str | None = None, *,
+                 list_only: bool = False, force: bool = False, progress: bool = True, dry_run: bool = False) -> None:
+    """What `whisper-release pull` and `invoke pull` do: list, or pull and print the directory."""
     from .pull import pull
 
     remote = remote_from_env()
-    if args.list:
+    if list_only:
         print_listing(remote)
-        return 0
-    if not args.model:
+        return
+    if not model:
         raise ConfigError("pull needs --model (e.g. --model base); --list shows the models of each release.")
-    res = pull(remote, args.release, args.model, args.dest, force=args.force, progress=not args.no_progress)
+    res = pull(remote, release, model, dest, force=force, progress=progress, dry_run=dry_run)
     print(res.dest)
+
+
+@command("pull", _configure_pull)
+def _pull_cmd(args: argparse.Namespace) -> int:
+    pull_command(args.release, args.model, args.dest, list_only=args.list, force=args.force,
+                 progress=not args.no_progress, dry_run=args.dry_run)
     return 0
 
 

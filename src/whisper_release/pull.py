@@ -277,11 +277,14 @@ def pull(
     *,
     force: bool = False,
     progress: bool = True,
+    dry_run: bool = False,
 ) -> PullResult:
     """Download, verify and atomically place `whisper_<model>_xeon` of `release` at `dest`.
 
     `release` may be `latest`. DEST already holding the same verified files is left as is
-    (already_present); DEST holding anything else is replaced only with `force`.
+    (already_present); DEST holding anything else is replaced only with `force`. `dry_run` does every
+    check that needs no file contents (release, manifest, SHA256SUMS, bucket listing) and downloads
+    nothing.
     """
     listing = list_releases(remote)
     version = resolve_release(listing, release, remote)
@@ -330,6 +333,10 @@ def pull(
     if findings:
         raise VerificationError(f"Release {version} model {model} at {where} is inconsistent: {'; '.join(findings)}; nothing was written, republish the release.")
 
+    if dry_run:
+        total = sum(objects[n] for n in expected)
+        info(f"dry run: would pull {where} ({len(expected)} files, {total / 1e6:.1f} MB) -> {dest_path}")
+        return PullResult(version, model, dest_path, expected)
     if dest_path.exists():
         if _check_dir(dest_path, expected):
             info(f"{dest_path} already holds release {version} {dirname} (every sha256 matches)")

@@ -191,3 +191,16 @@ def test_existing_other_dest_needs_force(tamperable, tmp_path):
     pull.pull(remote, version, "base", dest, force=True, progress=False)
     assert _snapshot(dest) == _snapshot(tree / "whisper_base_xeon")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+
+
+def test_dry_run_checks_the_release_and_writes_nothing(published, store_config, tmp_path):
+    remote, _ = published
+    res = pull.pull(remote, "1.8.5-r2", "base", tmp_path / "d", dry_run=True, progress=False)
+    assert res.version == "1.8.5-r2" and "ggml-base-q5_1.bin" in res.files
+    proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "pull", "--release", "1.8.5-r2",
+                           "--model", "base", "--dest", str(tmp_path / "d"), "--dry-run"],
+                          cwd=Path(__file__).parents[2], env=_env(store_config), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: would pull" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
