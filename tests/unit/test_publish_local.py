@@ -103,3 +103,29 @@ def test_invalid_artifacts_fail_before_any_network(tree):
     (tree / "whisper_base_xeon" / "README.md").write_text("changed")
     with pytest.raises(VerificationError, match="nothing was published"):
         push(tree, CFG, version="1")
+
+
+def test_publish_config_prefers_configured_store_and_never_starts_one_on_dry_run(tmp_path, monkeypatch):
+    from whisper_release.store import publish_config
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER",
+                "MINIO_ROOT_PASSWORD", "WHISPER_RELEASE_S3_CONFIG", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    planned = publish_config(store_root=tmp_path / "store", dry_run=True)
+    assert planned.create_bucket and "dry run" in planned.source
+    assert not (tmp_path / "store" / "credentials.json").exists()  # nothing written, nothing started
+    assert (planned.bucket, planned.prefix) == ("whisper-releases", "whisper.cpp")  # release.toml
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://10.1.2.3:9000")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s" * 20)
+    cfg = publish_config(store_root=tmp_path / "store", bucket="other-bucket")
+    assert (cfg.endpoint, cfg.bucket, cfg.create_bucket) == ("http://10.1.2.3:9000", "other-bucket", False)
+
+
+def test_store_command_refuses_start_and_stop_together(tmp_path):
+    from whisper_release.errors import ConfigError
+    from whisper_release.store import store_command
+
+    with pytest.raises(ConfigError, match="both --start and --stop"):
+        store_command(start=True, stop=True, root=tmp_path)
