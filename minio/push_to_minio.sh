@@ -212,7 +212,7 @@ classify() {  # map a client's error text to an exit code and a sentence
   local err="$1"
   if grep -qiE 'InvalidAccessKeyId|SignatureDoesNotMatch|access key.*(not exist|does not exist)|signature.*(not match|does not match)|InvalidToken|\(403\)|Forbidden' <<<"$err"; then
     die $EX_AUTH "the store at $endpoint rejected the credentials (access key ${access_key:0:4}…); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
-  elif grep -qiE 'NoSuchBucket|bucket does not exist|\(404\)|Not Found' <<<"$err"; then
+  elif grep -qiE 'NoSuchBucket|bucket.* does not exist|\(404\)|Not Found' <<<"$err"; then
     die $EX_NO_BUCKET "bucket '$bucket' does not exist at $endpoint; create it first (mc mb / aws s3 mb)"
   elif grep -qiE 'AccessDenied|Access Denied' <<<"$err"; then
     die $EX_AUTH "the store at $endpoint denied access key ${access_key:0:4}… access to bucket '$bucket'"
