@@ -48,7 +48,10 @@ def ensure_release(cache: Path, model: str, release: str = "latest") -> Path:
         return cached[-1]
     dest = cache / version / pull.artifact_dirname(model)
     res = pull.pull(remote, version, model, dest, progress=sys.stderr.isatty())
-    print(f"worker: release {version} {'cached' if res.already_present else 'pulled'} at {dest}", file=sys.stderr)
+    print(
+        f"worker: release {version} {'cached' if res.already_present else 'pulled'} at {dest}",
+        file=sys.stderr,
+    )
     return dest
 
 
@@ -93,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 except ReleaseError as e:  # one bad file must not stop the folder
                     failed += 1
                     print(f"worker: skipped {audio}: {e}", file=sys.stderr)
-        print(f"worker: {len(todo) - failed} transcribed, {failed} failed, {done} already done", file=sys.stderr)
+        print(
+            f"worker: {len(todo) - failed} transcribed, {failed} failed, {done} already done", file=sys.stderr
+        )
         return 1 if failed else 0
     except ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)

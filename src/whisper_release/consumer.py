@@ -61,7 +61,9 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
     except OSError as e:
         raise AudioError(f"Audio file {p} cannot be read ({e.strerror}); check its permissions.") from None
     if not head:
-        raise AudioError(f"Audio file {p} is empty (0 bytes); give a WAV or other audio file with sound in it.")
+        raise AudioError(
+            f"Audio file {p} is empty (0 bytes); give a WAV or other audio file with sound in it."
+        )
     if not _is_wav(head):
         samples = _decode_ffmpeg(p)
     else:
@@ -89,7 +91,9 @@ def _decode_wav(path: Path) -> np.ndarray:
     except ReleaseError:
         raise
     except (ValueError, EOFError, OSError) as e:
-        raise AudioError(f"Audio file {path} is not a readable WAV file ({e}); re-export it as PCM WAV.") from None
+        raise AudioError(
+            f"Audio file {path} is not a readable WAV file ({e}); re-export it as PCM WAV."
+        ) from None
 
 
 def _decode_ffmpeg(path: Path) -> np.ndarray:
@@ -99,13 +103,32 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
             f"Audio file {path} is not WAV and ffmpeg is not installed to decode it; install ffmpeg "
             "(apt-get install ffmpeg) or convert the file to WAV."
         )
-    cmd = [ffmpeg, "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-f", "f32le",
-           "-acodec", "pcm_f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"]
+    cmd = [
+        ffmpeg,
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
+    ]
     info(f"+ {quote(cmd)}")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    proc = subprocess.run(cmd, capture_output=True, check=False)
     if proc.returncode != 0:
         why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-        raise AudioError(f"Audio file {path} could not be decoded by ffmpeg ({why}); check it is an audio file.")
+        raise AudioError(
+            f"Audio file {path} could not be decoded by ffmpeg ({why}); check it is an audio file."
+        )
     return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
 
 
@@ -135,7 +158,9 @@ def open_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
             "latest --model base --dest DIR)."
         )
     if not (d / LIBRARY).is_file():
-        raise ConfigError(f"{d} has no {LIBRARY}, so it is not a whisper_<model>_xeon artifact directory; pull one.")
+        raise ConfigError(
+            f"{d} has no {LIBRARY}, so it is not a whisper_<model>_xeon artifact directory; pull one."
+        )
     models = sorted(d.glob("ggml-*.bin"))
     if len(models) != 1:
         raise ConfigError(
@@ -144,7 +169,9 @@ def open_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
     if verify:
         sums_path = d / SUMS
         if not sums_path.is_file():
-            raise VerificationError(f"{d} has no {SUMS}, so its files cannot be verified; pull the artifact again.")
+            raise VerificationError(
+                f"{d} has no {SUMS}, so its files cannot be verified; pull the artifact again."
+            )
         sums = parse_sums(sums_path.read_text(encoding="utf-8", errors="replace"), str(sums_path))
         bad = [n for n, digest in sums.items() if not (d / n).is_file() or sha256_file(d / n) != digest]
         if bad:
@@ -180,8 +207,15 @@ class Transcriber:
     CpuError instead of dying of an illegal instruction. Use as a context manager, or `close()`.
     """
 
-    def __init__(self, artifact: str | os.PathLike[str], *, threads: int | None = None, beam: int | None = None,
-                 language: str = "en", verify: bool = True) -> None:
+    def __init__(
+        self,
+        artifact: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        beam: int | None = None,
+        language: str = "en",
+        verify: bool = True,
+    ) -> None:
         from . import binding
 
         if threads is not None and threads < 1:
@@ -214,7 +248,9 @@ class Transcriber:
         self.close()
 
     def segments(self, samples: np.ndarray) -> list[Any]:
-        return list(self.ctx.transcribe(samples, threads=self.threads, beam=self.beam, language=self.language))
+        return list(
+            self.ctx.transcribe(samples, threads=self.threads, beam=self.beam, language=self.language)
+        )
 
     def transcribe_file(self, audio_path: str | os.PathLike[str], fmt: str = "txt") -> str:
         if fmt not in formats.FORMATS:
@@ -222,7 +258,10 @@ class Transcriber:
         samples = decode_audio(audio_path)
         segs = self.segments(samples)
         return formats.render(
-            segs, fmt, audio=Path(audio_path).name, model=self.artifact.model,
+            segs,
+            fmt,
+            audio=Path(audio_path).name,
+            model=self.artifact.model,
             duration=round(samples.size / SAMPLE_RATE, 3),
         )
 
@@ -245,9 +284,16 @@ def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return out
 
 
-def transcribe(audio_path: str | os.PathLike[str], artifact: str | os.PathLike[str], *, threads: int | None = None,
-               beam: int | None = None, fmt: str = "txt", output: str | os.PathLike[str] | None = None,
-               language: str = "en") -> str:
+def transcribe(
+    audio_path: str | os.PathLike[str],
+    artifact: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    beam: int | None = None,
+    fmt: str = "txt",
+    output: str | os.PathLike[str] | None = None,
+    language: str = "en",
+) -> str:
     """Transcribe one file; returns the rendered text and writes it to `output` when given."""
     if fmt not in formats.FORMATS:
         formats.render([], fmt)
@@ -305,8 +351,16 @@ def print_listing(remote: Any, out: Any = sys.stdout) -> None:
         info(f"no releases in {remote.where()}")
 
 
-def pull_command(release: str = "latest", model: str | None = None, dest: str | None = None, *,
-                 list_only: bool = False, force: bool = False, progress: bool = True, dry_run: bool = False) -> None:
+def pull_command(
+    release: str = "latest",
+    model: str | None = None,
+    dest: str | None = None,
+    *,
+    list_only: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> None:
     """What `whisper-release pull` and `invoke pull` do: list, or pull and print the directory."""
     from .pull import pull
 
@@ -322,8 +376,15 @@ def pull_command(release: str = "latest", model: str | None = None, dest: str | 
 
 @command("pull", _configure_pull)
 def _pull_cmd(args: argparse.Namespace) -> int:
-    pull_command(args.release, args.model, args.dest, list_only=args.list, force=args.force,
-                 progress=not args.no_progress, dry_run=args.dry_run)
+    pull_command(
+        args.release,
+        args.model,
+        args.dest,
+        list_only=args.list,
+        force=args.force,
+        progress=not args.no_progress,
+        dry_run=args.dry_run,
+    )
     return 0
 
 
@@ -334,15 +395,24 @@ def _configure_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all, at most 8)")
     p.add_argument("--beam", type=int, default=None, help="beam-search width (default: greedy decoding)")
     p.add_argument("--language", default="en", help="spoken language code (default en)")
-    p.add_argument("--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)")
+    p.add_argument(
+        "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
+    )
     p.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
 
 
 @command("transcribe", _configure_transcribe)
 def _transcribe_cmd(args: argparse.Namespace) -> int:
     fmt = args.fmt or (formats.format_for_path(args.output) if args.output else "txt")
-    text = transcribe(args.audio, args.artifact, threads=args.threads, beam=args.beam, fmt=fmt,
-                      output=args.output, language=args.language)
+    text = transcribe(
+        args.audio,
+        args.artifact,
+        threads=args.threads,
+        beam=args.beam,
+        fmt=fmt,
+        output=args.output,
+        language=args.language,
+    )
     if args.output is None:
         sys.stdout.write(text)
     else:

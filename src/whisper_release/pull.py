@@ -151,7 +151,9 @@ def _get_bytes(remote: Remote, key: str, limit: int = 16 << 20) -> bytes:
     obj = remote.client.get_object(Bucket=remote.bucket, Key=key)
     data: bytes = obj["Body"].read(limit + 1)
     if len(data) > limit:
-        raise VerificationError(f"s3://{remote.bucket}/{key} is larger than {limit} bytes; it is not a {key.rsplit('/', 1)[-1]}.")
+        raise VerificationError(
+            f"s3://{remote.bucket}/{key} is larger than {limit} bytes; it is not a {key.rsplit('/', 1)[-1]}."
+        )
     return data
 
 
@@ -166,7 +168,9 @@ def load_manifest(remote: Remote, version: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except ValueError as e:
-        raise VerificationError(f"s3://{remote.bucket}/{key} is not valid JSON ({e}); republish the release.") from None
+        raise VerificationError(
+            f"s3://{remote.bucket}/{key} is not valid JSON ({e}); republish the release."
+        ) from None
     if not isinstance(doc, dict):
         raise VerificationError(f"s3://{remote.bucket}/{key} is not a JSON object; republish the release.")
     return doc
@@ -189,7 +193,9 @@ def manifest_digests(manifest: dict[str, Any]) -> dict[str, str]:
         digest = (s.get("digest") or {}).get("sha256") if isinstance(s, dict) else None
         digest = digest or (s.get("sha256") if isinstance(s, dict) else None)
         if not isinstance(name, str) or not isinstance(digest, str):
-            raise VerificationError(f"The release manifest has a malformed subject {s!r}; republish the release.")
+            raise VerificationError(
+                f"The release manifest has a malformed subject {s!r}; republish the release."
+            )
         out[name.lstrip("./")] = digest.lower()
     return out
 
@@ -207,12 +213,16 @@ def parse_sums(text: str, where: str) -> dict[str, str]:
             continue
         parts = line.split(None, 1)
         if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in parts[0]):
-            raise VerificationError(f"{where} line {n} is not '<sha256>  <file>': {line[:80]!r}; republish the release.")
+            raise VerificationError(
+                f"{where} line {n} is not '<sha256>  <file>': {line[:80]!r}; republish the release."
+            )
         name = parts[1].strip().lstrip("*")
         if name.startswith("./"):
             name = name[2:]
         if "/" in name or name in ("", ".", "..") or name in sums:
-            raise VerificationError(f"{where} line {n} names an unsafe or repeated file {name!r}; republish the release.")
+            raise VerificationError(
+                f"{where} line {n} names an unsafe or repeated file {name!r}; republish the release."
+            )
         sums[name] = parts[0].lower()
     if not sums:
         raise VerificationError(f"{where} lists no files; republish the release.")
@@ -239,8 +249,16 @@ class PullResult:
 def _progress(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False,
-                disable=not enabled, file=sys.stderr)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        leave=False,
+        disable=not enabled,
+        file=sys.stderr,
+    )
 
 
 def _download(remote: Remote, key: str, out: Path, bar: Any) -> tuple[str, str | None]:
@@ -323,7 +341,10 @@ def pull(
                 continue  # covered through the files it lists, which must all be in the manifest
             findings.append(f"{name} is not listed in the manifest")
         elif in_manifest[name] != digest:
-            findings.append(f"{name}: the manifest says sha256 {in_manifest[name][:12]}…, {SUMS if name != SUMS else 'the object'} says {digest[:12]}…")
+            source = SUMS if name != SUMS else "the object"
+            findings.append(
+                f"{name}: the manifest says sha256 {in_manifest[name][:12]}…, {source} says {digest[:12]}…"
+            )
     for name in sorted(set(in_manifest) - set(expected)):
         findings.append(f"{name} is in the manifest but not in {SUMS}")
     for name in sorted(set(objects) - set(expected)):
@@ -331,7 +352,10 @@ def pull(
     for name in sorted(set(expected) - set(objects)):
         findings.append(f"{name} is in {SUMS} but missing from the bucket")
     if findings:
-        raise VerificationError(f"Release {version} model {model} at {where} is inconsistent: {'; '.join(findings)}; nothing was written, republish the release.")
+        raise VerificationError(
+            f"Release {version} model {model} at {where} is inconsistent: {'; '.join(findings)}; "
+            "nothing was written, republish the release."
+        )
 
     if dry_run:
         total = sum(objects[n] for n in expected)

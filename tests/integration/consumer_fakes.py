@@ -11,7 +11,14 @@ import json
 import os
 from pathlib import Path
 
-FILES = ("libwhisper.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0", "libgomp.so.1", "README.md")
+FILES = (
+    "libwhisper.so",
+    "libggml.so.0",
+    "libggml-base.so.0",
+    "libggml-cpu.so.0",
+    "libgomp.so.1",
+    "README.md",
+)
 
 
 def make_release_tree(root: Path, models=("base", "tiny.en"), size: int = 300_000) -> Path:
@@ -29,9 +36,11 @@ def make_release_tree(root: Path, models=("base", "tiny.en"), size: int = 300_00
             digest = hashlib.sha256(data).hexdigest()
             lines.append(f"{digest}  {name}\n")
             subjects.append({"name": f"{d.name}/{name}", "digest": {"sha256": digest}})
-        sums = "".join(sorted(lines, key=lambda l: l.split()[1])).encode()
+        sums = "".join(sorted(lines, key=lambda line: line.split()[1])).encode()
         (d / "SHA256SUMS").write_bytes(sums)
-        subjects.append({"name": f"{d.name}/SHA256SUMS", "digest": {"sha256": hashlib.sha256(sums).hexdigest()}})
+        subjects.append(
+            {"name": f"{d.name}/SHA256SUMS", "digest": {"sha256": hashlib.sha256(sums).hexdigest()}}
+        )
     (root / "manifest.json").write_text(json.dumps({"subject": subjects}, indent=2))
     return root
 
@@ -44,4 +53,6 @@ def upload_tree(client, bucket: str, prefix: str, version: str, tree: Path, *, m
     for p in files:
         data = p.read_bytes()
         key = "/".join(x for x in (prefix, version, p.relative_to(tree).as_posix()) if x)
-        client.put_object(Bucket=bucket, Key=key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+        client.put_object(
+            Bucket=bucket, Key=key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()}
+        )

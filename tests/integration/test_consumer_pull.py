@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import pull, publish
+from whisper_release import publish, pull
 from whisper_release.errors import ConfigError, VerificationError
 from whisper_release.store import EmbeddedStore
 
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def store_config(tmp_path_factory):
-    store = EmbeddedStore(tmp_path_factory.mktemp("store"), bucket="consumer-pull-test", prefix="rel/whisper.cpp")
+    store = EmbeddedStore(
+        tmp_path_factory.mktemp("store"), bucket="consumer-pull-test", prefix="rel/whisper.cpp"
+    )
     cfg = store.start()
     try:
         yield cfg
@@ -43,8 +45,14 @@ def published(store_config, tmp_path_factory):
         publish.push(tree, store_config, version=version, create_bucket=True, progress=False)
         trees[version] = tree
     remote = pull.remote_from_config(store_config)
-    upload_tree(remote.client, remote.bucket, remote.prefix, "1.8.5-r3",
-                make_release_tree(tmp_path_factory.mktemp("r3") / "t"), manifest=False)
+    upload_tree(
+        remote.client,
+        remote.bucket,
+        remote.prefix,
+        "1.8.5-r3",
+        make_release_tree(tmp_path_factory.mktemp("r3") / "t"),
+        manifest=False,
+    )
     return remote, trees
 
 
@@ -111,7 +119,9 @@ def test_cli_lists_and_refuses_unknown_names_with_exit_code(published, store_con
     assert bad.returncode == ConfigError.exit_code
     assert "available releases are 1.8.5-r1, 1.8.5-r2" in bad.stderr
     assert bad.stderr.count("\n") == 1  # one sentence, no traceback
-    bad = _cli(store_config, "pull", "--release", "latest", "--model", "medium", "--dest", str(tmp_path / "d"))
+    bad = _cli(
+        store_config, "pull", "--release", "latest", "--model", "medium", "--dest", str(tmp_path / "d")
+    )
     assert bad.returncode == ConfigError.exit_code and "available models are base, tiny.en" in bad.stderr
     ok = _cli(store_config, "pull", "--model", "base", "--dest", str(tmp_path / "d"), "--no-progress")
     assert ok.returncode == 0, ok.stderr
@@ -119,9 +129,10 @@ def test_cli_lists_and_refuses_unknown_names_with_exit_code(published, store_con
 
 
 def _put(remote, key: str, data: bytes) -> None:
-    # A careful attacker also rewrites the sha256 metadata, so only the SHA256SUMS/manifest chain can catch it.
-    remote.client.put_object(Bucket=remote.bucket, Key=key, Body=data,
-                             Metadata={"sha256": hashlib.sha256(data).hexdigest()})
+    # A careful attacker also rewrites the sha256 metadata: only SHA256SUMS and the manifest can catch it.
+    remote.client.put_object(
+        Bucket=remote.bucket, Key=key, Body=data, Metadata={"sha256": hashlib.sha256(data).hexdigest()}
+    )
 
 
 @pytest.fixture
@@ -155,8 +166,13 @@ def test_tampered_file_with_matching_sha256sums_is_caught_by_the_manifest(tamper
     remote, version, tree = tamperable
     d = tree / "whisper_base_xeon"
     evil = os.urandom(2000)
-    sums = (d / "SHA256SUMS").read_text().replace(
-        hashlib.sha256((d / "libwhisper.so").read_bytes()).hexdigest(), hashlib.sha256(evil).hexdigest())
+    sums = (
+        (d / "SHA256SUMS")
+        .read_text()
+        .replace(
+            hashlib.sha256((d / "libwhisper.so").read_bytes()).hexdigest(), hashlib.sha256(evil).hexdigest()
+        )
+    )
     _put(remote, remote.key(version, "whisper_base_xeon", "libwhisper.so"), evil)
     _put(remote, remote.key(version, "whisper_base_xeon", "SHA256SUMS"), sums.encode())
     with pytest.raises(VerificationError, match="libwhisper.so: the manifest says sha256"):
@@ -197,10 +213,24 @@ def test_dry_run_checks_the_release_and_writes_nothing(published, store_config, 
     remote, _ = published
     res = pull.pull(remote, "1.8.5-r2", "base", tmp_path / "d", dry_run=True, progress=False)
     assert res.version == "1.8.5-r2" and "ggml-base-q5_1.bin" in res.files
-    proc = subprocess.run([str(Path(sys.executable).with_name("invoke")), "pull", "--release", "1.8.5-r2",
-                           "--model", "base", "--dest", str(tmp_path / "d"), "--dry-run"],
-                          cwd=Path(__file__).parents[2], env=_env(store_config), capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("invoke")),
+            "pull",
+            "--release",
+            "1.8.5-r2",
+            "--model",
+            "base",
+            "--dest",
+            str(tmp_path / "d"),
+            "--dry-run",
+        ],
+        cwd=Path(__file__).parents[2],
+        env=_env(store_config),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "dry run: would pull" in proc.stderr
     assert list(tmp_path.iterdir()) == []

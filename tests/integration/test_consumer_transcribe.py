@@ -46,7 +46,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="module")
 def model(artifacts) -> str:
-    models = sorted(p.name[len("whisper_"):-len("_xeon")] for p in artifacts.glob("whisper_*_xeon"))
+    models = sorted(p.name[len("whisper_") : -len("_xeon")] for p in artifacts.glob("whisper_*_xeon"))
     return "base" if "base" in models else models[0]
 
 
@@ -74,7 +74,9 @@ def store_env(artifacts, tmp_path_factory):
     cfg = store.start()
     try:
         publish.push(artifacts, cfg, version="e2e-r1", create_bucket=True, progress=False)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "WHISPER_RELEASE_"))}
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "WHISPER_RELEASE_"))
+        }
         env.update(cfg.client_env(), WHISPER_RELEASE_BUCKET=cfg.bucket, WHISPER_RELEASE_PREFIX=cfg.prefix)
         yield env
     finally:
@@ -85,8 +87,13 @@ def store_env(artifacts, tmp_path_factory):
 def pulled(artifacts, model, store_env, tmp_path_factory) -> Path:
     """The release pulled into a fresh folder with the console script."""
     dest = tmp_path_factory.mktemp("fresh") / f"whisper_{model}_xeon"
-    proc = subprocess.run([EXE, "pull", "--release", "latest", "--model", model, "--dest", str(dest)],
-                          env=store_env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [EXE, "pull", "--release", "latest", "--model", model, "--dest", str(dest)],
+        env=store_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(dest)
     src = artifacts / f"whisper_{model}_xeon"
@@ -103,8 +110,13 @@ def wer(reference: str, hypothesis: str) -> float:
 
 
 def _transcribe(audio: Path, artifact: Path, *args: str, env: dict[str, str] | None = None):
-    return subprocess.run([EXE, "transcribe", str(audio), "--artifact", str(artifact), "--threads", "2", *args],
-                          capture_output=True, text=True, timeout=600, env=env)
+    return subprocess.run(
+        [EXE, "transcribe", str(audio), "--artifact", str(artifact), "--threads", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 def _text_of(fmt: str, out: str) -> str:
@@ -192,7 +204,9 @@ def test_bad_audio_inputs_are_refused_in_one_sentence(pulled, tmp_path):
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     _one_sentence_error(_transcribe(empty, pulled), VerificationError.exit_code, "is empty")
-    _one_sentence_error(_transcribe(tmp_path / "nope.wav", pulled), VerificationError.exit_code, "does not exist")
+    _one_sentence_error(
+        _transcribe(tmp_path / "nope.wav", pulled), VerificationError.exit_code, "does not exist"
+    )
     _one_sentence_error(_transcribe(tmp_path, pulled), VerificationError.exit_code, "is a directory")
     truncated = tmp_path / "truncated.wav"
     truncated.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
@@ -204,7 +218,9 @@ def test_garbage_file_is_refused_through_ffmpeg(pulled, tmp_path):
     require_tool("ffmpeg", "non-WAV audio")
     junk = tmp_path / "junk.mp3"
     junk.write_bytes(os.urandom(5000))
-    _one_sentence_error(_transcribe(junk, pulled), VerificationError.exit_code, "could not be decoded by ffmpeg")
+    _one_sentence_error(
+        _transcribe(junk, pulled), VerificationError.exit_code, "could not be decoded by ffmpeg"
+    )
 
 
 def test_non_wav_without_ffmpeg_says_what_to_install(pulled, jfk, tmp_path):
@@ -216,7 +232,9 @@ def test_non_wav_without_ffmpeg_says_what_to_install(pulled, jfk, tmp_path):
 
 
 def test_unknown_format_and_bad_numbers(pulled, jfk):
-    _one_sentence_error(_transcribe(jfk, pulled, "--format", "docx"), ConfigError.exit_code, "txt, json, srt, vtt")
+    _one_sentence_error(
+        _transcribe(jfk, pulled, "--format", "docx"), ConfigError.exit_code, "txt, json, srt, vtt"
+    )
     _one_sentence_error(_transcribe(jfk, pulled, "--beam", "0"), ConfigError.exit_code, "--beam")
 
 
@@ -237,7 +255,9 @@ def test_tampered_artifact_is_refused_before_loading(pulled, jfk, tmp_path):
     with open(model, "r+b") as f:
         f.seek(1000)
         f.write(b"\xff" * 16)
-    _one_sentence_error(_transcribe(jfk, copy), VerificationError.exit_code, model.name, "pull the artifact again")
+    _one_sentence_error(
+        _transcribe(jfk, copy), VerificationError.exit_code, model.name, "pull the artifact again"
+    )
 
 
 # ---- docs/examples/worker.py ---------------------------------------------------------------
@@ -246,8 +266,13 @@ WORKER = project_root() / "docs" / "examples" / "worker.py"
 
 
 def _worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(WORKER), *args, "--threads", "2"], env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, str(WORKER), *args, "--threads", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_worker_pulls_once_and_transcribes_a_folder_idempotently(store_env, model, jfk, reference, tmp_path):

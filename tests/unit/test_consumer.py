@@ -85,8 +85,9 @@ def _artifact(tmp_path: Path, readme: str | None = None) -> Path:
     (d / "ggml-base-q5_1.bin").write_bytes(b"model")
     if readme is not None:
         (d / "README.md").write_text(readme)
-    (d / "SHA256SUMS").write_text("".join(
-        f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir())))
+    (d / "SHA256SUMS").write_text(
+        "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir()))
+    )
     return d
 
 
@@ -112,7 +113,9 @@ def test_open_artifact_refuses_what_is_not_an_artifact(tmp_path):
 
 
 def test_cpu_flags_come_from_the_artifacts_readme(tmp_path):
-    d = _artifact(tmp_path, readme="Check:\n  `grep -o -w -E 'avx|avx2|fma|sse4_2' /proc/cpuinfo | sort -u`\n")
+    d = _artifact(
+        tmp_path, readme="Check:\n  `grep -o -w -E 'avx|avx2|fma|sse4_2' /proc/cpuinfo | sort -u`\n"
+    )
     assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == ["avx", "avx2", "fma", "sse4_2"]
 
 
@@ -134,7 +137,9 @@ def test_write_atomic_replaces_whole_files_only(tmp_path):
 def test_cli_refusals_are_one_sentence_and_typed(tmp_path, capsys):
     d = _artifact(tmp_path)
     wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)
-    assert cli.main(["transcribe", str(wav), "--artifact", str(d), "--format", "docx"]) == ConfigError.exit_code
+    assert (
+        cli.main(["transcribe", str(wav), "--artifact", str(d), "--format", "docx"]) == ConfigError.exit_code
+    )
     assert capsys.readouterr().err.strip() == (
         "error: Unknown output format 'docx': expected one of txt, json, srt, vtt."
     )

@@ -19,6 +19,7 @@ class Seg:
     text: str
 
 
+FIRST = "And so my fellow Americans, ask not what your country can do for you,"
 SEGS = [
     Seg(0.0, 7.6, " And so my fellow Americans, ask not what your country can do for you,"),
     Seg(7.6, 11.0, " ask what you can do for your country."),
@@ -40,7 +41,9 @@ def test_negative_timestamp_is_refused():
 @given(st.integers(min_value=0, max_value=99 * 3_600_000))
 def test_timestamp_parses_back_to_the_same_milliseconds(ms):
     for sep in (",", "."):
-        m = re.fullmatch(r"(\d{2,}):(\d{2}):(\d{2})" + re.escape(sep) + r"(\d{3})", formats.timestamp(ms / 1000, sep))
+        m = re.fullmatch(
+            r"(\d{2,}):(\d{2}):(\d{2})" + re.escape(sep) + r"(\d{3})", formats.timestamp(ms / 1000, sep)
+        )
         assert m, formats.timestamp(ms / 1000, sep)
         h, mi, s, frac = map(int, m.groups())
         assert mi < 60 and s < 60
@@ -57,7 +60,7 @@ def test_txt_joins_stripped_segments():
 
 def test_srt_layout():
     assert formats.to_srt(SEGS) == (
-        "1\n00:00:00,000 --> 00:00:07,600\nAnd so my fellow Americans, ask not what your country can do for you,\n"
+        f"1\n00:00:00,000 --> 00:00:07,600\n{FIRST}\n"
         "\n"
         "2\n00:00:07,600 --> 00:00:11,000\nask what you can do for your country.\n"
     )
@@ -68,7 +71,7 @@ def test_vtt_layout():
     assert out.startswith("WEBVTT\n\n")
     assert out == (
         "WEBVTT\n\n"
-        "00:00:00.000 --> 00:00:07.600\nAnd so my fellow Americans, ask not what your country can do for you,\n"
+        f"00:00:00.000 --> 00:00:07.600\n{FIRST}\n"
         "\n"
         "00:00:07.600 --> 00:00:11.000\nask what you can do for your country.\n"
     )
@@ -93,6 +96,8 @@ def test_unknown_format_is_a_config_error_listing_the_known_ones():
         formats.render(SEGS, "docx")
 
 
-@pytest.mark.parametrize("name,fmt", [("a.srt", "srt"), ("b.VTT", "vtt"), ("c.json", "json"), ("d.out", "txt"), ("e", "txt")])
+@pytest.mark.parametrize(
+    "name,fmt", [("a.srt", "srt"), ("b.VTT", "vtt"), ("c.json", "json"), ("d.out", "txt"), ("e", "txt")]
+)
 def test_format_for_path(name, fmt):
     assert formats.format_for_path(name) == fmt

@@ -41,10 +41,12 @@ def test_parse_sums_refuses_malformed_or_unsafe_lines(text, needle):
 
 
 def test_manifest_digests_accepts_in_toto_and_flat_subjects():
-    m = {"subject": [
-        {"name": "whisper_base_xeon/libwhisper.so", "digest": {"sha256": H1.upper()}},
-        {"path": "./whisper_tiny.en_xeon/README.md", "sha256": H2},
-    ]}
+    m = {
+        "subject": [
+            {"name": "whisper_base_xeon/libwhisper.so", "digest": {"sha256": H1.upper()}},
+            {"path": "./whisper_tiny.en_xeon/README.md", "sha256": H2},
+        ]
+    }
     files = pull.manifest_digests(m)
     assert files == {"whisper_base_xeon/libwhisper.so": H1, "whisper_tiny.en_xeon/README.md": H2}
     assert pull.models_in(files) == ["base", "tiny.en"]
@@ -66,7 +68,9 @@ def test_dirname_round_trip():
 def _listing():
     t = lambda h: datetime(2026, 1, 1, h, tzinfo=UTC)  # noqa: E731
     return pull.Listing(
-        complete=sorted([pull.Release("1.8.5-r2", t(3)), pull.Release("1.8.5-r10", t(1))], key=lambda r: r.published),
+        complete=sorted(
+            [pull.Release("1.8.5-r2", t(3)), pull.Release("1.8.5-r10", t(1))], key=lambda r: r.published
+        ),
         incomplete=["1.8.5-r11"],
     )
 
