@@ -21,6 +21,7 @@ import struct
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 try:
     from . import readme
@@ -157,7 +158,7 @@ def normalise(root: Path, epoch: int) -> None:
 
 
 def lay_out_model(
-    out: Path, model: str, quantized: Path, lib_dir: Path, template: str, build: Mapping[str, object]
+    out: Path, model: str, quantized: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
 ) -> Path:
     """One whisper_<model>_xeon/ directory: libraries, model, README, SHA256SUMS."""
     quantize = str(build["quantize"])
@@ -192,7 +193,7 @@ def lay_out_model(
 
 def subjects(root: Path) -> list[dict[str, object]]:
     """Every artifact file under root (the manifest excluded) with its sha256, sorted by path."""
-    out = []
+    out: list[dict[str, object]] = []
     for p in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         rel = p.relative_to(root).as_posix()
         if p.is_file() and rel != MANIFEST:
@@ -200,7 +201,7 @@ def subjects(root: Path) -> list[dict[str, object]]:
     return out
 
 
-def statement(root: Path, build: Mapping[str, object], toolchain: Mapping[str, str]) -> dict[str, object]:
+def statement(root: Path, build: Mapping[str, Any], toolchain: Mapping[str, str]) -> dict[str, object]:
     """The in-toto Statement v1 (SLSA provenance v1 predicate) describing everything under root."""
     source = build["source"]
     assert isinstance(source, Mapping)
@@ -247,7 +248,7 @@ def statement(root: Path, build: Mapping[str, object], toolchain: Mapping[str, s
                     "quantize": build["quantize"],
                 },
                 "internalParameters": {
-                    "cmake_flags": list(build["cmake_flags"]),  # type: ignore[call-overload]
+                    "cmake_flags": list(build["cmake_flags"]),
                     "cpu_backend_variant": toolchain.get("cpu_variant", ""),
                     "compiler": toolchain.get("compiler", ""),
                     "cmake": toolchain.get("cmake", ""),

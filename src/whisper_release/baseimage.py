@@ -99,9 +99,9 @@ def pack_rootfs(root: Path, out_tar: Path, mtime: int) -> None:
             "tar",
             "--create",
             "--file",
-            out_tar,
+            str(out_tar),
             "--directory",
-            root,
+            str(root),
             "--sort=name",
             "--numeric-owner",
             f"--mtime=@{mtime}",
@@ -150,7 +150,7 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
                 f"--variant={recipe.variant}",
                 f"--include={','.join(recipe.packages)}",
                 recipe.suite,
-                root,
+                str(root),
                 recipe.mirror,
             ]
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 _PY_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -75,12 +76,12 @@ def readme_values(
     model_file: str,
     dir_name: str,
     sizes: Mapping[str, int | None],
-    build: Mapping[str, object],
+    build: Mapping[str, Any],
     glibc: str,
     glibcxx: str,
 ) -> dict[str, object]:
     """Everything the template needs, from the build description (build.json) and measured facts."""
-    flags = [str(f) for f in build["required_cpu_flags"]]  # type: ignore[union-attr]
+    flags = [str(f) for f in build["required_cpu_flags"]]
     source = build["source"]
     assert isinstance(source, Mapping)
     model_size = sizes[model_file]
