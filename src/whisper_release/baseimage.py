@@ -144,16 +144,24 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
     tmp = Path(tempfile.mkdtemp(prefix="rootfs-", dir=work))
     try:
         root = tmp / "root"
-        run(
-            [
-                debootstrap,
-                f"--variant={recipe.variant}",
-                f"--include={','.join(recipe.packages)}",
-                recipe.suite,
-                str(root),
-                recipe.mirror,
-            ]
-        )
+        cmd = [
+            debootstrap,
+            f"--variant={recipe.variant}",
+            f"--include={','.join(recipe.packages)}",
+            recipe.suite,
+            str(root),
+            recipe.mirror,
+        ]
+        try:
+            run(cmd)
+        except ToolError:
+            log = root / "debootstrap" / "debootstrap.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+            raise ToolError(
+                f"debootstrap could not build the {recipe.suite} base from {recipe.mirror} (see its output "
+                "above); check that the mirror is reachable from this machine and that [build].base_packages "
+                "names real packages." + "".join(f"\n    {line}" for line in tail)
+            ) from None
         _prune(root)
         tar = tmp / "rootfs.tar"
         pack_rootfs(root, tar, int(pins.build["source_date_epoch"]))

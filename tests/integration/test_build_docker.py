@@ -220,3 +220,24 @@ def _cleanup_failing_image() -> Iterator[None]:
     yield
     if shutil.which("docker"):
         subprocess.run(["docker", "rmi", "-f", "whisper-release/test-failing:latest"], capture_output=True)
+
+
+def test_unreachable_mirror_is_one_clear_error(tmp_path: Path) -> None:
+    require_tool("debootstrap")
+    require_tool("docker")
+    import copy
+
+    from whisper_release import baseimage
+    from whisper_release.errors import ToolError
+    from whisper_release.pins import Pins
+
+    pins = load_pins()
+    raw = copy.deepcopy(pins.raw)
+    raw["build"]["debian_mirror"] = "http://127.0.0.1:9/debian"  # port 9 (discard): nothing listens
+    broken = Pins(pins.path, raw)
+    with pytest.raises(
+        ToolError, match=r"debootstrap could not build the bookworm base from http://127\.0\.0\.1:9"
+    ):
+        baseimage.ensure_base_image("offline", pins=broken)
+    assert baseimage.image_id(baseimage.recipe_for("offline", broken).tag) is None
+    assert not list((project_root() / "build" / "base").glob("rootfs-*")), "temp root filesystem left behind"
