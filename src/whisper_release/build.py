@@ -283,7 +283,12 @@ def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -
         if out.exists():
             old = tmp / "previous"
             out.rename(old)
-        staged.rename(out)
+        try:
+            staged.rename(out)
+        except OSError:
+            if old is not None:  # put the previous release back rather than lose it with tmp
+                old.rename(out)
+            raise
     finally:
         if cid:
             subprocess.run(["docker", "rm", cid], capture_output=True)

@@ -169,3 +169,28 @@ def test_dry_run_does_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path
     err = capsys.readouterr().err
     assert "--build-arg CMAKE_FLAGS=" in err and "would extract" in err
     assert not out.exists()
+
+
+def test_compare_trees_names_every_difference(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        (root / "d").mkdir(parents=True)
+        (root / "d" / "same.so").write_bytes(b"same")
+    (a / "d" / "lib.so").write_bytes(b"one")
+    (b / "d" / "lib.so").write_bytes(b"two")
+    (a / "only-a.json").write_text("{}")
+    assert build.compare_trees(a, b) == ["d/lib.so", "only-a.json"]
+    (b / "only-a.json").write_text("{}")
+    (b / "d" / "lib.so").write_bytes(b"one")
+    assert build.compare_trees(a, b) == []
+
+
+def test_stable_provenance_drops_run_state() -> None:
+    prov = {
+        "records": [{"item": "x", "status": "downloaded", "sha256": "s", "path": "/root/.cache/x"}],
+        "source": {"tree": "t", "status": "cached"},
+    }
+    assert build.stable_provenance(prov) == {
+        "records": [{"item": "x", "sha256": "s"}],
+        "source": {"tree": "t"},
+    }
