@@ -6,6 +6,9 @@
 #
 # Usage: minio/install-minio-client.sh [TOOLS_DIR]     (default: .cache/tools in the repository)
 # Prints the client's path on stdout; everything else goes to stderr.
+# Exit codes: 0 installed, 2 no mirror, 3 no apt/dpkg or keyring, 4 the package is there but
+# unusable, 5 the suite's freshly fetched index has no minio-client package (a definitive answer,
+# which the tests report as an expected failure), 6 the package lists could not be fetched.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,9 +53,27 @@ apt_opts=(
   -o "Acquire::Languages=none"
 )
 log "updating the package lists of suite $suite (private lists in $work)"
-apt-get "${apt_opts[@]}" -qq update
+# apt-get update only warns when an index cannot be fetched and keeps stale or no lists; an
+# absent package would then look like a definitive "not in the suite". Error-Mode=any makes any
+# failed fetch an error, and the index must be on disk before its answer counts.
+if ! apt-get "${apt_opts[@]}" -o APT::Update::Error-Mode=any -qq update; then
+  log "error: the package lists of suite $suite could not be fetched from $mirror (apt-get update failed, see above); check the network and the mirror."
+  exit 6
+fi
+release_file="$(find "$work/lists" -maxdepth 1 -name "*_dists_${suite}_InRelease" -print -quit)"
+packages_file="$(find "$work/lists" -maxdepth 1 -name "*_dists_${suite}_main_binary-*_Packages*" -print -quit)"
+if [[ -z "$release_file" || -z "$packages_file" ]]; then
+  log "error: apt-get update of suite $suite from $mirror left no InRelease or Packages index in $work/lists."
+  exit 6
+fi
+index_date="$(sed -n 's/^Date: *//p' "$release_file" | head -n1)"
+index_date="$(date -u -d "$index_date" +%F 2>/dev/null || echo "of unknown date")"
 version="$(apt-cache "${apt_opts[@]}" policy minio-client | sed -n 's/^ *Candidate: *//p')"
-[[ -n "$version" && "$version" != "(none)" ]] || { log "error: suite $suite has no minio-client package."; exit 4; }
+if [[ -z "$version" || "$version" == "(none)" ]]; then
+  # The test suite quotes this line as its expected-failure reason: keep it one sentence.
+  log "error: Debian suite $suite at $mirror (package index dated $index_date) has no minio-client package."
+  exit 5
+fi
 log "downloading minio-client $version"
 ( cd "$work/cache/archives" && apt-get "${apt_opts[@]}" -qq download "minio-client=$version" )
 deb="$(find "$work/cache/archives" -maxdepth 1 -name "minio-client_${version//:/%3a}_*.deb" -print -quit)"

@@ -13,7 +13,7 @@ from test_publish_support import local_files, make_artifacts, running_store, sto
 
 from whisper_release.pins import project_root
 from whisper_release.publish import make_client, push
-from whisper_release.testing import require_tool, strict
+from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration
 ROOT = project_root()
@@ -130,19 +130,28 @@ def test_changed_release_needs_force(store, artifacts, tmp_path):
     assert stored_files(make_client(cfg), cfg, "sh/f-1") == local_files(second)
 
 
+# install-minio-client.sh's exit code for "the suite's freshly fetched index has no minio-client".
+NO_SUCH_PACKAGE = 5
+
+
 @pytest.fixture(scope="module")
 def minio_client():
+    """MinIO's real client from Debian, or an expected failure naming the index that lacks it.
+
+    Only the installer's definitive answer (exit 5) becomes an xfail; a network or mirror failure,
+    or a broken package, fails the test.
+    """
     require_tool("apt-get", "the installer fetches Debian's minio-client package")
     p = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=300)
+    last = (p.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("install-minio-client: error: ")
+    if p.returncode == NO_SUCH_PACKAGE:
+        pytest.xfail(f"MinIO's real client cannot be installed, so this push was not run: {last}")
     if p.returncode != 0:
-        msg = f"MinIO's client could not be installed: {p.stderr.strip().splitlines()[-1]}"
-        if strict():
-            pytest.fail(msg)
-        pytest.skip(msg)
+        pytest.fail(f"minio/install-minio-client.sh failed (exit {p.returncode}): {last}")
     return Path(p.stdout.strip().splitlines()[-1])
 
 
-def test_real_minio_client_push_then_sha256_matches(store, artifacts, minio_client):
+def test_real_minio_client_push_then_sha256_matches(minio_client, store, artifacts):
     cfg = store.config()
     out = subprocess.run([str(minio_client), "--version"], capture_output=True, text=True).stdout
     assert "commit-id=" in out
