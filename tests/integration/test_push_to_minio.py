@@ -143,7 +143,8 @@ def minio_client():
     """
     require_tool("apt-get", "the installer fetches Debian's minio-client package")
     p = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=300)
-    last = (p.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("install-minio-client: error: ")
+    last = (p.stderr.strip().splitlines() or ["(no output)"])[-1]
+    last = last.removeprefix("install-minio-client: error: ")
     if p.returncode == NO_SUCH_PACKAGE:
         pytest.xfail(f"MinIO's real client cannot be installed, so this push was not run: {last}")
     if p.returncode != 0:
