@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -35,10 +34,13 @@ def artifacts(tmp_path_factory):
     return make_artifacts(tmp_path_factory.mktemp("art") / "release", models=("base",), big=6 * 1024 * 1024)
 
 
-def _path_with(*dirs: Path) -> str:
-    """PATH with the given dirs first, then python's bin (aws) and the system dirs, never a real mc."""
-    aws = Path(require_tool("aws", "the aws cli is in the test extra")).parent
-    return os.pathsep.join([*map(str, dirs), str(aws), "/usr/bin", "/bin"])
+SYSTEM_PATH = ("/usr/bin", "/bin")  # coreutils, awk, and Debian's /usr/bin/mc (Midnight Commander)
+
+
+def _path_with(*dirs: Path, aws: bool = True) -> str:
+    """PATH with the given dirs first, then python's bin (aws) unless hidden, then the system dirs."""
+    aws_dir = [str(Path(require_tool("aws", "the aws cli is in the test extra")).parent)] if aws else []
+    return os.pathsep.join([*map(str, dirs), *aws_dir, *SYSTEM_PATH])
 
 
 def run(args, cfg, *, path: str, env_extra=None, timeout=240):
@@ -59,8 +61,6 @@ def test_help_documents_exit_codes():
 
 def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts):
     cfg = store.config()
-    if shutil.which("mc", path=_path_with()):
-        pytest.fail("an mc is on the system PATH; this aws cli test needs none")
     p = run(["--version", "aws-1", artifacts], cfg, path=_path_with())
     assert p.returncode == 0, p.stderr
     assert "client: aws" in p.stderr
@@ -77,19 +77,39 @@ def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts):
     assert again.returncode == 0 and "nothing to upload" in again.stderr and "uploaded" not in again.stdout
 
 
-def test_midnight_commander_is_refused(store, artifacts, tmp_path):
-    fake = tmp_path / "bin" / "mc"
-    fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\necho 'GNU Midnight Commander 4.8.29'\necho 'Built with GLib 2.74.5'\n")
-    fake.chmod(0o755)
+def test_real_midnight_commander_is_refused_then_aws_or_a_clear_failure(store, artifacts, tmp_path):
+    real = Path(require_tool("mc", "Debian's mc package, from scripts/install-system-deps.sh"))
+    banner = subprocess.run([str(real), "--version"], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=10).stdout
+    assert "GNU Midnight Commander" in banner, f"{real} is not Midnight Commander: {banner[:200]!r}"
+    link = tmp_path / "bin" / "mc"
+    link.parent.mkdir()
+    link.symlink_to(real)
     cfg = store.config()
-    p = run(["--client", "mc", artifacts], cfg, path=_path_with(fake.parent))
+    refused = f"refusing {link}: it is GNU Midnight Commander, not MinIO's client"
+    p = run(["--client", "mc", artifacts], cfg, path=_path_with(link.parent))
     assert p.returncode == 3, p.stderr
-    assert f"refusing {fake}: it is GNU Midnight Commander" in p.stderr
-    # In auto mode it falls back to the aws cli (here stopped early by a missing bucket: exit 7).
-    p = run(["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(fake.parent))
+    assert refused in p.stderr and "no usable client" in p.stderr
+    # Auto mode falls back to the aws cli (here stopped early by a missing bucket: exit 7).
+    p = run(["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(link.parent))
     assert p.returncode == 7, p.stderr
-    assert "Midnight Commander" in p.stderr and "client: aws" in p.stderr
+    assert refused in p.stderr and "client: aws" in p.stderr
+    # With the aws cli hidden too, nothing is left: a clear failure before any upload.
+    p = run(["--version", "none-1", artifacts], cfg, path=_path_with(link.parent, aws=False))
+    assert p.returncode == 3, p.stderr
+    assert refused in p.stderr and "no usable client" in p.stderr and "push_to_minio: client:" not in p.stderr
+    assert make_client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix="sh/none-1/").get("KeyCount") == 0
+
+
+def test_other_programs_named_like_the_minio_client_are_refused(store, artifacts, tmp_path):
+    # A stand-in for any non-MinIO program called mcli (no such program is packaged here).
+    fake = tmp_path / "bin" / "mcli"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'mcli 2.1 (some other tool)'\n")
+    fake.chmod(0o755)
+    p = run(["--client", "mc", artifacts], store.config(), path=_path_with(fake.parent))
+    assert p.returncode == 3, p.stderr
+    assert f"refusing {fake}: its --version shows no MinIO commit-id" in p.stderr
 
 
 def test_wrong_credentials_exit_6_and_nothing_uploaded(store, artifacts):
