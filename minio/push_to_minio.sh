@@ -22,6 +22,7 @@ Options (each also read from the environment, shown in brackets):
   -p, --prefix PREFIX   key prefix      [WHISPER_RELEASE_PREFIX, MINIO_PREFIX; else release.toml]
   -v, --version VER     release version [WHISPER_RELEASE_VERSION; else release.toml]
   -c, --client KIND     auto (default), mc or aws
+  -m, --mc PATH         MinIO's client to use, by path or command name   [MC_BIN]
   -r, --retries N       attempts per object before giving up (default 4; backoff 1, 2, 4... s)
   -f, --force           replace a published release whose manifest differs
   -n, --dry-run         check the local files and settings, print the plan, contact nothing
@@ -31,8 +32,9 @@ Credentials (environment only, never on the command line):
   AWS_ACCESS_KEY_ID or MINIO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY or MINIO_SECRET_KEY,
   AWS_DEFAULT_REGION (default us-east-1).
 
-Client: the first of mc, mcli, minio-client whose `--version` shows MinIO's "commit-id="
-(GNU Midnight Commander, also called mc, is refused); otherwise the aws cli.
+Client: MinIO's client given by --mc/MC_BIN (used alone: no search, no fallback; ignored with
+--client aws); else the first of mc, mcli, minio-client on PATH whose `--version` shows MinIO's
+"commit-id=" (GNU Midnight Commander, also called mc, is refused); otherwise the aws cli.
 
 Exit codes:
   0 published (or already published)     5 endpoint unreachable
@@ -62,6 +64,8 @@ bucket="${WHISPER_RELEASE_BUCKET:-${MINIO_BUCKET:-}}"
 prefix="${WHISPER_RELEASE_PREFIX-${MINIO_PREFIX-}}"
 version="${WHISPER_RELEASE_VERSION:-}"
 client_kind=auto
+mc_bin="${MC_BIN:-}"
+mc_bin_arg=0
 retries=4
 force=0
 dry_run=0
@@ -75,6 +79,7 @@ while (($#)); do
     -p|--prefix) prefix="${2?--prefix needs a value}"; shift 2 ;;
     -v|--version) version="${2?--version needs a value}"; shift 2 ;;
     -c|--client) client_kind="${2?--client needs a value}"; shift 2 ;;
+    -m|--mc) mc_bin="${2?--mc needs a value}"; mc_bin_arg=1; shift 2 ;;
     -r|--retries) retries="${2?--retries needs a value}"; shift 2 ;;
     -f|--force) force=1; shift ;;
     -n|--dry-run) dry_run=1; shift ;;
@@ -94,6 +99,19 @@ region="${AWS_DEFAULT_REGION:-${AWS_REGION:-us-east-1}}"
 
 # ---- settings ---------------------------------------------------------------------------------
 [[ "$client_kind" =~ ^(auto|mc|aws)$ ]] || die $EX_USAGE "--client must be auto, mc or aws, got '$client_kind'"
+if [[ -n "$mc_bin" ]]; then
+  if [[ "$client_kind" == aws ]]; then
+    # MC_BIN may be exported for other uses; only a contradiction on one command line is an error.
+    ((mc_bin_arg)) && die $EX_USAGE "--mc and --client aws contradict each other; drop one"
+    mc_bin=""
+  else
+    given="$mc_bin"
+    [[ "$mc_bin" == */* ]] || mc_bin="$(command -v -- "$mc_bin" 2>/dev/null)" || mc_bin=""
+    [[ -n "$mc_bin" && -f "$mc_bin" && -x "$mc_bin" ]] ||
+      die $EX_USAGE "MinIO client '$given' (from --mc or MC_BIN) is not an executable file; give the path of MinIO's mc"
+    unset given
+  fi
+fi
 [[ "$retries" =~ ^[1-9][0-9]?$ ]] || die $EX_USAGE "--retries must be a number from 1 to 99, got '$retries'"
 [[ -n "$endpoint" ]] || die $EX_USAGE "no endpoint: pass --endpoint http(s)://host:port or set AWS_ENDPOINT_URL"
 if [[ "$endpoint" != *://* ]]; then
@@ -153,22 +171,32 @@ if ((dry_run)); then
 fi
 
 # ---- client -----------------------------------------------------------------------------------
+is_minio_client() {  # is_minio_client PATH: MinIO's client, or log why PATH is refused
+  local path="$1" out
+  out="$(timeout 10 "$path" --version </dev/null 2>&1 | head -n 5)" || true
+  grep -q 'commit-id=' <<<"$out" && return 0
+  if grep -qi 'midnight commander' <<<"$out"; then
+    log "refusing $path: it is GNU Midnight Commander, not MinIO's client"
+  else
+    log "refusing $path: its --version shows no MinIO commit-id"
+  fi
+  return 1
+}
 find_mc() {
-  local name path out
+  local name path
   for name in mc mcli minio-client; do
     path="$(command -v "$name" 2>/dev/null)" || continue
-    out="$(timeout 10 "$path" --version </dev/null 2>&1 | head -n 5)" || true
-    if grep -q 'commit-id=' <<<"$out"; then echo "$path"; return 0; fi
-    if grep -qi 'midnight commander' <<<"$out"; then
-      log "refusing $path: it is GNU Midnight Commander, not MinIO's client"
-    else
-      log "refusing $path: its --version shows no MinIO commit-id"
-    fi
+    if is_minio_client "$path"; then echo "$path"; return 0; fi
   done
   return 1
 }
 client="" kind=""
-if [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
+if [[ -n "$mc_bin" ]]; then
+  # An explicit choice is honoured or refused, never silently replaced by another client.
+  is_minio_client "$mc_bin" ||
+    die $EX_NO_CLIENT "$mc_bin (from --mc or MC_BIN) is not MinIO's client; give the path of MinIO's mc, or unset MC_BIN"
+  client="$mc_bin" kind=mc
+elif [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
   kind=mc
 elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)" && [[ "$(aws --version 2>&1)" == aws-cli/* ]]; then
   kind=aws

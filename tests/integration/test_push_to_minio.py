@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from test_publish_support import local_files, make_artifacts, running_store, stored_files
@@ -112,6 +113,52 @@ def test_other_programs_named_like_the_minio_client_are_refused(store, artifacts
     assert f"refusing {fake}: its --version shows no MinIO commit-id" in p.stderr
 
 
+def test_explicit_mc_is_used_alone_or_refused(store, artifacts, tmp_path):
+    cfg = store.config()
+    real_mc = require_tool("mc", "Debian's mc package, from scripts/install-system-deps.sh")
+    # Given explicitly, Midnight Commander is refused with no fallback to the aws cli on PATH.
+    for args, env in ((["--mc", real_mc], {}), ([], {"MC_BIN": real_mc})):
+        p = run([*args, artifacts], cfg, path=_path_with(), env_extra=env)
+        assert p.returncode == 3, p.stderr
+        assert f"{real_mc} (from --mc or MC_BIN) is not MinIO's client" in p.stderr
+        assert "push_to_minio: client:" not in p.stderr
+    p = run(["--mc", tmp_path / "nowhere" / "mc", artifacts], cfg, path=_path_with())
+    assert p.returncode == 2 and "is not an executable file" in p.stderr
+    p = run(["--mc", real_mc, "--client", "aws", artifacts], cfg, path=_path_with())
+    assert p.returncode == 2 and "contradict" in p.stderr
+    # An exported MC_BIN does not stop an explicit --client aws (stopped here by a missing bucket).
+    p = run(["--client", "aws", "--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(),
+            env_extra={"MC_BIN": real_mc})
+    assert p.returncode == 7 and "client: aws" in p.stderr, p.stderr
+
+
+def test_explicit_mc_outside_path_is_accepted_and_gets_credentials_by_environment(store, artifacts, tmp_path):
+    # MinIO's client cannot be installed here (see test_real_minio_client_push_then_sha256_matches);
+    # this stand-in reports a MinIO commit-id and records how it is called, then fails the first
+    # bucket listing the way mc does for a missing bucket.
+    record = tmp_path / "calls"
+    fake = tmp_path / "opt" / "minio-client-custom"
+    fake.parent.mkdir()
+    fake.write_text(f"""#!/bin/sh
+if [ "$1" = --version ]; then echo 'mc version RELEASE.2025-01-01T00-00-00Z (commit-id=0123abc)'; exit 0; fi
+printf '%s\\n' "ARGV $*" "MC_HOST_wrpush=$MC_HOST_wrpush" >> {record}
+echo 'mc: <ERROR> Unable to list folder. Bucket `no-such-bucket` does not exist.' >&2
+exit 1
+""")
+    fake.chmod(0o755)
+    cfg = store.config()
+    p = run(["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(),
+            env_extra={"MC_BIN": str(fake)})
+    assert p.returncode == 7, p.stderr
+    assert f"client: mc ({fake})" in p.stderr
+    argv, host = record.read_text().splitlines()
+    assert argv.startswith("ARGV --config-dir ") and argv.endswith(" ls wrpush/no-such-bucket/")
+    assert cfg.secret_key not in argv
+    user, secret = (quote(k, safe="-._~") for k in (cfg.access_key, cfg.secret_key))
+    assert host == f"MC_HOST_wrpush=http://{user}:{secret}@{cfg.endpoint.split('://')[1]}"
+    assert cfg.secret_key not in p.stdout + p.stderr
+
+
 def test_wrong_credentials_exit_6_and_nothing_uploaded(store, artifacts):
     cfg = store.config()
     p = run(["--version", "bad-1", artifacts], cfg, path=_path_with(),
@@ -176,7 +223,7 @@ def test_real_minio_client_push_then_sha256_matches(minio_client, store, artifac
     cfg = store.config()
     out = subprocess.run([str(minio_client), "--version"], capture_output=True, text=True).stdout
     assert "commit-id=" in out
-    p = run(["--client", "mc", "--version", "mc-1", artifacts], cfg, path=_path_with(minio_client.parent))
+    p = run(["--mc", minio_client, "--version", "mc-1", artifacts], cfg, path=_path_with())
     assert p.returncode == 0, p.stderr
     assert f"client: mc ({minio_client})" in p.stderr
     client = make_client(cfg)
