@@ -41,3 +41,22 @@ def verify(session: nox.Session) -> None:
     q5_1 integrity and numerics, WER gates; prints a summary and writes dist/verify-report.json."""
     _install(session)
     session.run("pytest", "verify", "-p", "no:cacheprovider", *session.posargs)
+
+
+@nox.session(default=False)
+def build(session: nox.Session) -> None:
+    """The offline docker build into dist/release_artifacts (fetches and verifies inputs first)."""
+    session.install("-e", ".[dev]")
+    session.run("invoke", "build", *(session.posargs or ["--profile", "offline"]))
+
+
+@nox.session(default=False)
+def ci(session: nox.Session) -> None:
+    """Everything CI runs (.ci/run -> make test): unit tests, the real offline build, the
+    verification suite on what was built, then the integration tests (S3, shell publisher,
+    consumer, corruption). Any skip fails the run when CI is set (whisper_release.testing)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/unit", "-p", "no:cacheprovider")
+    session.run("invoke", "build", "--profile", "offline")
+    session.run("pytest", "verify", "-p", "no:cacheprovider")
+    session.run("pytest", "tests/integration", "-p", "no:cacheprovider", env={"WHISPER_RELEASE_INTEGRATION": "1"})
