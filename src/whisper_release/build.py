@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,8 @@ from .errors import BuildError, ConfigError
 from .pins import Pins, load_pins, project_root
 
 ARTIFACTS_REPO = "whisper-release/artifacts"
+# The Dockerfile stage holding only /release_artifacts; later stages (benchmark references) are not built.
+OUTPUT_STAGE = "output"
 # Files of the repository that enter the build context, relative to the project root.
 _PACKAGING = ("compile.sh", "quantize.sh", "organize.sh", "README.template.md")
 _LIBRARY_SCRIPTS = ("artifacts.py", "readme.py")  # run by the organizer with the image's python3
@@ -198,12 +200,76 @@ def assemble_context(
     return final
 
 
+class BuildProgress:
+    """The legacy builder's output as one line per step and per stage, each with its duration.
+
+    Keeps the current step's last lines and its error lines (often far above the last ones) for
+    the message of a failed build.
+    """
+
+    def __init__(
+        self, emit: Callable[[str], None] = info, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.emit, self.clock = emit, clock
+        self.step = ""
+        self.stage = ""
+        self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
+        self.errors: deque[str] = deque(maxlen=5)
+        self.started = self.step_start = self.stage_start = clock()
+
+    def feed(self, raw: str) -> None:
+        line = _ANSI.sub("", raw.rstrip("\n"))
+        m = _STEP.match(line)
+        if m:
+            self._end_step()
+            instruction = m.group(3)
+            if instruction.upper().startswith("FROM "):
+                self._end_stage()
+                words = instruction.split()
+                self.stage = words[3] if len(words) >= 4 and words[2].upper() == "AS" else words[1]
+                self.stage_start = self.clock()
+            self.step, self.step_start = f"[{m.group(1)}/{m.group(2)}] {instruction[:90]}", self.clock()
+            self.tail.clear()
+            self.errors.clear()
+            return
+        if line.strip() == "---> Using cache" and self.step:
+            self.step += "  (cached)"
+        elif _ERROR.search(line):
+            self.errors.append(line)
+        self.tail.append(line)
+
+    def _end_step(self) -> None:
+        if self.step:
+            self.emit(f"  {self.step}  ({self.clock() - self.step_start:.1f} s)")
+
+    def _end_stage(self) -> None:
+        if self.stage:
+            self.emit(f"stage {self.stage}: {self.clock() - self.stage_start:.1f} s")
+
+    def last_lines(self) -> list[str]:
+        return [ln for ln in self.errors if ln not in self.tail] + list(self.tail)
+
+    def finish(self) -> None:
+        self._end_step()
+        self._end_stage()
+        self.emit(f"docker build done in {self.clock() - self.started:.1f} s")
+
+
 def docker_build(
-    context: Path, tag: str, args: Mapping[str, str], *, no_cache: bool = False, log_path: Path | None = None
+    context: Path,
+    tag: str,
+    args: Mapping[str, str],
+    *,
+    target: str | None = None,
+    no_cache: bool = False,
+    log_path: Path | None = None,
 ) -> None:
     """`docker build --network=none`, streamed: one line per Dockerfile step with its duration."""
     docker = baseimage.docker_ready()
     cmd = [docker, "build", "--network=none", "--force-rm", "-t", tag, "-f", str(context / "Dockerfile")]
+    if target:
+        # The legacy builder builds every stage up to the target, and all of them without one.
+        cmd += ["--target", target]
     if no_cache:
         cmd.append("--no-cache")
     for k, v in sorted(args.items()):
@@ -212,9 +278,7 @@ def docker_build(
     info(f"+ {quote(cmd)}")
     # The legacy builder prints "Step N/M"; BuildKit would not, so it is switched off explicitly.
     env = dict(os.environ, DOCKER_BUILDKIT="0")
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
-    errors: deque[str] = deque(maxlen=5)  # the step's error lines, often far above its last lines
-    step, step_start, build_start = "", time.monotonic(), time.monotonic()
+    progress = BuildProgress()
     log = log_path.open("w", encoding="utf-8", buffering=1) if log_path else None
     try:
         proc = subprocess.Popen(
@@ -224,32 +288,17 @@ def docker_build(
         for line in proc.stdout:
             if log:
                 log.write(line)
-            line = _ANSI.sub("", line.rstrip("\n"))
-            m = _STEP.match(line)
-            if m:
-                if step:
-                    info(f"  {step}  ({time.monotonic() - step_start:.1f} s)")
-                step, step_start = f"[{m.group(1)}/{m.group(2)}] {m.group(3)[:90]}", time.monotonic()
-                tail.clear()
-                errors.clear()
-            elif line.strip() == "---> Using cache" and step:
-                step += "  (cached)"
-            elif _ERROR.search(line):
-                errors.append(line)
-            tail.append(line)
+            progress.feed(line)
         rc = proc.wait()
     finally:
         if log:
             log.close()
     if rc != 0:
-        shown = [ln for ln in errors if ln not in tail] + list(tail)
-        last = "\n".join("    " + ln for ln in shown)
-        where = f" at step {step}" if step else ""
+        where = f" at step {progress.step}" if progress.step else ""
         logs = f"; full log: {log_path}" if log_path else ""
+        last = "\n".join("    " + ln for ln in progress.last_lines())
         raise BuildError(f"docker build failed{where} (exit code {rc}){logs}; its last lines:\n{last}")
-    if step:
-        info(f"  {step}  ({time.monotonic() - step_start:.1f} s)")
-    info(f"docker build done in {time.monotonic() - build_start:.1f} s")
+    progress.finish()
 
 
 def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
@@ -327,7 +376,14 @@ def build(
     logs = root / "build" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     tag = artifact_tag(profile)
-    docker_build(context, tag, args, no_cache=no_cache, log_path=logs / f"docker-build-{profile}.log")
+    docker_build(
+        context,
+        tag,
+        args,
+        target=OUTPUT_STAGE,
+        no_cache=no_cache,
+        log_path=logs / f"docker-build-{profile}.log",
+    )
     out = out if out.is_absolute() else root / out
     result = extract(
         tag, out, sorted(inputs.models), str(pins.build["quantize"]), int(pins.build["source_date_epoch"])

@@ -6,6 +6,7 @@ rebuild test reuses the layer cache, so the whole module costs one compile.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 import shutil
@@ -194,6 +195,27 @@ def test_warm_rebuild_uses_the_cache_and_gives_the_same_bytes(
     compile_step = log[log.index('compile.sh"]') :]
     assert compile_step.lstrip().split("\n", 2)[1].strip() == "---> Using cache", "the compile step re-ran"
     assert build.artifact_digests(again) == before
+
+
+def _step_cached(log: str, marker: str) -> bool:
+    after = log[log.index(marker) :].split("\n", 2)
+    return after[1].strip() == "---> Using cache"
+
+
+def test_model_change_requantizes_without_recompiling(
+    dist: Path, inputs: build.BuildInputs, tmp_path: Path
+) -> None:
+    names = sorted(inputs.models)
+    # Each model's f16 file under the other's name: new model bytes, same source and flags.
+    swapped = dataclasses.replace(
+        inputs, models=dict(zip(names, [inputs.models[n] for n in reversed(names)], strict=True))
+    )
+    out = build.build(PROFILE, inputs=swapped, out=tmp_path / "swapped")
+    log = (project_root() / "build" / "logs" / f"docker-build-{PROFILE}.log").read_text()
+    assert _step_cached(log, 'compile.sh"]'), "a model change recompiled whisper.cpp"
+    assert not _step_cached(log, 'quantize.sh"]'), "the quantize step did not see the new models"
+    a = artifacts.model_dir_name(names[0])
+    assert (out / a / "libwhisper.so").read_bytes() == (dist / a / "libwhisper.so").read_bytes()
 
 
 def test_failing_step_is_a_build_error_with_its_last_lines(tmp_path: Path) -> None:

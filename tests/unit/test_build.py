@@ -52,8 +52,14 @@ def test_dockerfile_has_no_pins_and_pulls_nothing() -> None:
         assert flag not in text, f"{flag} is a literal in the Dockerfile; it must arrive as a build arg"
     assert pins.source["commit"] not in text
     assert not re.search(r"^#\s*syntax", text, re.M | re.I)
-    froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
-    assert froms == ["${BASE_IMAGE}", "builder", "scratch"]
+    froms = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
+    # The release stages come first; stages after `output` (benchmark references) build only on --target.
+    assert froms[:3] == [
+        ("${BASE_IMAGE}", "builder"),
+        ("builder", "organizer"),
+        ("scratch", build.OUTPUT_STAGE),
+    ]
+    assert all(image in ("${BASE_IMAGE}", "builder", "scratch") for image, _ in froms)
     # Compile before models: a model change must not invalidate the compile layer.
     assert text.index('compile.sh"]') < text.index("COPY models/")
     instructions = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
@@ -194,3 +200,47 @@ def test_stable_provenance_drops_run_state() -> None:
         "records": [{"item": "x", "sha256": "s"}],
         "source": {"tree": "t"},
     }
+
+
+def test_progress_prints_steps_and_stages_with_durations() -> None:
+    lines: list[str] = []
+    now = [0.0]
+    progress = build.BuildProgress(emit=lines.append, clock=lambda: now[0])
+    # (seconds elapsed before the line arrives, the line)
+    for dt, raw in [
+        (1, "Sending build context to Docker daemon  300MB\n"),
+        (2, "Step 1/4 : FROM local/base:tag AS builder\n"),
+        (0, " ---> 0123\n"),
+        (3, "Step 2/4 : RUN make\n"),
+        (0, " ---> Using cache\n"),
+        (5, "Step 3/4 : FROM scratch AS output\n"),
+        (7, "Step 4/4 : COPY --from=builder /out /out\n"),
+        (0, "\x1b[91mwarning: colour codes are stripped\x1b[0m\n"),
+        (11, ""),
+    ]:
+        now[0] += dt
+        if raw:
+            progress.feed(raw)
+    progress.finish()
+    assert lines == [
+        "  [1/4] FROM local/base:tag AS builder  (3.0 s)",
+        "  [2/4] RUN make  (cached)  (5.0 s)",
+        "stage builder: 8.0 s",
+        "  [3/4] FROM scratch AS output  (7.0 s)",
+        "  [4/4] COPY --from=builder /out /out  (11.0 s)",
+        "stage output: 18.0 s",
+        "docker build done in 29.0 s",
+    ]
+    assert progress.tail[-1] == "warning: colour codes are stripped"
+
+
+def test_progress_keeps_a_failed_steps_error_lines() -> None:
+    progress = build.BuildProgress(emit=lambda _: None)
+    progress.feed("Step 7/9 : RUN compile.sh\n")
+    progress.feed("error: cmake chose CPU backend flags '', expected '-mavx2'\n")
+    for i in range(40):
+        progress.feed(f"noise {i}\n")
+    shown = progress.last_lines()
+    assert shown[0].startswith("error: cmake chose")
+    assert shown[-1] == "noise 39" and len(shown) == 26
+    assert progress.step == "[7/9] RUN compile.sh"
