@@ -237,6 +237,23 @@ def test_failing_step_is_a_build_error_with_its_last_lines(tmp_path: Path) -> No
     assert "error: the compiler exploded" in msg
 
 
+def test_build_steps_have_no_network(tmp_path: Path) -> None:
+    """docker_build passes --network=none: a step that opens a connection fails the build."""
+    require_tool("docker")
+    base = subprocess.run(
+        ["docker", "images", "-q", "--filter", "reference=whisper-release/builder-base"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if not base:
+        pytest.fail("no builder base image; the build fixture should have made one")
+    probe = "import socket; socket.create_connection(('192.0.2.1', 80), 5)"  # TEST-NET-1 address
+    (tmp_path / "Dockerfile").write_text(f'FROM {base[0]}\nRUN python3 -c "{probe}"\n')
+    with pytest.raises(BuildError) as e:
+        build.docker_build(tmp_path, "whisper-release/test-failing:latest", {}, log_path=tmp_path / "log")
+    assert "Network is unreachable" in str(e.value)
+
+
 @pytest.fixture(autouse=True)
 def _cleanup_failing_image() -> Iterator[None]:
     yield
