@@ -1,0 +1,135 @@
+"""The benchmark suite's fixtures: a quiet host (CPU lock held for the whole session), the sample
+set, and one worker process per engine configuration (whisper_release.bench)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from whisper_release import bench, wer
+from whisper_release.fetch import fetch_source
+from whisper_release.pins import Pins, load_pins, project_root
+
+pytest_plugins = ["whisper_release.testing"]
+HERE = Path(__file__).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("whisper-release benchmark")
+    g.addoption("--bench-quick", action="store_true", help="jfk.wav only, no generated models")
+    g.addoption("--bench-models", default="tiny.en,base", help="real models, smallest first")
+    g.addoption("--bench-generated", default=None, help="generated models (default: release.toml [bench])")
+    g.addoption("--bench-rounds", type=int, default=2, help="timed rounds per benchmark")
+    g.addoption("--bench-max-load", type=float, default=bench.MAX_LOAD, help="refuse above this load")
+
+
+def _matrix(config: pytest.Config) -> list[bench.Config]:
+    pins = load_pins()
+    generated = config.getoption("--bench-generated")
+    gen = (
+        [g for g in generated.split(",") if g]
+        if generated is not None
+        else list(pins.raw.get("bench", {}).get("generated_models", []))
+    )
+    return bench.matrix(
+        pins,
+        models=[m for m in config.getoption("--bench-models").split(",") if m],
+        generated=gen,
+        quick=config.getoption("--bench-quick"),
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    op = metafunc.function.__name__.removeprefix("test_")
+    cases = []
+    for c in _matrix(metafunc.config):
+        if op not in c.ops:
+            continue
+        if op == "transcribe":
+            cases += [pytest.param((c, d), id=f"{c.id}-{d}") for d in c.decodes]
+        else:
+            cases.append(pytest.param((c, None), id=c.id))
+    metafunc.parametrize("case", cases)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # One configuration after the other, so at most one worker holds its model in memory.
+    def key(item: pytest.Item) -> tuple[str, int]:
+        cs = getattr(item, "callspec", None)
+        cfg = cs.params["case"][0].id if cs else ""
+        return (cfg, bench.OPS.index(item.name.split("[")[0].removeprefix("test_")) if cs else 0)
+
+    order = {}
+    for i, it in enumerate(items):
+        cs = getattr(it, "callspec", None)
+        order.setdefault(cs.params["case"][0].id if cs else "", i)
+    items.sort(key=lambda it: (order[key(it)[0]], key(it)[1]))
+
+
+@pytest.fixture(scope="session")
+def pins() -> Pins:
+    return load_pins()
+
+
+@pytest.fixture(scope="session")
+def threads(pins: Pins) -> int:
+    return int(pins.raw.get("bench", {}).get("threads", 2))
+
+
+@pytest.fixture(scope="session")
+def clips(pins: Pins, request: pytest.FixtureRequest) -> list[wer.Clip]:
+    source = fetch_source(pins, pins.profile("offline").source)
+    sample = pins.sample
+    if request.config.getoption("--bench-quick"):
+        return [wer.Clip("jfk", source / sample["path"], sample["reference"])]
+    return wer.sample_set(
+        source / sample["path"], sample["reference"], project_root() / "verify" / "clips.txt"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_host(request: pytest.FixtureRequest, threads: int, pins: Pins) -> Iterator[dict[str, Any]]:
+    """The CPU lock for the whole session, taken only once nothing builds and the load is low."""
+    with bench.quiet_host(max_load=request.config.getoption("--bench-max-load")):
+        yield bench.environment(threads, pins)
+
+
+@pytest.fixture(autouse=True)
+def _no_build_started(quiet_host: dict[str, Any]) -> None:
+    # A build that started after the session began would triple what follows: refuse at once.
+    bench.check_quiet(max_load=None)
+
+
+class _Workers:
+    def __init__(self, pins: Pins, threads: int) -> None:
+        self.pins, self.threads = pins, threads
+        self.current: tuple[str, bench.Worker] | None = None
+
+    def get(self, cfg: bench.Config, clips: list[wer.Clip]) -> bench.Worker:
+        if self.current and self.current[0] == cfg.id:
+            return self.current[1]
+        self.close()
+        spec = bench.EngineSpec(
+            **{**cfg.spec.__dict__, "model": bench.resolve_model(cfg.spec.model, self.pins)}
+        )
+        w = bench.Worker(spec, self.threads)
+        w.call("audio", paths=[str(c.path) for c in clips])
+        self.current = (cfg.id, w)
+        return w
+
+    def close(self) -> None:
+        if self.current:
+            self.current[1].close()
+            self.current = None
+
+
+@pytest.fixture(scope="session")
+def workers(pins: Pins, threads: int) -> Iterator[_Workers]:
+    w = _Workers(pins, threads)
+    yield w
+    w.close()

@@ -1,0 +1,98 @@
+"""Load, encoder and whole-transcription time of every configuration in bench.matrix.
+
+Timed with pytest-benchmark around one worker round trip (the work runs in a process of its own;
+the pipe adds well under a millisecond to seconds). extra_info carries what the report needs:
+engine, build, model, quantisation, threads, peak RSS, audio length, real-time factor and WER.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from whisper_release import bench, wer
+
+
+def _info(benchmark: Any, cfg: bench.Config, op: str, env: dict[str, Any], **extra: Any) -> None:
+    benchmark.group = f"{op}:{cfg.model}" + (f":{extra['decode']}" if "decode" in extra else "")
+    benchmark.extra_info.update(
+        {
+            "config": cfg.id,
+            "engine": cfg.engine,
+            "build": cfg.build,
+            "model": cfg.model,
+            "quant": cfg.quant,
+            "op": op,
+            "threads": env["threads"],
+            "random_weights": cfg.random_weights,
+            "label": "random weights" if cfg.random_weights else "real weights",
+            **extra,
+        }
+    )
+
+
+def test_load(
+    benchmark: Any, case: Any, workers: Any, clips: list[wer.Clip], quiet_host: dict, request: Any
+) -> None:
+    cfg, _ = case
+    w = workers.get(cfg, clips)
+    benchmark.pedantic(
+        lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
+    )
+    _info(benchmark, cfg, "load", quiet_host, peak_rss=w.call("rss"))
+
+
+def test_encode(
+    benchmark: Any, case: Any, workers: Any, clips: list[wer.Clip], quiet_host: dict, request: Any
+) -> None:
+    cfg, _ = case
+    w = workers.get(cfg, clips)
+    w.call("load")
+    benchmark.pedantic(
+        lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
+    )
+    _info(benchmark, cfg, "encode", quiet_host, peak_rss=w.call("rss"))
+
+
+def test_transcribe(
+    benchmark: Any, case: Any, workers: Any, clips: list[wer.Clip], quiet_host: dict, request: Any
+) -> None:
+    cfg, decode = case
+    w = workers.get(cfg, clips)
+    if "load" not in cfg.ops:
+        w.call("load")
+    opts = bench.DecodeOptions(**{**cfg.decode_options(decode).__dict__})
+    texts: list[str] = []
+
+    def run() -> None:
+        texts[:] = w.call("transcribe", opts=opts.__dict__)
+
+    # Warm-up: the whole set once (caches, thread pools, the beam decoders' buffers).
+    benchmark.pedantic(run, rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1)
+    result = wer.corpus_wer([c.reference for c in clips], texts)
+    audio_s = sum(bench.clip_seconds(c.path) for c in clips)
+    _info(
+        benchmark,
+        cfg,
+        "transcribe",
+        quiet_host,
+        decode=decode,
+        peak_rss=w.call("rss"),
+        audio_seconds=audio_s,
+        n_clips=len(clips),
+        rtf=benchmark.stats.stats.median / audio_s,
+        wer=result.wer,
+        options={k: v for k, v in opts.__dict__.items() if v is not None},
+    )
+    assert texts and all(isinstance(t, str) for t in texts)
+    # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.
+    ceiling = float(request.getfixturevalue("pins").verify["wer_ceiling"].get(cfg.model, 1.0))
+    assert result.wer <= ceiling + 0.10, f"{cfg.id} {decode}: WER {result.wer:.3f} on the sample set"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_environment(quiet_host: dict, request: Any) -> None:
+    bs = getattr(request.config, "_benchmarksession", None)
+    if bs is not None:
+        bs.machine_info.setdefault("whisper_release", quiet_host)
