@@ -198,7 +198,9 @@ if [[ -n "$mc_bin" ]]; then
   client="$mc_bin" kind=mc
 elif [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
   kind=mc
-elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)" && [[ "$(aws --version 2>&1)" == aws-cli/* ]]; then
+elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)"; then
+  # Whether this is really the aws cli is asked (aws --version) only if the first call fails:
+  # every aws cli start costs about a second.
   kind=aws
 else
   die $EX_NO_CLIENT "no usable client: install MinIO's client (minio/install-minio-client.sh) or the aws cli"
@@ -249,10 +251,20 @@ classify() {  # map a client's error text to an exit code and a sentence
   fi
   die $EX_INTERNAL "checking bucket '$bucket' at $endpoint failed: $(tail -n1 <<<"$err")"
 }
+list_release() {  # Key<TAB>Size<TAB>ETag per object stored under the release (aws cli)
+  awsx s3api list-objects-v2 --bucket "$bucket" --prefix "$release_key/" \
+    --query 'Contents[].[Key,Size,ETag]' --output text
+}
 if [[ $kind == mc ]]; then
   err="$(mcx ls "$target/" 2>&1 >/dev/null)" || classify "$err"
 else
-  err="$(awsx s3api list-objects-v2 --bucket "$bucket" --max-items 1 --prefix "$release_key/" 2>&1 >/dev/null)" || classify "$err"
+  # One listing of the release checks endpoint, credentials and bucket, and shows whether a
+  # manifest is already there (no separate probe).
+  if ! listing="$(list_release 2>"$tmp/err")"; then
+    [[ "$("$client" --version 2>&1)" == aws-cli/* ]] ||
+      die $EX_NO_CLIENT "$client is not the aws cli (its --version does not start with aws-cli/)"
+    classify "$(cat "$tmp/err")"
+  fi
 fi
 log "endpoint, credentials and bucket OK: $endpoint, s3://$bucket"
 
@@ -260,8 +272,10 @@ log "endpoint, credentials and bucket OK: $endpoint, s3://$bucket"
 remote_manifest="$tmp/remote-manifest.json"
 if [[ $kind == mc ]]; then
   mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
-else
-  awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
+elif grep -q "^$release_key/manifest\.json"$'\t' <<<"$listing"; then
+  # Listed means published: a failed download must not pass for "no release yet".
+  awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null ||
+    die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded; nothing was uploaded, rerun"
 fi
 if [[ -f "$remote_manifest" ]]; then
   if cmp -s "$remote_manifest" "$artifacts/manifest.json"; then
@@ -282,20 +296,39 @@ upload_once() {  # upload_once REL SHA256 SIZE: one attempt, then check size (an
     got="$(mcx stat --json "$target/$key" | grep -o '"size": *[0-9]*' | head -n1 | grep -o '[0-9]*$')" || return 1
     [[ "$got" == "$size" ]] || { log "stored size of $key is $got, expected $size"; return 1; }
   else
-    # Sizes are checked in one listing before the manifest goes up (each aws call costs a second).
+    # Sizes and MD5s are checked in one listing before the manifest goes up (each aws call costs a
+    # second).
     awsx s3 cp --only-show-errors --no-progress --metadata "sha256=$sum" "$artifacts/$rel" "s3://$bucket/$key" || return 1
   fi
 }
-verify_listing() {  # every object but the manifest is stored with its local size
+verify_listing() {  # every object but the manifest is stored with its local size (and MD5)
   [[ $kind == aws ]] || return 0
-  local listing rel want
-  listing="$(awsx s3api list-objects-v2 --bucket "$bucket" --prefix "$release_key/" \
-    --query 'Contents[].[Key,Size]' --output text)" || die $EX_UPLOAD "listing s3://$bucket/$release_key/ failed; release not published, rerun"
+  local listing rel key k size etag md5 found got want
+  listing="$(list_release)" || die $EX_UPLOAD "listing s3://$bucket/$release_key/ failed; release not published, rerun"
   for rel in "${plan[@]}"; do
     [[ "$rel" == manifest.json ]] && continue
-    want="$release_key/$rel"$'\t'"$(stat -c %s "$artifacts/$rel")"
-    grep -qxF "$want" <<<"$listing" ||
-      die $EX_UPLOAD "s3://$bucket/$release_key/$rel is missing or has the wrong size after upload; release not published, rerun"
+    key="$release_key/$rel" found=0
+    while IFS=$'\t' read -r k size etag; do
+      [[ "$k" == "$key" ]] || continue
+      found=1
+      [[ "$size" == "$(stat -c %s "$artifacts/$rel")" ]] ||
+        die $EX_UPLOAD "s3://$bucket/$key is stored with $size bytes, the file has $(stat -c %s "$artifacts/$rel"); release not published, rerun"
+      etag="${etag//\"/}"
+      # An unencrypted single-part upload's ETag is its MD5; a multipart ETag ("<md5 of part
+      # md5s>-<parts>") depends on the part size, so it is left to size alone. Encrypted stores
+      # (SSE-KMS, MinIO with KMS) give other ETags: a mismatch is settled by reading the object back.
+      if [[ "$etag" =~ ^[0-9a-f]{32}$ ]]; then
+        md5="$(md5sum "$artifacts/$rel" | cut -d' ' -f1)"
+        if [[ "$etag" != "$md5" ]]; then
+          want="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+          got="$(awsx s3 cp --only-show-errors "s3://$bucket/$key" - | sha256sum | cut -d' ' -f1)" || got=""
+          [[ "$got" == "$want" ]] ||
+            die $EX_UPLOAD "s3://$bucket/$key reads back with sha256 ${got:-(unreadable)}, the file has $want; release not published, rerun"
+          log "s3://$bucket/$key: ETag is not its MD5 here (encrypted store?), read back and matched"
+        fi
+      fi
+    done <<<"$listing"
+    ((found)) || die $EX_UPLOAD "s3://$bucket/$key is missing after upload; release not published, rerun"
   done
 }
 total=${#plan[@]}; i=0

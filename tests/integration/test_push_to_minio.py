@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from test_publish_support import local_files, make_artifacts, running_store, stored_files
+from test_publish_support import local_files, make_artifacts, running_store, stored_files, write_sums
 
 from whisper_release.pins import project_root
 from whisper_release.publish import make_client, push
@@ -31,8 +32,45 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    # One model and small files: every aws cli call costs about a second here.
-    return make_artifacts(tmp_path_factory.mktemp("art") / "release", models=("base",), big=6 * 1024 * 1024)
+    # One model and small files: every aws cli call costs about a second here. The model (9 MiB)
+    # passes the aws cli's 8 MiB multipart threshold, so one stored ETag is a multipart one.
+    return make_artifacts(tmp_path_factory.mktemp("art") / "release", models=("base",), big=9 * 1024 * 1024)
+
+
+def tiny_release(root: Path, text: str) -> Path:
+    """A release of three objects (README.md, SHA256SUMS, manifest.json): the fewest aws cli calls
+    for tests whose point is not the number of files."""
+    d = root / "whisper_base_xeon"
+    d.mkdir(parents=True)
+    (d / "README.md").write_text(f"# whisper base for Xeon\n{text}\n")
+    write_sums(d)
+    (root / "manifest.json").write_text(json.dumps({"models": ["base"], "text": text}))
+    return root
+
+
+def aws_shim(where: Path, *, swap: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
+    """A dir with an `aws` that logs each call ("<command> <operation>") and runs the real aws cli.
+
+    With `swap=(src, other)` an upload of `src` sends `other` instead: a transfer that stores the
+    wrong bytes, for the script's after-upload check to catch.
+    """
+    real = require_tool("aws", "the aws cli is in the test extra")
+    log = where / "aws-calls.log"
+    shim = where / "aws"
+    where.mkdir(parents=True, exist_ok=True)
+    swap_src, swap_dst = (str(swap[0]), str(swap[1])) if swap else ("", "")
+    shim.write_text(f"""#!/usr/bin/env bash
+if [[ "$1" == --endpoint-url ]]; then echo "$3 $4"; else echo "$*"; fi >> '{log}'
+args=()
+for a in "$@"; do [[ -n '{swap_src}' && "$a" == '{swap_src}' ]] && a='{swap_dst}'; args+=("$a"); done
+exec '{real}' "${{args[@]}}"
+""")
+    shim.chmod(0o755)
+    return where, log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
 
 
 SYSTEM_PATH = ("/usr/bin", "/bin")  # coreutils, awk, and Debian's /usr/bin/mc (Midnight Commander)
@@ -49,8 +87,9 @@ def run(args, cfg, *, path: str, env_extra=None, timeout=240):
     env.update(cfg.client_env())
     env.update({"PATH": path, "WHISPER_RELEASE_BUCKET": cfg.bucket, "WHISPER_RELEASE_PREFIX": cfg.prefix})
     env.update(env_extra or {})
-    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_documents_exit_codes():
@@ -60,28 +99,57 @@ def test_help_documents_exit_codes():
     assert "commit-id=" in out and "Midnight Commander" in out
 
 
-def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts):
+def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts, tmp_path):
     cfg = store.config()
-    p = run(["--version", "aws-1", artifacts], cfg, path=_path_with())
+    shim, log = aws_shim(tmp_path / "shim")
+    p = run(["--version", "aws-1", artifacts], cfg, path=_path_with(shim))
     assert p.returncode == 0, p.stderr
-    assert "client: aws" in p.stderr
+    assert f"client: aws ({shim / 'aws'})" in p.stderr
+    # One aws cli start per object plus two listings: the checks before any upload, and the sizes
+    # and MD5s of everything stored before the manifest goes up last.
+    n_objects = len(local_files(artifacts))
+    listing, upload = "s3api list-objects-v2", "s3 cp"
+    assert calls(log) == [listing] + [upload] * (n_objects - 1) + [listing, upload]
     lines = [line for line in p.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 9 and lines[-1].startswith("[9/9] uploaded sh/aws-1/manifest.json")
     assert "SHA256SUMS" in lines[-2]
     client = make_client(cfg)
     assert stored_files(client, cfg, "sh/aws-1") == local_files(artifacts)
-    head = client.head_object(Bucket=cfg.bucket, Key="sh/aws-1/whisper_base_xeon/libwhisper.so")
-    assert head["Metadata"]["sha256"] == local_files(artifacts)["whisper_base_xeon/libwhisper.so"]
+    for rel, sha in local_files(artifacts).items():
+        assert client.head_object(Bucket=cfg.bucket, Key=f"sh/aws-1/{rel}")["Metadata"]["sha256"] == sha
+    listed = client.list_objects_v2(Bucket=cfg.bucket, Prefix="sh/aws-1/")["Contents"]
+    etags = {o["Key"]: o["ETag"] for o in listed}
+    assert etags["sh/aws-1/whisper_base_xeon/ggml-base-q5_1.bin"].strip('"').endswith("-2")
     assert cfg.secret_key not in p.stdout + p.stderr
-    # A rerun finds the same manifest and uploads nothing.
-    again = run(["--version", "aws-1", artifacts], cfg, path=_path_with())
+    # A rerun lists the release, finds the same manifest and uploads nothing.
+    log.unlink()
+    again = run(["--version", "aws-1", artifacts], cfg, path=_path_with(shim))
     assert again.returncode == 0 and "nothing to upload" in again.stderr and "uploaded" not in again.stdout
+    assert calls(log) == ["s3api list-objects-v2", "s3 cp"]
+
+
+def test_aws_cli_upload_storing_wrong_bytes_is_caught_before_the_manifest(store, tmp_path):
+    cfg = store.config()
+    release = tiny_release(tmp_path / "release", "wrong bytes")
+    readme = release / "whisper_base_xeon" / "README.md"
+    other = tmp_path / "README.md"
+    other.write_bytes(readme.read_bytes().swapcase())  # same size, other bytes
+    assert other.read_bytes() != readme.read_bytes()
+    shim, log = aws_shim(tmp_path / "shim", swap=(readme, other))
+    p = run(["--version", "aws-bad", release], cfg, path=_path_with(shim))
+    assert p.returncode == 8, p.stderr
+    assert "s3://whisper-sh/sh/aws-bad/whisper_base_xeon/README.md reads back with sha256" in p.stderr
+    assert "release not published" in p.stderr
+    stored = stored_files(make_client(cfg), cfg, "sh/aws-bad")
+    assert "manifest.json" not in stored
+    assert stored["whisper_base_xeon/README.md"] != local_files(release)["whisper_base_xeon/README.md"]
 
 
 def test_real_midnight_commander_is_refused_then_aws_or_a_clear_failure(store, artifacts, tmp_path):
     real = Path(require_tool("mc", "Debian's mc package, from scripts/install-system-deps.sh"))
-    banner = subprocess.run([str(real), "--version"], stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=10).stdout
+    banner = subprocess.run(
+        [str(real), "--version"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10
+    ).stdout
     assert "GNU Midnight Commander" in banner, f"{real} is not Midnight Commander: {banner[:200]!r}"
     link = tmp_path / "bin" / "mc"
     link.parent.mkdir()
@@ -111,6 +179,13 @@ def test_other_programs_named_like_the_minio_client_are_refused(store, artifacts
     p = run(["--client", "mc", artifacts], store.config(), path=_path_with(fake.parent))
     assert p.returncode == 3, p.stderr
     assert f"refusing {fake}: its --version shows no MinIO commit-id" in p.stderr
+    # Likewise a program called aws that is not the aws cli: found out when its first call fails.
+    fake_aws = fake.parent / "aws"
+    fake_aws.write_text("#!/bin/sh\necho 'aws: amazing web server 0.1' >&2\nexit 1\n")
+    fake_aws.chmod(0o755)
+    p = run([artifacts], store.config(), path=_path_with(fake.parent, aws=False))
+    assert p.returncode == 3, p.stderr
+    assert f"{fake_aws} is not the aws cli" in p.stderr
 
 
 def test_explicit_mc_is_used_alone_or_refused(store, artifacts, tmp_path):
@@ -127,8 +202,12 @@ def test_explicit_mc_is_used_alone_or_refused(store, artifacts, tmp_path):
     p = run(["--mc", real_mc, "--client", "aws", artifacts], cfg, path=_path_with())
     assert p.returncode == 2 and "contradict" in p.stderr
     # An exported MC_BIN does not stop an explicit --client aws (stopped here by a missing bucket).
-    p = run(["--client", "aws", "--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(),
-            env_extra={"MC_BIN": real_mc})
+    p = run(
+        ["--client", "aws", "--bucket", "no-such-bucket", artifacts],
+        cfg,
+        path=_path_with(),
+        env_extra={"MC_BIN": real_mc},
+    )
     assert p.returncode == 7 and "client: aws" in p.stderr, p.stderr
 
 
@@ -147,8 +226,9 @@ exit 1
 """)
     fake.chmod(0o755)
     cfg = store.config()
-    p = run(["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(),
-            env_extra={"MC_BIN": str(fake)})
+    p = run(
+        ["--bucket", "no-such-bucket", artifacts], cfg, path=_path_with(), env_extra={"MC_BIN": str(fake)}
+    )
     assert p.returncode == 7, p.stderr
     assert f"client: mc ({fake})" in p.stderr
     argv, host = record.read_text().splitlines()
@@ -161,8 +241,12 @@ exit 1
 
 def test_wrong_credentials_exit_6_and_nothing_uploaded(store, artifacts):
     cfg = store.config()
-    p = run(["--version", "bad-1", artifacts], cfg, path=_path_with(),
-            env_extra={"AWS_SECRET_ACCESS_KEY": "wrong-secret-123"})
+    p = run(
+        ["--version", "bad-1", artifacts],
+        cfg,
+        path=_path_with(),
+        env_extra={"AWS_SECRET_ACCESS_KEY": "wrong-secret-123"},
+    )
     assert p.returncode == 6, p.stderr
     assert "rejected the credentials" in p.stderr and "wrong-secret-123" not in p.stderr + p.stdout
     assert make_client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix="sh/bad-1/").get("KeyCount") == 0
@@ -183,10 +267,10 @@ def test_unreachable_bad_endpoint_and_bad_artifacts_have_distinct_codes(store, a
     assert p.returncode == 4 and "SHA256SUMS does not match" in p.stderr
 
 
-def test_changed_release_needs_force(store, artifacts, tmp_path):
+def test_changed_release_needs_force(store, tmp_path):
     cfg = store.config()
-    first = make_artifacts(tmp_path / "a", models=("base",), big=1000)
-    second = make_artifacts(tmp_path / "b", models=("base",), big=1000)
+    first = tiny_release(tmp_path / "a", "first")
+    second = tiny_release(tmp_path / "b", "second")
     # The existing release comes from the Python publisher (same layout): it saves a slow aws run.
     push(first, cfg, version="f-1", progress=False)
     p = run(["--version", "f-1", second], cfg, path=_path_with())
