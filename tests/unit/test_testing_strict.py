@@ -10,7 +10,7 @@ import pytest
 
 pytest_plugins = ["pytester"]
 
-CASES = '''
+CASES = """
 import pytest
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_xfail_in_fixture(unavailable):
 @pytest.mark.xfail(reason="marked", strict=True)
 def test_marked_xfail():
     assert False
-'''
+"""
 
 
 @pytest.fixture
@@ -47,15 +47,19 @@ def test_strict_mode_does_not_count_xfail_as_skip(pytester, strict_env):
 
 
 def test_strict_mode_fails_on_a_skip_and_names_it(pytester, strict_env):
-    pytester.makepyfile(test_cases=CASES + '''
+    pytester.makepyfile(
+        test_cases=CASES
+        + """
 def test_skipped():
     pytest.skip("tool missing")
-''')
+"""
+    )
     result = pytester.runpytest_subprocess("-p", "whisper_release.testing")
     result.assert_outcomes(passed=1, xfailed=3, skipped=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["strict mode (CI): 1 test(s) skipped, which CI treats as failure:",
-                                 "  test_cases.py::test_skipped"])
+    result.stdout.fnmatch_lines(
+        ["strict mode (CI): 1 test(s) skipped, which CI treats as failure:", "  test_cases.py::test_skipped"]
+    )
 
 
 def test_skip_is_allowed_outside_strict_mode(pytester, monkeypatch):
