@@ -183,7 +183,10 @@ def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = N
     from . import baseimage, build
 
     pins = pins or load_pins()
-    settings = reference_settings(pins, name)
+    reference_settings(pins, name)  # unknown name -> ConfigError before anything runs
+    # The legacy builder runs every stage up to the target: each reference stage needs its args
+    # (and the same ones each time, so the stages not asked for come from the cache).
+    settings = {k: v for ref in REFERENCES for k, v in reference_settings(pins, ref).items()}
     root = project_root()
     out = out or reference_dir(name, root)
     inputs = build.fetch_inputs("offline", pins)

@@ -1,0 +1,174 @@
+"""The benchmark's refusal to time while a build runs, its CPU lock, and its pure helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from whisper_release import bench
+from whisper_release.errors import ConfigError, ReleaseError
+from whisper_release.pins import load_pins
+
+
+@pytest.mark.parametrize(
+    ("argv", "kind"),
+    [
+        (["/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus", "-quiet", "x.cpp"], "cc1plus"),
+        (["cc1", "-quiet"], "cc1"),
+        (["docker", "build", "--network=none", "."], "docker build"),
+        (["/usr/bin/docker", "--context", "x", "build", "."], "docker build"),
+        (["docker", "buildx", "build", "."], "docker build"),
+        (["cmake", "--build", "/build/cmake", "-j", "2"], "cmake --build"),
+        (["cmake", "-S", ".", "-B", "build"], None),
+        (["docker", "images"], None),
+        (["docker", "ps"], None),
+        (["/usr/sbin/dockerd"], None),
+        (["python", "build.py"], None),
+        ([], None),
+    ],
+)
+def test_classify_busy(argv, kind):
+    assert bench.classify_busy(argv) == kind
+
+
+def _fake_proc(root: Path, procs: dict[int, list[str]]) -> Path:
+    for pid, argv in procs.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (root / "self").mkdir()
+    return root
+
+
+def test_refuses_to_time_while_a_build_runs(tmp_path):
+    proc = _fake_proc(
+        tmp_path / "proc", {10: ["bash"], 42: ["docker", "build", "."], 7: ["cmake", "--build", "b"]}
+    )
+    assert [b.split(":")[0] for b in bench.busy_processes(proc)] == ["7", "42"]
+    with pytest.raises(bench.HostBusyError) as e:
+        bench.check_quiet(proc_root=proc, max_load=None)
+    msg = str(e.value)
+    assert msg.startswith("Refusing to time anything while a build runs") and "2 build process(es)" in msg
+    assert "7: cmake --build" in msg and msg.count(".") >= 1 and "\n" not in msg
+    assert isinstance(e.value, ReleaseError) and e.value.exit_code != 0
+
+
+def test_quiet_host_passes_and_high_load_refuses(tmp_path):
+    proc = _fake_proc(tmp_path / "proc", {10: ["bash"], 11: ["python", "-m", "pytest"]})
+    bench.check_quiet(proc_root=proc, max_load=1.5, load=0.4)
+    with pytest.raises(bench.HostBusyError, match=r"load average is 2\.70, wanted below 1\.50"):
+        bench.check_quiet(proc_root=proc, max_load=1.5, load=2.7)
+
+
+def test_a_real_compiler_process_is_seen(tmp_path):
+    fake = tmp_path / "cc1plus"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", fake)
+    p = subprocess.Popen([str(fake), "30"])
+    try:
+        deadline = time.monotonic() + 5
+        while not any(s.startswith(f"{p.pid}:") for s in bench.busy_processes()):
+            assert time.monotonic() < deadline, "the running cc1plus was not found in /proc"
+            time.sleep(0.05)
+        # Other builds may run too (then the message names the first): the refusal is what counts.
+        with pytest.raises(bench.HostBusyError, match="while a build runs on this host"):
+            bench.check_quiet(max_load=None)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_cpu_lock_is_exclusive_across_processes(tmp_path):
+    lock = tmp_path / "cpu.lock"
+    code = (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(30)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout and holder.stdout.readline().strip() == "held"
+        with pytest.raises(bench.HostBusyError, match="stayed taken"):
+            with bench.cpu_lock(lock, timeout=0.5):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with bench.cpu_lock(lock, timeout=5):
+        r = subprocess.run(["flock", "-n", str(lock), "true"])
+        assert r.returncode != 0  # held by us: a non-blocking flock elsewhere must fail
+
+
+def test_fitted_audio_ctx():
+    assert bench.fitted_audio_ctx(16000 * 11) == 550 + 64
+    assert bench.fitted_audio_ctx(16000 * 40) == 1500
+    assert bench.fitted_audio_ctx(1) == 65
+
+
+def test_reference_settings_come_from_release_toml():
+    pins = load_pins()
+    s = bench.reference_settings(pins, "native")
+    assert (
+        "-DGGML_NATIVE=ON" in s["REF_NATIVE_CMAKE_FLAGS"] and s["REF_NATIVE_CPU_VARIANT"] == "-march=native"
+    )
+    g = bench.reference_settings(pins, "generic")
+    assert (
+        "-DGGML_AVX=OFF" in g["REF_GENERIC_CMAKE_FLAGS"] and "-DGGML_AVX2=OFF" in g["REF_GENERIC_CMAKE_FLAGS"]
+    )
+    with pytest.raises(ConfigError, match=r"no \[bench.reference.avx9\]"):
+        bench.reference_settings(pins, "avx9")
+
+
+def test_dockerfile_has_the_reference_targets():
+    text = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    for name in bench.REFERENCES:
+        assert f"AS reference-{name}" in text
+        assert f"$REF_{name.upper()}_CMAKE_FLAGS" in text
+
+
+def test_matrix_covers_every_comparison(tmp_path):
+    m = bench.matrix(load_pins(), root=tmp_path)
+    ids = {c.id for c in m}
+    for want in (
+        "whisper.cpp-artifact-base-q5_1",
+        "whisper.cpp-artifact-base-f16",
+        "whisper.cpp-native-base-q5_1",
+        "whisper.cpp-generic-base-q5_1",
+        "faster-whisper-base-int8",
+        "faster-whisper-base-float32",
+        "pywhispercpp-base-q5_1",
+        "whisper.cpp-artifact-medium-q5_1-random",
+        "whisper.cpp-tuned-base-q5_1",
+    ):
+        assert want in ids
+    assert all(c.random_weights == c.id.endswith("-random") for c in m)
+    assert all("transcribe" not in c.ops for c in m if c.random_weights)
+    assert not [c for c in bench.matrix(load_pins(), root=tmp_path, quick=True) if c.random_weights]
+
+
+def test_environment_records_cpu_threads_versions():
+    env = bench.environment(2)
+    assert env["threads"] == 2 and env["cpu"] and env["whisper_cpp"] == load_pins().source["version"]
+    assert "faster_whisper" in env and "pywhispercpp" in env
+
+
+def test_worker_reports_errors_as_one_message():
+    import io
+    import json
+
+    out = io.StringIO()
+    bench.worker_main(io.StringIO('{"op": "bogus"}\n{"op": "rss"}\n{"op": "quit"}\n'), out)
+    answers = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert answers[0]["ok"] is False and "unknown worker op 'bogus'" in answers[0]["error"]
+    assert answers[1]["ok"] and answers[1]["result"] > 1_000_000  # bytes, not KiB
+    assert answers[2] == {"ok": True}
+
+
+def test_worker_process_names_the_engine_when_it_fails(tmp_path):
+    spec = bench.EngineSpec("whisper.cpp", str(tmp_path / "none.bin"), lib_dir=str(tmp_path))
+    with pytest.raises(ReleaseError, match=r"worker for whisper.cpp .*none.bin failed at 'init'"):
+        bench.Worker(spec)
+    assert os.environ.get("BENCH_THREADS") is None

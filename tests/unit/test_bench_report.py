@@ -1,0 +1,143 @@
+"""The report: ratios computed from pytest-benchmark JSON, the markdown tables, the PNG charts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from whisper_release import bench_report as br
+from whisper_release.errors import ConfigError
+
+
+def _bench(config, engine, build, model, quant, op, median, decode=None, rss=None, **extra):
+    info = {
+        "config": config,
+        "engine": engine,
+        "build": build,
+        "model": model,
+        "quant": quant,
+        "op": op,
+        "threads": 2,
+        "random_weights": config.endswith("-random"),
+        "peak_rss": rss,
+        **extra,
+    }
+    if decode:
+        info["decode"] = decode
+    return {"name": f"test_{op}[{config}]", "extra_info": info,
+            "stats": {"median": median, "min": median * 0.9, "stddev": 0.01, "rounds": 2}}  # fmt: skip
+
+
+MiB = 1024 * 1024
+ART = ("whisper.cpp", "artifact")
+BENCHES = [
+    _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "load", 0.2, rss=200 * MiB),
+    _bench("whisper.cpp-artifact-base-f16", *ART, "base", "f16", "load", 0.3, rss=300 * MiB),
+    _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "encode", 1.2),
+    _bench("whisper.cpp-artifact-base-f16", *ART, "base", "f16", "encode", 1.0),
+    _bench("whisper.cpp-native-base-q5_1", "whisper.cpp", "native", "base", "q5_1", "encode", 1.0),
+    _bench("whisper.cpp-generic-base-q5_1", "whisper.cpp", "generic", "base", "q5_1", "encode", 4.8),
+    _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "transcribe", 13.0,
+           decode="greedy", rtf=0.2, wer=0.05),
+    _bench("whisper.cpp-tuned-base-q5_1", "whisper.cpp", "tuned", "base", "q5_1", "transcribe", 5.2,
+           decode="greedy", rtf=0.08, wer=0.06),
+    _bench("faster-whisper-base-int8", "faster-whisper", "ctranslate2", "base", "int8", "transcribe", 6.5,
+           decode="greedy", wer=0.05),
+    _bench("whisper.cpp-artifact-medium-q5_1-random", *ART, "medium", "q5_1", "encode", 14.0),
+]  # fmt: skip
+
+
+@pytest.fixture
+def results(tmp_path):
+    p = tmp_path / "results.json"
+    machine = {
+        "whisper_release": {
+            "cpu": "Test CPU 9000",
+            "cpu_count": 2,
+            "threads": 2,
+            "whisper_cpp": "1.8.5",
+            "faster_whisper": "1.2.1",
+            "ctranslate2": "4.8.5",
+            "pywhispercpp": "1.5.1",
+        }
+    }
+    other = {
+        "name": "test_other",
+        "extra_info": {},
+        "stats": {"median": 1, "min": 1, "stddev": 0, "rounds": 1},
+    }
+    p.write_text(json.dumps({"machine_info": machine, "benchmarks": [*BENCHES, other]}))
+    return p
+
+
+def _get(ratios, section, what, baseline=None):
+    hits = [
+        r
+        for r in ratios
+        if r.section == section and r.what == what and (baseline is None or r.baseline == baseline)
+    ]
+    assert len(hits) == 1, (section, what, baseline, ratios)
+    return hits[0]
+
+
+def test_ratios(results):
+    rows, _ = br.load_rows(results)
+    assert len(rows) == len(BENCHES)  # the foreign benchmark is ignored
+    rs = br.ratios(rows)
+    assert _get(rs, "builds", "base encode q5_1", "whisper.cpp native q5_1").ratio == pytest.approx(1.2)
+    assert _get(rs, "builds", "base encode q5_1", "whisper.cpp generic q5_1").ratio == pytest.approx(0.25)
+    peer = [r for r in rs if r.section == "peers" and r.baseline == "faster-whisper int8"]
+    assert {r.subject: round(r.ratio, 3) for r in peer} == {
+        "whisper.cpp artifact q5_1": 2.0,
+        "whisper.cpp tuned q5_1": 0.8,
+    }
+    assert _get(rs, "tuning", "base transcribe greedy").ratio == pytest.approx(0.4)
+    assert _get(rs, "quantisation", "base encode speed").ratio == pytest.approx(1.2)
+    mem = _get(rs, "quantisation", "base peak RSS")
+    assert (mem.subject_value, mem.baseline_value, mem.unit) == (200, 300, "MiB")
+    assert not [r for r in rs if "medium" in r.what]  # nothing to compare it with
+
+
+def test_markdown_states_host_threads_versions_and_labels(results):
+    rows, machine = br.load_rows(results)
+    md = br.render_markdown(rows, machine, ["/x/encode.png"])
+    assert (
+        "Test CPU 9000" in md
+        and "threads: 2" in md
+        and "whisper.cpp 1.8.5" in md
+        and "faster-whisper 1.2.1" in md
+    )
+    assert (
+        "| base transcribe greedy | whisper.cpp artifact q5_1 | faster-whisper int8 | 13.000 s | 6.500 s "
+        "| 2.00 |" in md
+    )
+    assert "| 200 MiB | 300 MiB | 0.67 |" in md
+    medium = [ln for ln in md.splitlines() if ln.startswith("| whisper.cpp-artifact-medium")]
+    assert medium and medium[0].endswith("| random weights |")
+    assert "![encode](encode.png)" in md
+
+
+def test_write_report_makes_pngs_and_markdown(results, tmp_path):
+    out = tmp_path / "out"
+    path = br.write_report(results, out)
+    assert path == out / "report.md" and "## All measurements" in path.read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["encode.png", "peak-rss.png", "transcribe-base-greedy.png"]
+    for p in out.glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
+    assert not list(out.glob(".*"))
+
+
+def test_bad_inputs_are_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="do not exist; run `nox -s benchmark` first"):
+        br.load_rows(tmp_path / "none.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(ConfigError, match="are not JSON"):
+        br.load_rows(bad)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    with pytest.raises(ConfigError, match="holds no results of the benchmarks/ suite"):
+        br.load_rows(empty)
+    assert br.main([str(empty)]) == ConfigError.exit_code
