@@ -8,6 +8,8 @@ packaging/, build.json) -> `docker build` (legacy builder, streamed one line per
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -16,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ _PACKAGING = ("compile.sh", "quantize.sh", "organize.sh", "README.template.md")
 _LIBRARY_SCRIPTS = ("artifacts.py", "readme.py")  # run by the organizer with the image's python3
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _TAIL_LINES = 25
+_BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _ERROR = re.compile(r"\berror\b|No such file|not found", re.I)
 
@@ -216,6 +219,7 @@ class BuildProgress:
         self.tail: deque[str] = deque(maxlen=_TAIL_LINES)
         self.errors: deque[str] = deque(maxlen=5)
         self.started = self.step_start = self.stage_start = clock()
+        self.image_id = ""
 
     def feed(self, raw: str) -> None:
         line = _ANSI.sub("", raw.rstrip("\n"))
@@ -232,6 +236,9 @@ class BuildProgress:
             self.tail.clear()
             self.errors.clear()
             return
+        built = _BUILT.match(line)
+        if built:
+            self.image_id = built.group(1)
         if line.strip() == "---> Using cache" and self.step:
             self.step += "  (cached)"
         elif _ERROR.search(line):
@@ -263,8 +270,11 @@ def docker_build(
     target: str | None = None,
     no_cache: bool = False,
     log_path: Path | None = None,
-) -> None:
-    """`docker build --network=none`, streamed: one line per Dockerfile step with its duration."""
+) -> str:
+    """`docker build --network=none`, streamed one line per step and stage; returns the image id.
+
+    Callers use the id, not the tag: a concurrent build of the same tag cannot swap the image.
+    """
     docker = baseimage.docker_ready()
     cmd = [docker, "build", "--network=none", "--force-rm", "-t", tag, "-f", str(context / "Dockerfile")]
     if target:
@@ -299,9 +309,17 @@ def docker_build(
         last = "\n".join("    " + ln for ln in progress.last_lines())
         raise BuildError(f"docker build failed{where} (exit code {rc}){logs}; its last lines:\n{last}")
     progress.finish()
+    if not progress.image_id:
+        raise BuildError(f"docker build of {tag} succeeded but printed no image id; see {log_path}.")
+    return progress.image_id
 
 
-def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    info(f"+ {quote(['docker', *args])}")
+    return subprocess.run(["docker", *args], capture_output=True, text=True)
+
+
+def extract(image: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
     """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out`."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -309,17 +327,15 @@ def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -
     cid = ""
     try:
         # The output stage is FROM scratch: no command; create needs one but never runs it.
-        proc = subprocess.run(["docker", "create", tag, "/none"], capture_output=True, text=True)
+        proc = _docker("create", image, "/none")
         if proc.returncode != 0:
-            raise BuildError(f"docker create {tag} failed: {proc.stderr.strip()}; was the build successful?")
+            raise BuildError(
+                f"docker create {image} failed: {proc.stderr.strip()}; was the build successful?"
+            )
         cid = proc.stdout.strip()
-        proc = subprocess.run(
-            ["docker", "cp", "--follow-link", f"{cid}:/release_artifacts", str(tmp / "release_artifacts")],
-            capture_output=True,
-            text=True,
-        )
+        proc = _docker("cp", "--follow-link", f"{cid}:/release_artifacts", str(tmp / "release_artifacts"))
         if proc.returncode != 0:
-            raise BuildError(f"docker cp from {tag} failed: {proc.stderr.strip()}.")
+            raise BuildError(f"docker cp from image {image} failed: {proc.stderr.strip()}.")
         staged = tmp / "release_artifacts"
         # docker cp keeps the image's modes; normalising again makes the host copy independent of it.
         artifacts.normalise(staged, epoch)
@@ -340,7 +356,7 @@ def extract(tag: str, out: Path, models: list[str], quantize: str, epoch: int) -
             raise
     finally:
         if cid:
-            subprocess.run(["docker", "rm", cid], capture_output=True)
+            _docker("rm", cid)
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -372,24 +388,43 @@ def build(
     inputs = inputs or fetch_inputs(profile, pins)
     base_tag, base_id = baseimage.ensure_base_image(profile, pins=pins)
     root = project_root()
-    context = assemble_context(pins, inputs, base_tag, base_id, root)
-    logs = root / "build" / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    tag = artifact_tag(profile)
-    docker_build(
-        context,
-        tag,
-        args,
-        target=OUTPUT_STAGE,
-        no_cache=no_cache,
-        log_path=logs / f"docker-build-{profile}.log",
-    )
-    out = out if out.is_absolute() else root / out
-    result = extract(
-        tag, out, sorted(inputs.models), str(pins.build["quantize"]), int(pins.build["source_date_epoch"])
-    )
+    with _profile_lock(root, profile):
+        context = assemble_context(pins, inputs, base_tag, base_id, root)
+        logs = root / "build" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        tag = artifact_tag(profile)
+        image = docker_build(
+            context,
+            tag,
+            args,
+            target=OUTPUT_STAGE,
+            no_cache=no_cache,
+            log_path=logs / f"docker-build-{profile}.log",
+        )
+        out = out if out.is_absolute() else root / out
+        result = extract(
+            image,
+            out,
+            sorted(inputs.models),
+            str(pins.build["quantize"]),
+            int(pins.build["source_date_epoch"]),
+        )
     info(f"artifacts in {result}")
     return result
+
+
+@contextlib.contextmanager
+def _profile_lock(root: Path, profile: str) -> Iterator[None]:
+    """One build per profile at a time: a second one would replace the context the first is sending."""
+    lock_dir = root / "build" / "context"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / f".{profile}.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info(f"another build of profile {profile!r} is running; waiting for it")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def read_manifest(out: Path) -> dict[str, Any]:

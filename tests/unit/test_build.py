@@ -232,6 +232,10 @@ def test_progress_prints_steps_and_stages_with_durations() -> None:
         "docker build done in 29.0 s",
     ]
     assert progress.tail[-1] == "warning: colour codes are stripped"
+    assert progress.image_id == ""
+    progress.feed("Successfully built 0a1b2c3d4e5f\n")
+    progress.feed("Successfully tagged whisper-release/artifacts:offline\n")
+    assert progress.image_id == "0a1b2c3d4e5f"
 
 
 def test_progress_keeps_a_failed_steps_error_lines() -> None:
