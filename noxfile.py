@@ -60,3 +60,13 @@ def ci(session: nox.Session) -> None:
     session.run("invoke", "build", "--profile", "offline")
     session.run("pytest", "verify", "-p", "no:cacheprovider")
     session.run("pytest", "tests/integration", "-p", "no:cacheprovider", env={"WHISPER_RELEASE_INTEGRATION": "1"})
+
+
+@nox.session(default=False)
+def benchmark(session: nox.Session) -> None:
+    """Benchmarks (benchmarks/, pytest-benchmark) of the artifacts vs the native and generic reference
+    builds, faster-whisper and pywhispercpp; holds the CPU lock and refuses to run beside a build.
+    Writes dist/bench/ (results JSON, report.md, PNG charts). Posargs go to pytest (e.g. --bench-quick);
+    WHISPER_RELEASE_BENCH_GATE=15 fails on a >15% median regression vs the last saved run."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "whisper_release.bench", "run", *session.posargs)

@@ -602,10 +602,67 @@ class Worker:
         self.close()
 
 
+GATE_ENV = "WHISPER_RELEASE_BENCH_GATE"
+
+
+def pytest_args(out: Path, history: Path, extra: Sequence[str] = (), gate: str | None = None) -> list[str]:
+    """The suite's pytest command line: JSON into `out`, every run saved in `history`, compared with
+    the last saved run when there is one; `gate` (percent) fails on a slower median."""
+    args = [
+        str(project_root() / "benchmarks"),
+        "-p", "no:cacheprovider",
+        "--benchmark-only",
+        f"--benchmark-json={out / 'results.json'}",
+        f"--benchmark-storage=file://{history}",
+        "--benchmark-autosave",
+        "--benchmark-columns=min,median,max,stddev,rounds",
+        "--benchmark-sort=name",
+    ]  # fmt: skip
+    if history.is_dir() and any(history.rglob("*.json")):
+        args.append("--benchmark-compare")
+        if gate:
+            try:
+                pct = float(gate)
+            except ValueError:
+                raise ConfigError(f"{GATE_ENV}={gate!r} is not a percentage; set it to e.g. 15.") from None
+            args.append(f"--benchmark-compare-fail=median:{pct:g}%")
+    elif gate:
+        info(
+            f"{GATE_ENV} is set but {history} holds no earlier run to compare with: this run is the baseline"
+        )
+    return [*args, *extra]
+
+
+def run(extra: Sequence[str] = (), root: Path | None = None) -> int:
+    """`nox -s benchmark`: reference builds when missing, the suite, then the report."""
+    import pytest
+
+    from . import bench_report
+
+    root = root or project_root()
+    for name in REFERENCES:
+        if not (reference_dir(name, root) / binding.LIBRARY).is_file():
+            build_reference(name)
+    out = root / "dist" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    rc = int(pytest.main(pytest_args(out, out / "history", extra, os.environ.get(GATE_ENV))))
+    if (out / "results.json").is_file():
+        info(f"report: {bench_report.write_report(out / 'results.json', out)}")
+    return rc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["worker"]:
         return worker_main()
+    if args[:1] == ["run"]:
+        from .errors import ReleaseError
+
+        try:
+            return run(args[1:])
+        except ReleaseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     if args[:1] == ["reference"] and len(args) >= 2:
         from .errors import ReleaseError
 
