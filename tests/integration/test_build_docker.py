@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import artifacts, build, readme
+from whisper_release import artifacts, baseimage, build, readme
 from whisper_release.errors import BuildError
 from whisper_release.pins import load_pins, project_root
 from whisper_release.testing import require_tool
@@ -229,6 +229,22 @@ def test_model_change_requantizes_without_recompiling(
     ).read_bytes()
 
 
+def test_scalar_configuration_fails_the_build(dist: Path, tmp_path: Path) -> None:
+    """The FACTS.md trap: flags that lose AVX2 must stop the build at configure, before compiling."""
+    pins = load_pins()
+    args = build.build_args(pins, baseimage.recipe_for(PROFILE, pins).tag)
+    args["CMAKE_FLAGS"] = args["CMAKE_FLAGS"].replace("-DGGML_AVX2=ON", "-DGGML_AVX2=OFF")
+    context = project_root() / "build" / "context" / PROFILE  # left by the dist fixture's build
+    with pytest.raises(BuildError) as e:
+        build.docker_build(
+            context, "whisper-release/test-failing:latest", args, target="builder", log_path=tmp_path / "log"
+        )
+    msg = str(e.value)
+    assert 'RUN ["/bin/bash", "/packaging/compile.sh"]' in msg
+    assert "cmake chose CPU backend flags '-msse4.2;-mf16c;-mfma;-mbmi2;-mavx'" in msg
+    assert "Building CXX object" not in (tmp_path / "log").read_text()
+
+
 def test_failing_step_is_a_build_error_with_its_last_lines(tmp_path: Path) -> None:
     require_tool("docker")
     tag = subprocess.run(
@@ -277,7 +293,6 @@ def test_unreachable_mirror_is_one_clear_error(tmp_path: Path) -> None:
     require_tool("docker")
     import copy
 
-    from whisper_release import baseimage
     from whisper_release.errors import ToolError
     from whisper_release.pins import Pins
 
