@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import nox
 
 nox.options.sessions = ["unit"]
@@ -19,6 +17,38 @@ def unit(session: nox.Session) -> None:
     """Unit tests of the tooling (fast, no docker, no network)."""
     _install(session)
     session.run("pytest", "tests/unit", *session.posargs)
+
+
+# What `lint` checks; mypy runs per tree because tests/ and verify/ each have a conftest module.
+# benchmarks/ gets ruff only until its conftest is annotated (then add `mypy benchmarks`).
+LINT_PATHS = ["src", "tests", "verify", "benchmarks", "tasks.py", "noxfile.py"]
+
+
+def _lint(session: nox.Session) -> None:
+    session.run("ruff", "check", *LINT_PATHS)
+    session.run("mypy", "src", "tasks.py", "noxfile.py")
+    session.run("mypy", "tests")
+    session.run("mypy", "verify")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint rules of pyproject.toml) and mypy over the library, tests, verify/ and entry points."""
+    session.install("-e", ".[dev]")
+    _lint(session)
+
+
+@nox.session(default=False)
+def docs(session: nox.Session) -> None:
+    """Doc-check: runs the fast commands of docs/ and README.md for real, checks every other one names
+    a real task, session, option or script (tests/unit/test_docs.py), then the documented error texts
+    that need built artifacts (tests/integration/test_docs_errors.py)."""
+    session.install("-e", ".[dev]")
+    session.run("pytest", "tests/unit/test_docs.py", "-p", "no:cacheprovider")
+    session.run(
+        "pytest", "tests/integration/test_docs_errors.py", "-p", "no:cacheprovider",
+        env={"WHISPER_RELEASE_INTEGRATION": "1"},
+    )
 
 
 @nox.session(default=False)
@@ -52,14 +82,17 @@ def build(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI runs (.ci/run -> make test): unit tests, the real offline build, the
+    """Everything CI runs (.ci/run -> make test): lint and types, unit tests, the real offline build, the
     verification suite on what was built, then the integration tests (S3, shell publisher,
     consumer, corruption). Any skip fails the run when CI is set (whisper_release.testing)."""
     session.install("-e", ".[dev]")
+    _lint(session)
     session.run("pytest", "tests/unit", "-p", "no:cacheprovider")
     session.run("invoke", "build", "--profile", "offline")
     session.run("pytest", "verify", "-p", "no:cacheprovider")
-    session.run("pytest", "tests/integration", "-p", "no:cacheprovider", env={"WHISPER_RELEASE_INTEGRATION": "1"})
+    session.run(
+        "pytest", "tests/integration", "-p", "no:cacheprovider", env={"WHISPER_RELEASE_INTEGRATION": "1"}
+    )
 
 
 @nox.session(default=False)

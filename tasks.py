@@ -29,7 +29,8 @@ def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@task(help={"profile": "offline (package index only) or production", "dry_run": "print what would be fetched"})
+@task(help={"profile": "offline (package index only) or production",
+            "dry_run": "print what would be fetched"})
 @_entry
 def fetch(c, profile="offline", dry_run=False):
     """Get every input (source, models, sample audio) and prove each against release.toml."""
@@ -67,8 +68,10 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
     build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))
 
 
-@task(help={"profile": "offline or production", "endpoint": "S3 endpoint (default: AWS_*/MINIO_* env, else the embedded store)",
-            "config": "S3 settings file (TOML)", "force": "replace an existing release with different content",
+@task(help={"profile": "offline or production",
+            "endpoint": "S3 endpoint (default: AWS_*/MINIO_* env, else the embedded store)",
+            "config": "S3 settings file (TOML)",
+            "force": "replace an existing release with different content",
             "dry_run": "plan only: nothing built, nothing uploaded"})
 @_entry
 def release(c, profile="offline", endpoint=None, config=None, force=False, dry_run=False):
@@ -80,7 +83,8 @@ def release(c, profile="offline", endpoint=None, config=None, force=False, dry_r
 
 @task(help={"artifacts": "built release directory", "version": "release version (default: release.toml)",
             "endpoint": "S3 endpoint URL (default: AWS_*/MINIO_* env or --config, else the embedded store)",
-            "config": "S3 settings file (TOML, [s3] table)", "bucket": "bucket (default: release.toml [publish])",
+            "config": "S3 settings file (TOML, [s3] table)",
+            "bucket": "bucket (default: release.toml [publish])",
             "prefix": "key prefix (default: release.toml [publish])",
             "force": "replace an existing release with different content",
             "create_bucket": "create the bucket if missing (the embedded store's is always created)",
@@ -107,9 +111,11 @@ def store(c, start=False, stop=False, status=False, show_credentials=False, dry_
     store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run)
 
 
-@task(help={"release": "release version or 'latest' (newest complete release)", "model": "model name, e.g. base",
+@task(help={"release": "release version or 'latest' (newest complete release)",
+            "model": "model name, e.g. base",
             "dest": "target directory (default ./whisper_<model>_xeon-<version>)",
-            "list_": "list published releases and their models", "force": "replace DEST if it holds something else",
+            "list_": "list published releases and their models",
+            "force": "replace DEST if it holds something else",
             "dry_run": "check the release in the bucket, download nothing"})
 @_entry
 def pull(c, release="latest", model=None, dest=None, list_=False, force=False, dry_run=False):

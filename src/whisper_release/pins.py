@@ -190,7 +190,9 @@ def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"Pins file {p} does not exist: run from the repository root or set WHISPER_RELEASE_ROOT.") from None
+        raise ConfigError(
+            f"Pins file {p} does not exist: run from the repository root or set WHISPER_RELEASE_ROOT."
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Pins file {p} is not valid TOML ({e}); fix the syntax.") from None
     for section in ("release", "index", "source", "assets", "profiles", "models", "sample", "build"):

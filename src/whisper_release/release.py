@@ -29,7 +29,8 @@ class StepTimes:
 
 def run_verify_suite(artifacts: Path, *, extra: list[str] | None = None) -> None:
     """Run the acceptance suite (verify/) against `artifacts` in a subprocess; raise if it fails."""
-    cmd = [sys.executable, "-m", "pytest", str(project_root() / "verify"), "-p", "no:cacheprovider", *(extra or [])]
+    verify_dir = str(project_root() / "verify")
+    cmd = [sys.executable, "-m", "pytest", verify_dir, "-p", "no:cacheprovider", *(extra or [])]
     env = dict(os.environ, WHISPER_RELEASE_ARTIFACTS=str(artifacts.resolve()))
     info(f"+ WHISPER_RELEASE_ARTIFACTS={artifacts} {quote(cmd)}")
     rc = subprocess.run(cmd, env=env, cwd=project_root()).returncode

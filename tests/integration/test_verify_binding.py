@@ -59,7 +59,7 @@ def source_dir() -> Path:
 
 def _fields(struct: type[ctypes.Structure], prefix: str = "") -> Iterator[tuple[str, int, int]]:
     """(C member path, offset, size) of every field, nested structures flattened."""
-    for name, ctype in struct._fields_:  # type: ignore[attr-defined]
+    for name, ctype, *_bits in struct._fields_:
         desc = getattr(struct, name)
         yield prefix + name, desc.offset, desc.size
         if isinstance(ctype, type) and issubclass(ctype, ctypes.Structure):

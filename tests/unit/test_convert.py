@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -123,8 +124,12 @@ def fake_assets(d: Path, n_mels: int, n_tokens: int = 20) -> Path:
     """A mel_filters.npz and both tiktoken files in openai-whisper's formats, with made-up values."""
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
-    np.savez(d / "mel_filters.npz", **{f"mel_{n_mels}": rng.random((n_mels, 5)).astype(np.float32),
-                                      "mel_3": np.zeros((3, 5), np.float32)})
+    # Typed loosely: numpy's stubs read a ** dict as possibly holding savez's allow_pickle flag.
+    arrays: dict[str, Any] = {
+        f"mel_{n_mels}": rng.random((n_mels, 5)).astype(np.float32),
+        "mel_3": np.zeros((3, 5), np.float32),
+    }
+    np.savez(d / "mel_filters.npz", **arrays)
     for fname, salt in (("gpt2.tiktoken", b"en"), ("multilingual.tiktoken", b"ml")):
         lines = [base64.b64encode(salt + bytes([i]) * (i % 4)) + b" %d" % i for i in range(n_tokens)]
         (d / fname).write_bytes(b"\n".join(lines) + b"\n")
