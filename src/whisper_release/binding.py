@@ -34,6 +34,7 @@ import numpy as np
 
 from . import cpu
 from .errors import VerificationError
+from .pins import HPARAM_ORDER
 
 LIBRARY = "libwhisper.so"
 SAMPLE_RATE = 16000
@@ -178,34 +179,11 @@ _FUNCTIONS: list[tuple[str, Any, list[Any]]] = [  # type: ignore[assignment]
     ("whisper_model_type_readable", c_char_p, [_CTX]),
 ] + [
     (f"whisper_model_{h}", c_int, [_CTX])
-    for h in (
-        "n_vocab",
-        "n_audio_ctx",
-        "n_audio_state",
-        "n_audio_head",
-        "n_audio_layer",
-        "n_text_ctx",
-        "n_text_state",
-        "n_text_head",
-        "n_text_layer",
-        "n_mels",
-        "ftype",
-    )
+    for h in HPARAM_ORDER
 ]
 
-HPARAM_GETTERS = (
-    "n_vocab",
-    "n_audio_ctx",
-    "n_audio_state",
-    "n_audio_head",
-    "n_audio_layer",
-    "n_text_ctx",
-    "n_text_state",
-    "n_text_head",
-    "n_text_layer",
-    "n_mels",
-    "ftype",
-)
+# whisper.h has one getter per ggml header field: whisper_model_<name>.
+HPARAM_GETTERS = HPARAM_ORDER
 
 
 @dataclass(frozen=True)

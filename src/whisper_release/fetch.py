@@ -7,7 +7,6 @@ really has to be downloaded.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import tarfile
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import index
+from .artifacts import sha256_file
 from .cache import Cache
 from .download import RetryPolicy, download
 from .errors import VerificationError
@@ -100,7 +100,7 @@ class _Fetcher:
         if item is not None:
             marker = self.cache.read_marker(item) or {}
             recorded = marker.get("files", {})
-            if all((item / n).is_file() and _sha256(item / n) == recorded.get(n) for n in members):
+            if all((item / n).is_file() and sha256_file(item / n) == recorded.get(n) for n in members):
                 self._record(
                     Record(
                         f"assets ({pkg.name} {pkg.version})",
@@ -132,7 +132,7 @@ class _Fetcher:
                                 f"check [assets] in release.toml."
                             )
                         (staging / name).write_bytes(src.read())
-                        files[name] = _sha256(staging / name)
+                        files[name] = sha256_file(staging / name)
             except tarfile.TarError as e:
                 raise VerificationError(f"{pkg.filename} cannot be read as a tar archive ({e}).") from None
             item = self.cache.commit_item(staging, "assets", key, {"sdist_sha256": key, "files": files})
@@ -212,14 +212,6 @@ class _Fetcher:
         return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ---- the contract (docs/contracts.md) --------------------------------------------------------
 
 
@@ -273,7 +265,7 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
             },
         },
         "models": {},
-        "sample": {"path": pins.sample["path"], "sha256": None if dry_run else _sha256(sample)},
+        "sample": {"path": pins.sample["path"], "sha256": None if dry_run else sha256_file(sample)},
     }
     for name in prof.models:
         pin = pins.model(name)

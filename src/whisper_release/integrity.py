@@ -7,7 +7,6 @@ found, and what to do.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ggml
+from .artifacts import sha256_file
 from .errors import VerificationError
 from .pins import HPARAM_ORDER, ModelPin
 
@@ -44,14 +44,6 @@ class Finding:
 
 def format_findings(findings: Iterable[Finding]) -> str:
     return "\n".join(f"  - {f}" for f in findings)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- the q5_1 model file: structure ---------------------------------------------------------------

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .artifacts import sha256_file
 from .console import info
 from .errors import PublishError, VerificationError
 from .s3config import S3Config, shorten_key
@@ -67,14 +68,6 @@ class LocalObject:
         if self.relpath == MANIFEST:
             return 2
         return 1 if Path(self.relpath).name == SUMS else 0
-
-
-def sha256_file(path: Path, chunk: int = MiB) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _parse_sums(path: Path) -> dict[str, str]:

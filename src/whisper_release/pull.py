@@ -24,6 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .artifacts import sha256_file
 from .console import info
 from .errors import ConfigError, FetchError, VerificationError
 
@@ -227,14 +228,6 @@ def parse_sums(text: str, where: str) -> dict[str, str]:
     if not sums:
         raise VerificationError(f"{where} lists no files; republish the release.")
     return sums
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
