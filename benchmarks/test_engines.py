@@ -37,10 +37,11 @@ def test_load(
 ) -> None:
     cfg, _ = case
     w = workers.get(cfg, clips)
-    benchmark.pedantic(
-        lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
-    )
-    _info(benchmark, cfg, "load", quiet_host, peak_rss=w.call("rss"))
+    with bench.CpuMonitor([w.proc.pid]) as mon:
+        benchmark.pedantic(
+            lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
+        )
+    _info(benchmark, cfg, "load", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
 
 
 def test_encode(
@@ -49,10 +50,11 @@ def test_encode(
     cfg, _ = case
     w = workers.get(cfg, clips)
     w.call("load")
-    benchmark.pedantic(
-        lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
-    )
-    _info(benchmark, cfg, "encode", quiet_host, peak_rss=w.call("rss"))
+    with bench.CpuMonitor([w.proc.pid]) as mon:
+        benchmark.pedantic(
+            lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
+        )
+    _info(benchmark, cfg, "encode", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
 
 
 def test_transcribe(
@@ -69,7 +71,8 @@ def test_transcribe(
         texts[:] = w.call("transcribe", opts=opts.__dict__)
 
     # Warm-up: the whole set once (caches, thread pools, the beam decoders' buffers).
-    benchmark.pedantic(run, rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1)
+    with bench.CpuMonitor([w.proc.pid]) as mon:
+        benchmark.pedantic(run, rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1)
     result = wer.corpus_wer([c.reference for c in clips], texts)
     audio_s = sum(bench.clip_seconds(c.path) for c in clips)
     _info(
@@ -79,6 +82,7 @@ def test_transcribe(
         quiet_host,
         decode=decode,
         peak_rss=w.call("rss"),
+        foreign_cpu_share=mon.foreign_share,
         audio_seconds=audio_s,
         n_clips=len(clips),
         rtf=benchmark.stats.stats.median / audio_s,

@@ -37,6 +37,7 @@ from .pins import Pins, load_pins, project_root
 
 LOCK_PATH = Path(os.environ.get("WHISPER_RELEASE_CPU_LOCK", "/tmp/whisper-cpu.lock"))
 MAX_LOAD = 1.5
+MAX_FOREIGN_SHARE = 0.10
 REFERENCES = ("native", "generic")
 REFERENCE_REPO = "whisper-release/reference"
 
@@ -153,6 +154,40 @@ def quiet_host(timeout: float = 600.0, max_load: float | None = MAX_LOAD) -> Ite
     with cpu_lock():
         wait_quiet(timeout=timeout, max_load=max_load)
         yield
+
+
+class CpuMonitor:
+    """CPU time spent by other processes while something is timed (from /proc/stat, minus this
+    process and its workers). Builds are refused up front; this catches any other busy neighbour."""
+
+    def __init__(self, pids: Sequence[int] = ()) -> None:
+        self.pids = [os.getpid(), *pids]
+
+    @staticmethod
+    def _busy_ticks() -> int:
+        f = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f[:8])
+        return user + nice + system + irq + softirq + steal
+
+    def _own_ticks(self) -> int:
+        total = 0
+        for pid in self.pids:
+            try:
+                parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += sum(int(x) for x in parts[11:15])  # utime, stime, cutime, cstime
+        return total
+
+    def __enter__(self) -> CpuMonitor:
+        self._t0, self._busy0, self._own0 = time.perf_counter(), self._busy_ticks(), self._own_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        hz = os.sysconf("SC_CLK_TCK")
+        wall = time.perf_counter() - self._t0
+        foreign = max(0, (self._busy_ticks() - self._busy0) - (self._own_ticks() - self._own0)) / hz
+        self.foreign_share = foreign / max(wall * (os.cpu_count() or 1), 1e-9)
 
 
 # ---- reference builds ----------------------------------------------------------------------------
@@ -655,6 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["worker"]:
         return worker_main()
+    if args[:1] == ["tune"]:
+        from .errors import ReleaseError
+
+        try:
+            info(f"results: {tune(args[1] if len(args) > 1 else 'base', quick='--quick' in args)}")
+            return 0
+        except ReleaseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
     if args[:1] == ["run"]:
         from .errors import ReleaseError
 
@@ -675,10 +719,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print("usage: python -m whisper_release.bench worker | reference native|generic ...", file=sys.stderr)
     return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 # ---- model files ---------------------------------------------------------------------------------
@@ -880,3 +920,152 @@ def clip_seconds(path: str | os.PathLike[str]) -> float:
 
     with wave.open(str(path), "rb") as w:
         return w.getnframes() / float(w.getframerate())
+
+
+# ---- the speed investigation (docs/performance.md) ---------------------------------------------
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    spec: EngineSpec
+    opts: DecodeOptions
+
+
+def tuning_variants(model: str, q5_1: str, q8_0: str | None, ct2_dir: str, lib: str) -> list[Variant]:
+    """What was tried for speed, each against the library defaults (same model, audio, threads)."""
+    cpp = EngineSpec("whisper.cpp", q5_1, lib_dir=lib)
+    greedy, beam = DecodeOptions(), DecodeOptions(beam=5)
+    no_fb = DecodeOptions(temperature_fallback=False)
+    fit = DecodeOptions(fit_audio_ctx=True, temperature_fallback=False)
+    out = [
+        Variant("defaults (flash attention on), greedy", cpp, greedy),
+        Variant("defaults, beam 5", cpp, beam),
+        Variant("flash attention off", EngineSpec("whisper.cpp", q5_1, lib_dir=lib, flash_attn=False),
+                greedy),
+        Variant("OMP_WAIT_POLICY=passive", EngineSpec("whisper.cpp", q5_1, lib_dir=lib,
+                                                      env={"OMP_WAIT_POLICY": "passive"}), greedy),
+        Variant("OMP_WAIT_POLICY=active", EngineSpec("whisper.cpp", q5_1, lib_dir=lib,
+                                                     env={"OMP_WAIT_POLICY": "active"}), greedy),
+        Variant("OMP_PROC_BIND=close, OMP_PLACES=cores", EngineSpec(
+            "whisper.cpp", q5_1, lib_dir=lib, env={"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"}), greedy),
+        Variant("temperature fallback off", cpp, no_fb),
+        Variant("no_timestamps + single_segment", cpp, DecodeOptions(no_timestamps=True, single_segment=True,
+                                                                     temperature_fallback=False)),
+        Variant("audio_ctx fitted to the clip, fallback off", cpp, fit),
+        Variant("audio_ctx fitted, beam 5", cpp, DecodeOptions(beam=5, fit_audio_ctx=True,
+                                                              temperature_fallback=False)),
+    ]  # fmt: skip
+    if q8_0:
+        q8 = EngineSpec("whisper.cpp", q8_0, lib_dir=lib)
+        out += [Variant("q8_0 model, greedy", q8, greedy), Variant("q8_0 model, audio_ctx fitted", q8, fit)]
+    out += [
+        Variant(
+            "faster-whisper int8, greedy", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), greedy
+        ),
+        Variant(
+            "faster-whisper int8, beam 5", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), beam
+        ),
+    ]
+    return out
+
+
+def time_variant(v: Variant, clips: Sequence[Any], threads: int = 2, rounds: int = 2) -> dict[str, Any]:
+    """Median seconds for the whole clip set (after one warm-up pass), WER and peak RSS."""
+    from . import wer
+
+    with Worker(v.spec, threads) as w:
+        w.call("load")
+        w.call("audio", paths=[str(c.path) for c in clips])
+        w.call("transcribe", opts=asdict(v.opts))
+        times: list[float] = []
+        shares: list[float] = []
+        texts: list[str] = []
+        attempts = 0
+        while len(times) < rounds:
+            check_quiet(max_load=None)
+            with CpuMonitor([w.proc.pid]) as mon:
+                t0 = time.perf_counter()
+                texts = w.call("transcribe", opts=asdict(v.opts))
+                dt = time.perf_counter() - t0
+            attempts += 1
+            # A round during which other processes took over 10% of the CPUs is not kept.
+            if mon.foreign_share <= MAX_FOREIGN_SHARE or attempts >= 3 * rounds:
+                times.append(dt)
+                shares.append(mon.foreign_share)
+            else:
+                info(f"  round discarded ({v.name}): others took {mon.foreign_share:.0%} of the CPUs")
+        rss = w.call("rss")
+    result = wer.corpus_wer([c.reference for c in clips], texts)
+    return {"variant": v.name, "median_s": float(np.median(times)), "times": times, "wer": result.wer,
+            "foreign_cpu_share": max(shares),
+            "peak_rss": rss, "opts": asdict(v.opts), "spec": asdict(v.spec)}  # fmt: skip
+
+
+def tune(model: str = "base", *, rounds: int = 2, quick: bool = False, pins: Pins | None = None) -> Path:
+    """Run every tuning variant on `model` (artifact q5_1 unless a variant says otherwise) under the
+    CPU lock; write dist/bench/tuning.json and print a table."""
+    from . import wer
+    from .fetch import fetch_source
+
+    pins = pins or load_pins()
+    root = project_root()
+    art = artifact_dir(model, root)
+    q5 = art / f"ggml-{model}-q5_1.bin"
+    q8 = q8_0_model(model, pins)
+    source = fetch_source(pins, pins.profile("offline").source)
+    s = pins.sample
+    clips = (
+        [wer.Clip("jfk", source / s["path"], s["reference"])]
+        if quick
+        else wer.sample_set(source / s["path"], s["reference"], root / "verify" / "clips.txt")
+    )
+    threads = int(pins.raw.get("bench", {}).get("threads", 2))
+    variants = tuning_variants(
+        model, str(q5), str(q8) if q8 else None, str(ct2_model_dir(model, pins)), str(art)
+    )
+    results = []
+    with quiet_host():
+        env = environment(threads, pins)
+        for v in variants:
+            r = time_variant(v, clips, threads, rounds)
+            info(
+                f"{r['median_s']:8.3f} s  WER {r['wer']:.3f}  RSS {r['peak_rss'] / 2**20:5.0f} MiB  {v.name}"
+            )
+            results.append(r)
+    out = root / "dist" / "bench" / "tuning.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(".tuning.json.tmp")
+    audio_s = sum(clip_seconds(c.path) for c in clips)
+    tmp.write_text(json.dumps({"environment": env, "model": model, "audio_seconds": audio_s,
+                               "n_clips": len(clips), "results": results}, indent=2))  # fmt: skip
+    os.replace(tmp, out)
+    return out
+
+
+def q8_0_model(model: str, pins: Pins) -> Path | None:
+    """The f16 model quantized to q8_0 with a reference build's whisper-quantize (cached), or None
+    when no reference build with whisper-quantize has been extracted."""
+    from .cache import cache_root
+    from .fetch import fetch_model
+
+    for ref in REFERENCES:
+        tool = reference_dir(ref) / "bin" / "whisper-quantize"
+        if tool.is_file():
+            break
+    else:
+        return None
+    f16 = fetch_model(pins, model)
+    out = cache_root() / "bench" / "q8_0" / f"ggml-{model}-q8_0-{f16.parent.name}.bin"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        proc = subprocess.run([str(tool), str(f16), str(tmp), "q8_0"], capture_output=True, text=True,
+                              env=dict(os.environ, LD_LIBRARY_PATH=str(tool.parent.parent)))  # fmt: skip
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise ToolError(f"{tool} failed to make q8_0 of {f16}: {proc.stderr.strip()[-300:]}")
+        os.replace(tmp, out)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -37,6 +37,7 @@ class Row:
     wer: float | None = None
     audio_seconds: float | None = None
     random_weights: bool = False
+    foreign_cpu_share: float | None = None  # CPU share other processes took while this was timed
 
     @property
     def key(self) -> tuple[str, str, str | None]:
@@ -80,6 +81,7 @@ def load_rows(path: str | os.PathLike[str]) -> tuple[list[Row], dict[str, Any]]:
                 stddev=float(s["stddev"]), rounds=int(s["rounds"]), peak_rss=x.get("peak_rss"),
                 rtf=x.get("rtf"), wer=x.get("wer"), audio_seconds=x.get("audio_seconds"),
                 random_weights=bool(x.get("random_weights", False)),
+                foreign_cpu_share=x.get("foreign_cpu_share"),
             )
         )  # fmt: skip
     if not rows:
@@ -197,14 +199,16 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
     lines += [
         "## All measurements",
         "",
-        "| config | op | decode | median s | min s | rounds | RTF | WER | peak RSS MiB | weights |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        "| config | op | decode | median s | min s | rounds | RTF | WER | peak RSS MiB | others' CPU "
+        "| weights |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(rows, key=lambda r: (r.model, r.op, r.decode or "", r.median)):
         lines.append(
             f"| {r.config} | {r.op} | {r.decode or ''} | {r.median:.3f} | {r.minimum:.3f} | {r.rounds} | "
             f"{'' if r.rtf is None else f'{r.rtf:.3f}'} | {'' if r.wer is None else f'{r.wer:.3f}'} | "
             f"{'' if not r.peak_rss else f'{r.peak_rss / MiB:.0f}'} | "
+            f"{'' if r.foreign_cpu_share is None else f'{r.foreign_cpu_share:.0%}'} | "
             f"{'random weights' if r.random_weights else 'real'} |"
         )
     if charts:
