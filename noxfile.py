@@ -21,7 +21,7 @@ def unit(session: nox.Session) -> None:
 
 # What `lint` checks; mypy runs per tree because tests/ and verify/ each have a conftest module.
 # benchmarks/ gets ruff only until its conftest is annotated (then add `mypy benchmarks`).
-LINT_PATHS = ["src", "tests", "verify", "benchmarks", "tasks.py", "noxfile.py"]
+LINT_PATHS = ["src", "tests", "verify", "benchmarks", "docs/examples", "tasks.py", "noxfile.py"]
 
 
 def _lint(session: nox.Session) -> None:
@@ -29,6 +29,7 @@ def _lint(session: nox.Session) -> None:
     session.run("mypy", "src", "tasks.py", "noxfile.py")
     session.run("mypy", "tests")
     session.run("mypy", "verify")
+    session.run("mypy", "docs/examples")
 
 
 @nox.session

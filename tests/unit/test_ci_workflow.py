@@ -21,7 +21,10 @@ def nox_sessions() -> set[str]:
     """Session names as nox itself lists them (`nox -l`: `* name -> doc` or `- name -> doc`)."""
     out = subprocess.run(
         [sys.executable, "-m", "nox", "-l", "-f", str(ROOT / "noxfile.py")],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return set(re.findall(r"^[*-] (\S+)(?: ->|$)", out, re.M))
 
