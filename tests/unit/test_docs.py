@@ -6,6 +6,7 @@ Commands that need built artifacts or a staged failure run in tests/integration/
 from __future__ import annotations
 
 import functools
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -220,3 +221,30 @@ def test_text_pattern_wildcard_and_order():
     assert pat.search("x\nerror: a /some/path b\nnext\n")
     assert not pat.search("error: a /some/path c\nnext\n")
     assert not Path("/nonexistent-doccheck").exists()
+
+
+def test_systemd_units_and_dockerfiles_in_the_docs_name_real_options_and_files():
+    """The ini and dockerfile blocks are not run (no systemd, no docker build here); their commands
+    must still name the service script's real options and files that exist."""
+    service = ROOT / "docs" / "examples" / "service.py"
+    service_opts = _options(_help(str(BIN / "python"), str(service), "--help"))
+    units = [b for b in ALL if b.lang == "ini" and "ExecStart=" in b.body]
+    dockerfiles = [b for b in ALL if b.lang == "dockerfile"]
+    assert units and dockerfiles, "docs/deployment.md lost its systemd unit or runtime Dockerfile"
+    for b in units:
+        (exec_line,) = re.findall(r"^ExecStart=(.*)$", b.body, re.M)
+        argv = exec_line.split()
+        assert argv[1].endswith("/service.py"), (
+            f"{b.where}: ExecStart runs {argv[1]}, not the service example"
+        )
+        assert not _check_options(argv[2:], service_opts, "service.py"), _check_options(
+            argv[2:], service_opts, ""
+        )
+    for b in dockerfiles:
+        for src in re.findall(r"^COPY\s+(\S+)\s", b.body, re.M):
+            # whisper_<model>_xeon/ is the artifact directory the reader copies next to the Dockerfile.
+            assert src.startswith("whisper_") or (ROOT / src).exists(), f"{b.where}: COPY {src}: no such path"
+        cmd = re.search(r"^CMD\s+(\[.*\])$", b.body, re.M)
+        assert cmd, f"{b.where}: no exec-form CMD"
+        argv = json.loads(cmd.group(1))
+        assert not _check_options(argv, service_opts, "service.py"), f"{b.where}: CMD {argv}"
