@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("whisper-release benchmark")
-    g.addoption("--bench-quick", action="store_true", help="jfk.wav only, no generated models")
+    g.addoption("--bench-quick", action="store_true", help="jfk.wav only; no generated models unless named")
     g.addoption("--bench-models", default="tiny.en,base", help="real models, smallest first")
     g.addoption("--bench-generated", default=None, help="generated models (default: release.toml [bench])")
     g.addoption("--bench-rounds", type=int, default=2, help="timed rounds per benchmark")
@@ -29,16 +29,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _matrix(config: pytest.Config) -> list[bench.Config]:
     pins = load_pins()
     generated = config.getoption("--bench-generated")
-    gen = (
-        [g for g in generated.split(",") if g]
-        if generated is not None
-        else list(pins.raw.get("bench", {}).get("generated_models", []))
-    )
+    if generated is not None:
+        gen = [g for g in generated.split(",") if g]
+    elif config.getoption("--bench-quick"):
+        gen = []
+    else:
+        gen = list(pins.raw.get("bench", {}).get("generated_models", []))
     return bench.matrix(
-        pins,
-        models=[m for m in config.getoption("--bench-models").split(",") if m],
-        generated=gen,
-        quick=config.getoption("--bench-quick"),
+        pins, models=[m for m in config.getoption("--bench-models").split(",") if m], generated=gen
     )
 
 

@@ -172,3 +172,18 @@ def test_worker_process_names_the_engine_when_it_fails(tmp_path):
     with pytest.raises(ReleaseError, match=r"worker for whisper.cpp .*none.bin failed at 'init'"):
         bench.Worker(spec)
     assert os.environ.get("BENCH_THREADS") is None
+
+
+def test_cpu_monitor_counts_other_processes_not_the_listed_ones():
+    spin = [sys.executable, "-c", "import time\nt = time.time() + 1.5\nwhile time.time() < t: pass"]
+    other = subprocess.Popen(spin)
+    with bench.CpuMonitor() as foreign:
+        time.sleep(1.0)
+    other.wait()
+    mine = subprocess.Popen(spin)
+    with bench.CpuMonitor([mine.pid]) as listed:
+        time.sleep(1.0)
+    mine.wait()
+    # One busy process on this host's CPUs: about 1/cpu_count of them, whatever else runs.
+    assert foreign.foreign_share >= 0.6 / (os.cpu_count() or 1)
+    assert listed.foreign_share < foreign.foreign_share
