@@ -9,7 +9,8 @@ nox.options.reuse_existing_virtualenvs = True
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
+    # dev, not just test: the doc-check and the workflow test run invoke and nox as documented.
+    session.install("-e", ".[dev]")
 
 
 @nox.session
