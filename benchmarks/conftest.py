@@ -15,6 +15,7 @@ from whisper_release.pins import Pins, load_pins, project_root
 
 pytest_plugins = ["whisper_release.testing"]
 HERE = Path(__file__).parent
+ENV_KEY = pytest.StashKey[dict[str, Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -94,7 +95,14 @@ def clips(pins: Pins, request: pytest.FixtureRequest) -> list[wer.Clip]:
 def quiet_host(request: pytest.FixtureRequest, threads: int, pins: Pins) -> Iterator[dict[str, Any]]:
     """The CPU lock for the whole session, taken only once nothing builds and the load is low."""
     with bench.quiet_host(max_load=request.config.getoption("--bench-max-load")):
-        yield bench.environment(threads, pins)
+        env = bench.environment(threads, pins)
+        request.config.stash[ENV_KEY] = env
+        yield env
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    # Host CPU, threads and versions as seen when the timing started: the report prints them.
+    machine_info["whisper_release"] = config.stash.get(ENV_KEY, None)
 
 
 @pytest.fixture(autouse=True)

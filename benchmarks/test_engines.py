@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from whisper_release import bench, wer
 
 
@@ -93,10 +91,3 @@ def test_transcribe(
     # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.
     ceiling = float(request.getfixturevalue("pins").verify["wer_ceiling"].get(cfg.model, 1.0))
     assert result.wer <= ceiling + 0.10, f"{cfg.id} {decode}: WER {result.wer:.3f} on the sample set"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _record_environment(quiet_host: dict, request: Any) -> None:
-    bs = getattr(request.config, "_benchmarksession", None)
-    if bs is not None:
-        bs.machine_info.setdefault("whisper_release", quiet_host)

@@ -694,7 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import ReleaseError
 
         try:
-            info(f"results: {tune(args[1] if len(args) > 1 else 'base', quick='--quick' in args)}")
+            rest = [a for a in args[1:] if not a.startswith("--")]
+            only = [a.split("=", 1)[1] for a in args if a.startswith("--only=")]
+            info(f"results: {tune(rest[0] if rest else 'base', quick='--quick' in args, only=only)}")
             return 0
         except ReleaseError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -930,7 +932,9 @@ class Variant:
     opts: DecodeOptions
 
 
-def tuning_variants(model: str, q5_1: str, q8_0: str | None, ct2_dir: str, lib: str) -> list[Variant]:
+def tuning_variants(
+    model: str, q5_1: str, q8_0: str | None, ct2_dir: str, lib: str, f16: str | None = None
+) -> list[Variant]:
     """What was tried for speed, each against the library defaults (same model, audio, threads)."""
     cpp = EngineSpec("whisper.cpp", q5_1, lib_dir=lib)
     greedy, beam = DecodeOptions(), DecodeOptions(beam=5)
@@ -954,6 +958,8 @@ def tuning_variants(model: str, q5_1: str, q8_0: str | None, ct2_dir: str, lib: 
         Variant("audio_ctx fitted, beam 5", cpp, DecodeOptions(beam=5, fit_audio_ctx=True,
                                                               temperature_fallback=False)),
     ]  # fmt: skip
+    if f16:
+        out.append(Variant("f16 model, audio_ctx fitted", EngineSpec("whisper.cpp", f16, lib_dir=lib), fit))
     if q8_0:
         q8 = EngineSpec("whisper.cpp", q8_0, lib_dir=lib)
         out += [Variant("q8_0 model, greedy", q8, greedy), Variant("q8_0 model, audio_ctx fitted", q8, fit)]
@@ -1000,9 +1006,16 @@ def time_variant(v: Variant, clips: Sequence[Any], threads: int = 2, rounds: int
             "peak_rss": rss, "opts": asdict(v.opts), "spec": asdict(v.spec)}  # fmt: skip
 
 
-def tune(model: str = "base", *, rounds: int = 2, quick: bool = False, pins: Pins | None = None) -> Path:
-    """Run every tuning variant on `model` (artifact q5_1 unless a variant says otherwise) under the
-    CPU lock; write dist/bench/tuning.json and print a table."""
+def tune(
+    model: str = "base",
+    *,
+    rounds: int = 2,
+    quick: bool = False,
+    only: Sequence[str] = (),
+    pins: Pins | None = None,
+) -> Path:
+    """Run the tuning variants (all, or those whose name contains one of `only`) on `model` under
+    the CPU lock; write dist/bench/tuning-<model>[-quick].json and print a table."""
     from . import wer
     from .fetch import fetch_source
 
@@ -1019,9 +1032,14 @@ def tune(model: str = "base", *, rounds: int = 2, quick: bool = False, pins: Pin
         else wer.sample_set(source / s["path"], s["reference"], root / "verify" / "clips.txt")
     )
     threads = int(pins.raw.get("bench", {}).get("threads", 2))
+    from .fetch import fetch_model
+
     variants = tuning_variants(
-        model, str(q5), str(q8) if q8 else None, str(ct2_model_dir(model, pins)), str(art)
-    )
+        model, str(q5), str(q8) if q8 else None, str(ct2_model_dir(model, pins)), str(art),
+        str(fetch_model(pins, model)),
+    )  # fmt: skip
+    if only:
+        variants = [v for v in variants if any(o in v.name for o in only)]
     results = []
     with quiet_host():
         env = environment(threads, pins)
@@ -1031,9 +1049,9 @@ def tune(model: str = "base", *, rounds: int = 2, quick: bool = False, pins: Pin
                 f"{r['median_s']:8.3f} s  WER {r['wer']:.3f}  RSS {r['peak_rss'] / 2**20:5.0f} MiB  {v.name}"
             )
             results.append(r)
-    out = root / "dist" / "bench" / "tuning.json"
+    out = root / "dist" / "bench" / f"tuning-{model}{'-quick' if quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tuning.json.tmp")
+    tmp = out.with_name(f".{out.name}.tmp")
     audio_s = sum(clip_seconds(c.path) for c in clips)
     tmp.write_text(json.dumps({"environment": env, "model": model, "audio_seconds": audio_s,
                                "n_clips": len(clips), "results": results}, indent=2))  # fmt: skip
