@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import deque
@@ -52,9 +53,10 @@ class BuildInputs:
 
 
 def fetch_inputs(profile: str, pins: Pins) -> BuildInputs:
-    from .fetch import fetch_profile
+    from .fetch import fetch_profile, print_report
 
     r = fetch_profile(profile, pins=pins)
+    print_report(r, file=sys.stderr)  # a build (and a release) shows which proven inputs it used
     return BuildInputs(profile, Path(r.source_dir), {k: Path(v) for k, v in r.models.items()}, r.provenance())
 
 
