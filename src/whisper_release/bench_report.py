@@ -17,6 +17,8 @@ from typing import Any
 from .errors import ConfigError
 
 MiB = 1024 * 1024
+# A measurement during which other processes took more than this share of the CPUs is flagged.
+DISTURBED_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class Row:
     foreign_cpu_share: float | None = None  # CPU share other processes took while this was timed
 
     @property
+    def disturbed(self) -> bool:
+        return (self.foreign_cpu_share or 0.0) > DISTURBED_SHARE
+
+    @property
     def key(self) -> tuple[str, str, str | None]:
         return (self.model, self.op, self.decode)
 
@@ -53,6 +59,7 @@ class Ratio:
     subject_value: float
     baseline_value: float
     unit: str = "s"
+    disturbed: bool = False  # either side was timed while other processes took the CPUs
 
     @property
     def ratio(self) -> float:
@@ -104,6 +111,14 @@ def _label(r: Row) -> str:
     return f"{r.engine} {r.quant}"
 
 
+def _ratio(section: str, what: str, a: Row, b: Row, subject: str, baseline: str, rss: bool = False) -> Ratio:
+    if rss:
+        va, vb, unit = (a.peak_rss or 0) / MiB, (b.peak_rss or 0) / MiB, "MiB"
+    else:
+        va, vb, unit = a.median, b.median, "s"
+    return Ratio(section, what, subject, baseline, va, vb, unit, a.disturbed or b.disturbed)
+
+
 def ratios(rows: Sequence[Row], quant: str = "q5_1") -> list[Ratio]:
     """Every comparison the report makes, where both sides were measured."""
     out: list[Ratio] = []
@@ -127,28 +142,18 @@ def ratios(rows: Sequence[Row], quant: str = "q5_1") -> list[Ratio]:
                 continue
             for peer in same:
                 if peer.engine != "whisper.cpp":
-                    out.append(Ratio("peers", what, _label(art), _label(peer), art.median, peer.median))
+                    out.append(_ratio("peers", what, art, peer, _label(art), _label(peer)))
         if op == "transcribe":
             art = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
             tuned = _find(same, build="tuned", quant=quant, engine="whisper.cpp")
             if art and tuned:
-                out.append(Ratio("tuning", what, _label(tuned), _label(art), tuned.median, art.median))
+                out.append(_ratio("tuning", what, tuned, art, _label(tuned), _label(art)))
         qr = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
         fr = _find(same, build="artifact", quant="f16", engine="whisper.cpp")
         if qr and fr:
-            out.append(Ratio("quantisation", f"{what} speed", f"{quant}", "f16", qr.median, fr.median))
+            out.append(_ratio("quantisation", f"{what} speed", qr, fr, quant, "f16"))
             if op == "load" and qr.peak_rss and fr.peak_rss:
-                out.append(
-                    Ratio(
-                        "quantisation",
-                        f"{model} peak RSS",
-                        quant,
-                        "f16",
-                        qr.peak_rss / MiB,
-                        fr.peak_rss / MiB,
-                        "MiB",
-                    )
-                )
+                out.append(_ratio("quantisation", f"{model} peak RSS", qr, fr, quant, "f16", rss=True))
     return out
 
 
@@ -170,6 +175,8 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "(runs refuse to start during builds)",
         "- Times are medians of the timed rounds after a warm-up round; ratios are subject ÷ baseline "
         "(below 1: the subject is faster).",
+        f"- †: other processes took more than {DISTURBED_SHARE:.0%} of the CPUs while this was timed "
+        "(measured from /proc/stat); rerun before trusting it.",
         "",
     ]
     groups: dict[str, list[Ratio]] = {}
@@ -193,7 +200,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         for q in groups[section]:
             lines.append(
                 f"| {q.what} | {q.subject} | {q.baseline} | {_fmt(q.subject_value, q.unit)} | "
-                f"{_fmt(q.baseline_value, q.unit)} | {q.ratio:.2f} |"
+                f"{_fmt(q.baseline_value, q.unit)} | {q.ratio:.2f}{' †' if q.disturbed else ''} |"
             )
         lines.append("")
     lines += [
@@ -204,11 +211,16 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in sorted(rows, key=lambda r: (r.model, r.op, r.decode or "", r.median)):
+        others = (
+            ""
+            if r.foreign_cpu_share is None
+            else f"{r.foreign_cpu_share:.0%}" + (" †" if r.disturbed else "")
+        )
         lines.append(
             f"| {r.config} | {r.op} | {r.decode or ''} | {r.median:.3f} | {r.minimum:.3f} | {r.rounds} | "
             f"{'' if r.rtf is None else f'{r.rtf:.3f}'} | {'' if r.wer is None else f'{r.wer:.3f}'} | "
             f"{'' if not r.peak_rss else f'{r.peak_rss / MiB:.0f}'} | "
-            f"{'' if r.foreign_cpu_share is None else f'{r.foreign_cpu_share:.0%}'} | "
+            f"{others} | "
             f"{'random weights' if r.random_weights else 'real'} |"
         )
     if charts:

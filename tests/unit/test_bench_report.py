@@ -141,3 +141,21 @@ def test_bad_inputs_are_one_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="holds no results of the benchmarks/ suite"):
         br.load_rows(empty)
     assert br.main([str(empty)]) == ConfigError.exit_code
+
+
+def test_measurements_disturbed_by_other_processes_are_flagged(tmp_path):
+    doc = {
+        "benchmarks": [
+            _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "transcribe", 2.0, decode="greedy",
+                   foreign_cpu_share=0.46),
+            _bench("faster-whisper-base-int8", "faster-whisper", "ctranslate2", "base", "int8", "transcribe",
+                   1.0, decode="greedy", foreign_cpu_share=0.01),
+        ]
+    }  # fmt: skip
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(doc))
+    rows, machine = br.load_rows(p)
+    (r,) = br.ratios(rows)
+    assert r.disturbed and r.ratio == pytest.approx(2.0)
+    md = br.render_markdown(rows, machine)
+    assert "| 2.00 † |" in md and "| 46% † |" in md and "| 1% |" in md
