@@ -266,7 +266,10 @@ def write_charts(rows: Sequence[Row], out_dir: Path) -> list[Path]:
             )
             bar(
                 f"transcribe-{model}-{decode}",
-                f"{model}: whole sample set, {decode} (median s, lower is better)",
+                f"{model}: {decode} transcription of {sel[0].audio_seconds or 0:.0f} s of audio "
+                "(median s, lower is better)"
+                if sel
+                else "",
                 "seconds",
                 [(_label(r), r.median) for r in sel],
             )

@@ -187,3 +187,18 @@ def test_cpu_monitor_counts_other_processes_not_the_listed_ones():
     # One busy process on this host's CPUs: about 1/cpu_count of them, whatever else runs.
     assert foreign.foreign_share >= 0.6 / (os.cpu_count() or 1)
     assert listed.foreign_share < foreign.foreign_share
+
+
+def test_regression_gate_is_opt_in_and_needs_a_baseline(tmp_path):
+    history = tmp_path / "history"
+    first = bench.pytest_args(tmp_path, history, ["--bench-quick"], gate="15")
+    assert "--benchmark-autosave" in first and first[-1] == "--bench-quick"
+    assert not [a for a in first if a.startswith("--benchmark-compare")]  # nothing saved yet
+    (history / "Linux-CPython-3.11-64bit").mkdir(parents=True)
+    (history / "Linux-CPython-3.11-64bit" / "0001_run.json").write_text("{}")
+    assert "--benchmark-compare" in bench.pytest_args(tmp_path, history)
+    assert not [a for a in bench.pytest_args(tmp_path, history) if a.startswith("--benchmark-compare-fail")]
+    gated = bench.pytest_args(tmp_path, history, gate="15")
+    assert "--benchmark-compare-fail=median:15%" in gated
+    with pytest.raises(ConfigError, match="WHISPER_RELEASE_BENCH_GATE='fast' is not a percentage"):
+        bench.pytest_args(tmp_path, history, gate="fast")
