@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import binding
+from .binding import fitted_audio_ctx  # one formula for the benchmark and the product
 from .console import info, quote, which
 from .errors import BuildError, ConfigError, ToolError, VerificationError
 from .pins import Pins, load_pins, project_root
@@ -355,7 +356,7 @@ class DecodeOptions:
     single_segment: bool | None = None
     no_timestamps: bool | None = None
     fit_audio_ctx: bool = False  # encode only as many frames as the clip has (whisper.cpp -ac)
-    audio_ctx_floor: int = 0  # never fit below this many encoder frames (1500 = 30 s)
+    audio_ctx_floor: int = 0  # never fit below this many encoder frames (clips under 15 s; 1500 = 30 s)
 
 
 @dataclass(frozen=True)
@@ -433,7 +434,7 @@ class _WhisperCppEngine:
             if v is not None:
                 setattr(p, name, bool(v))
         if opts.fit_audio_ctx:
-            p.audio_ctx = max(fitted_audio_ctx(pcm.size), min(opts.audio_ctx_floor, 1500))
+            p.audio_ctx = fitted_audio_ctx(pcm.size, floor=opts.audio_ctx_floor)
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
         rc = lib.whisper_full(self.ctx, p, pcm.ctypes.data_as(POINTER(c_float)), int(pcm.size))
         if rc != 0:
@@ -443,13 +444,6 @@ class _WhisperCppEngine:
             (lib.whisper_full_get_segment_text(self.ctx, i) or b"").decode("utf-8", "replace")
             for i in range(n)
         )
-
-
-def fitted_audio_ctx(n_samples: int, n_audio_ctx: int = 1500, margin: int = 64) -> int:
-    """Encoder frames covering `n_samples` of 16 kHz audio (2 frames per 20 ms mel hop pair) plus
-    a margin, capped at the model's context: whisper.cpp's `-ac` made automatic."""
-    frames = -(-n_samples // 320) + margin
-    return int(min(n_audio_ctx, max(frames, margin)))
 
 
 class _FasterWhisperEngine:

@@ -33,11 +33,22 @@ from typing import Any
 import numpy as np
 
 from . import cpu
-from .errors import VerificationError
+from .errors import ConfigError, VerificationError
 from .pins import HPARAM_ORDER
 
 LIBRARY = "libwhisper.so"
 SAMPLE_RATE = 16000
+
+# One encoder frame per 320 samples (mel hop 160, conv stride 2): 1500 frames = 30 s, every
+# Whisper model's n_audio_ctx.
+SAMPLES_PER_AUDIO_FRAME = 320
+MAX_AUDIO_CTX = 1500
+# The measured setting (docs/performance.md, sample set of 3-11 s clips): a window fitted to the
+# clip but never below 750 frames (15 s) kept WER within 3 points of the full window, while a tight
+# fit lost 14-23 points. Clips of 15 s or more were not measured, so they keep the full window.
+AUDIO_CTX_FLOOR = 750
+FIT_BELOW_SAMPLES = 15 * SAMPLE_RATE
+AUDIO_CTX_MARGIN = 64
 
 # enum whisper_sampling_strategy
 WHISPER_SAMPLING_GREEDY = 0
@@ -201,6 +212,22 @@ def required_cpu_flags(pins: Any = None) -> list[str]:
     return [str(f) for f in pins.build["required_cpu_flags"]]
 
 
+def fitted_audio_ctx(n_samples: int, floor: int = AUDIO_CTX_FLOOR) -> int:
+    """`whisper_full_params.audio_ctx` for a clip of `n_samples` 16 kHz samples: enough encoder
+    frames for the clip plus a margin, at least `floor`, for clips under 15 s; 0 (the library's
+    full 30 s window) for longer ones."""
+    if n_samples < 0:
+        raise ConfigError(f"fitted_audio_ctx needs a sample count of 0 or more, got {n_samples}.")
+    if not 0 <= floor <= MAX_AUDIO_CTX:
+        raise ConfigError(
+            f"The audio_ctx floor must be 0 to {MAX_AUDIO_CTX} encoder frames (750 = 15 s), got {floor}."
+        )
+    if n_samples >= FIT_BELOW_SAMPLES:
+        return 0
+    frames = -(-n_samples // SAMPLES_PER_AUDIO_FRAME) + AUDIO_CTX_MARGIN
+    return int(max(frames, floor))
+
+
 class Whisper:
     """One loaded libwhisper. Use `open(model)` as a context manager, or `transcribe` for one-offs."""
 
@@ -242,9 +269,12 @@ class Whisper:
         threads: int = 2,
         beam: int | None = None,
         language: str = "en",
+        audio_ctx: int | None = None,
     ) -> list[Segment]:
         with self.open(model_path) as ctx:
-            return ctx.transcribe(pcm_f32_16k, threads=threads, beam=beam, language=language)
+            return ctx.transcribe(
+                pcm_f32_16k, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx
+            )
 
 
 class Context:
@@ -307,7 +337,10 @@ class Context:
         threads: int = 2,
         beam: int | None = None,
         language: str = "en",
+        audio_ctx: int | None = None,
     ) -> list[Segment]:
+        """`audio_ctx`: encoder frames to compute (None or 0: the full window; see
+        `fitted_audio_ctx` for the measured choice for short clips)."""
         pcm = np.ascontiguousarray(pcm_f32_16k, dtype=np.float32)
         if pcm.ndim != 1 or pcm.size == 0:
             raise VerificationError(
@@ -315,6 +348,15 @@ class Context:
                 f"got shape {pcm.shape}; decode it with whisper_release.audio.read_wav."
             )
         lib = self.whisper.lib
+        h = self._handle()
+        n_audio_ctx = int(lib.whisper_model_n_audio_ctx(h))
+        if audio_ctx is not None and not 0 <= audio_ctx <= n_audio_ctx:
+            # whisper.cpp rejects a larger value only with a return code, and reads a negative one
+            # as the default: say so here, naming the limit.
+            raise ConfigError(
+                f"audio_ctx for {self.model_path.name} must be 0 (full window) to {n_audio_ctx} "
+                f"encoder frames, got {audio_ctx}."
+            )
         strategy = WHISPER_SAMPLING_BEAM_SEARCH if beam else WHISPER_SAMPLING_GREEDY
         params = lib.whisper_full_default_params(strategy)
         params.n_threads = int(threads)
@@ -325,7 +367,7 @@ class Context:
         params.language = language.encode()
         if beam:
             params.beam_search.beam_size = int(beam)
-        h = self._handle()
+        params.audio_ctx = int(audio_ctx or 0)
         rc = lib.whisper_full(h, params, pcm.ctypes.data_as(POINTER(c_float)), int(pcm.size))
         if rc != 0:
             tail = "; ".join(self.whisper.recent_log()[-3:])
