@@ -195,6 +195,26 @@ def artifact_cpu_flags(artifact: Artifact) -> list[str]:
     return required_cpu_flags()
 
 
+AUDIO_CTX_AUTO = "auto"
+_MAX_AUDIO_CTX = 1500  # every Whisper model's n_audio_ctx (30 s); the binding checks the model's own
+
+
+def audio_ctx_setting(value: str | int | None) -> str | int:
+    """`--audio-ctx` as given: 'auto' (binding.fitted_audio_ctx per file), or encoder frames
+    (0: the library default, the full 30 s window)."""
+    if value is None:
+        return 0
+    text = str(value).strip().lower()
+    if text == AUDIO_CTX_AUTO:
+        return AUDIO_CTX_AUTO
+    if re.fullmatch(r"[0-9]{1,4}", text) and int(text) <= _MAX_AUDIO_CTX:
+        return int(text)
+    raise ConfigError(
+        f"--audio-ctx must be auto, 0 (the library default, the full 30 s window) or a number of encoder "
+        f"frames up to {_MAX_AUDIO_CTX} (50 per second of audio), got {value!r}."
+    )
+
+
 _README_FLAGS = re.compile(r"grep -o -w -E '([a-z0-9_]+(?:\|[a-z0-9_]+)*)' /proc/cpuinfo")
 # Module-level so tests can point the CPU check at a recorded cpuinfo of an older CPU.
 CPUINFO: Path = Path("/proc/cpuinfo")
@@ -215,6 +235,7 @@ class Transcriber:
         beam: int | None = None,
         language: str = "en",
         verify: bool = True,
+        audio_ctx: str | int | None = None,
     ) -> None:
         from . import binding
 
@@ -222,6 +243,7 @@ class Transcriber:
             raise ConfigError(f"--threads must be at least 1, got {threads}.")
         if beam is not None and beam < 1:
             raise ConfigError(f"--beam must be at least 1, got {beam}.")
+        self.audio_ctx = audio_ctx_setting(audio_ctx)
         art = open_artifact(artifact, verify=verify)
         self.artifact = art
         self.whisper = binding.load(art.path, required_flags=artifact_cpu_flags(art), cpuinfo=CPUINFO)
@@ -247,9 +269,22 @@ class Transcriber:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def audio_ctx_for(self, samples: np.ndarray) -> int:
+        if self.audio_ctx == AUDIO_CTX_AUTO:
+            from .binding import fitted_audio_ctx
+
+            return fitted_audio_ctx(int(samples.size))
+        return int(self.audio_ctx)
+
     def segments(self, samples: np.ndarray) -> list[Any]:
         return list(
-            self.ctx.transcribe(samples, threads=self.threads, beam=self.beam, language=self.language)
+            self.ctx.transcribe(
+                samples,
+                threads=self.threads,
+                beam=self.beam,
+                language=self.language,
+                audio_ctx=self.audio_ctx_for(samples),
+            )
         )
 
     def transcribe_file(self, audio_path: str | os.PathLike[str], fmt: str = "txt") -> str:
@@ -293,11 +328,12 @@ def transcribe(
     fmt: str = "txt",
     output: str | os.PathLike[str] | None = None,
     language: str = "en",
+    audio_ctx: str | int | None = None,
 ) -> str:
     """Transcribe one file; returns the rendered text and writes it to `output` when given."""
     if fmt not in formats.FORMATS:
         formats.render([], fmt)
-    with Transcriber(artifact, threads=threads, beam=beam, language=language) as t:
+    with Transcriber(artifact, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx) as t:
         text = t.transcribe_file(audio_path, fmt)
     if output is not None:
         write_atomic(output, text)
@@ -396,6 +432,12 @@ def _configure_transcribe(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beam", type=int, default=None, help="beam-search width (default: greedy decoding)")
     p.add_argument("--language", default="en", help="spoken language code (default en)")
     p.add_argument(
+        "--audio-ctx",
+        default="0",
+        help="encoder window in frames: 0 = full 30 s window (default), auto = fitted to clips under 15 s "
+        "(faster, see docs/performance.md), or N",
+    )
+    p.add_argument(
         "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
     )
     p.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
@@ -412,6 +454,7 @@ def _transcribe_cmd(args: argparse.Namespace) -> int:
         fmt=fmt,
         output=args.output,
         language=args.language,
+        audio_ctx=args.audio_ctx,
     )
     if args.output is None:
         sys.stdout.write(text)

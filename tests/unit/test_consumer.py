@@ -145,3 +145,37 @@ def test_cli_refusals_are_one_sentence_and_typed(tmp_path, capsys):
     )
     assert cli.main(["transcribe", str(wav), "--artifact", str(tmp_path / "x")]) == ConfigError.exit_code
     assert "pull one first" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["fast", "-1", "1501", "", "7.5", "\uff12", "auto750"])
+def test_cli_refuses_a_bad_audio_ctx_in_one_sentence(tmp_path, capsys, value):
+    d = _artifact(tmp_path)
+    wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)
+    assert cli.main(["transcribe", str(wav), "--artifact", str(d), "--audio-ctx", value]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --audio-ctx must be auto, 0 (the library default, the full 30 s window) or a number of "
+        f"encoder frames up to 1500 (50 per second of audio), got {value!r}."
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "setting"),
+    [(None, 0), ("0", 0), ("auto", "auto"), (" Auto ", "auto"), ("750", 750), (1500, 1500)],
+)
+def test_audio_ctx_setting_accepts_auto_and_frame_counts(value, setting):
+    assert consumer.audio_ctx_setting(value) == setting
+
+
+def test_cli_good_audio_ctx_gets_past_the_check_to_the_library(tmp_path, capsys, monkeypatch):
+    # The fake artifact's library cannot load: reaching that error proves the value was accepted.
+    from whisper_release.pins import load_pins
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t: " + " ".join(load_pins().build["required_cpu_flags"]) + "\n")
+    monkeypatch.setattr(consumer, "CPUINFO", cpuinfo)  # whatever CPU runs the tests
+    d = _artifact(tmp_path)
+    wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)
+    for value in ("auto", "0", "1500"):
+        code = cli.main(["transcribe", str(wav), "--artifact", str(d), "--audio-ctx", value])
+        err = capsys.readouterr().err
+        assert code == VerificationError.exit_code and "Cannot load" in err, err
