@@ -146,13 +146,35 @@ def _text_of(fmt: str, out: str) -> str:
     return " ".join(text)
 
 
-@pytest.mark.parametrize("fmt", ["txt", "json", "srt", "vtt"])
-def test_pulled_release_transcribes_jfk_exactly(pulled, jfk, reference, fmt, tmp_path):
+@pytest.mark.parametrize(
+    ("fmt", "extra"),
+    [
+        ("txt", ()),
+        ("json", ()),
+        ("srt", ()),
+        ("vtt", ()),
+        # The encoder window fitted to the clip (750 frames for jfk's 11 s instead of 1500).
+        ("txt", ("--audio-ctx", "auto")),
+    ],
+    ids=["txt", "json", "srt", "vtt", "txt-audio-ctx-auto"],
+)
+def test_pulled_release_transcribes_jfk_exactly(pulled, jfk, reference, fmt, extra, tmp_path):
     out = tmp_path / f"jfk.{fmt}"
-    proc = _transcribe(jfk, pulled, "--format", fmt, "--output", str(out))
+    proc = _transcribe(jfk, pulled, "--format", fmt, "--output", str(out), *extra)
     assert proc.returncode == 0, proc.stderr
     assert wer(reference, _text_of(fmt, out.read_text(encoding="utf-8"))) == 0.0
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # no temp file left
+
+
+def test_audio_ctx_beyond_the_models_window_is_refused_before_decoding(pulled):
+    from whisper_release import binding
+
+    art = consumer.open_artifact(pulled)
+    with binding.load(art.path, required_flags=[]).open(art.model_file) as ctx:
+        n_audio_ctx = ctx.hparams()["n_audio_ctx"]
+        wanted = rf"0 \(full window\) to {n_audio_ctx} encoder frames, got {n_audio_ctx + 1}\."
+        with pytest.raises(ConfigError, match=wanted):
+            ctx.transcribe(np.zeros(16000, dtype=np.float32), audio_ctx=n_audio_ctx + 1)
 
 
 def _stereo_44k(src: Path, dst: Path) -> None:
