@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
 
@@ -16,13 +17,18 @@ def strict() -> bool:
     return bool(os.environ.get("CI") or os.environ.get("WHISPER_RELEASE_STRICT"))
 
 
+def unavailable(msg: str, ci_hint: str = "") -> NoReturn:
+    """Something a test needs is missing: fail in strict mode (with `ci_hint`), else skip."""
+    if strict():
+        pytest.fail(msg + ci_hint)
+    pytest.skip(msg)
+
+
 def require_tool(tool: str, why: str = "") -> str:
     path = shutil.which(tool)
     if path is None:
         msg = f"required tool {tool!r} is not on PATH" + (f" ({why})" if why else "")
-        if strict():
-            pytest.fail(msg + "; CI must install it (scripts/install-system-deps.sh)")
-        pytest.skip(msg)
+        unavailable(msg, "; CI must install it (scripts/install-system-deps.sh)")
     return path
 
 
