@@ -1,7 +1,8 @@
 """Acceptance suite fixtures: one parametrised case per artifact directory, a shared report.
 
 Artifacts come from --artifacts, else $WHISPER_RELEASE_ARTIFACTS, else dist/release_artifacts.
-The report (per model: instruction counts, WER f16 and q5_1, worst q5_1 error / bound, findings)
+The report (per model: instruction counts, WER of f16 and of each quantized file, the worst
+quantization error / bound per quantized file, findings)
 is printed as a table at the end and written to dist/verify-report.json (--report to move it).
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from whisper_release import integrity, wer
+from whisper_release.artifacts import model_file_name
 from whisper_release.pins import Pins, load_pins, project_root
 
 pytest_plugins = ["whisper_release.testing"]
@@ -57,6 +59,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             indirect=True,
             scope="session",
         )
+    if "quant" in metafunc.fixturenames:
+        quants = load_pins().quantizations
+        metafunc.parametrize("quant", quants, ids=list(quants), scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +91,9 @@ def model_name(artifact: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def model_file(artifact: Path, model_name: str, pins: Pins) -> Path:
-    return artifact / f"ggml-{model_name}-{pins.build['quantize']}.bin"
+def model_file(artifact: Path, model_name: str, quant: str) -> Path:
+    """The artifact's model file of one quantization type ([build] quantize)."""
+    return artifact / model_file_name(model_name, quant)
 
 
 @pytest.fixture
@@ -192,9 +198,11 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def summary_lines(data: dict[str, Any]) -> list[str]:
+    """One row per model and quantized file: instruction counts, WER f16 vs the quantized file, the
+    WER difference and the worst quantization error / bound."""
     head = (
-        f"{'model':<10} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} {'WER q5_1':>8} "
-        f"{'delta pp':>8} {'worst err/bound':>15}"
+        f"{'model':<10} {'file':<5} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} "
+        f"{'WER':>8} {'delta pp':>8} {'worst err/bound':>15}"
     )
     lines = [head, "-" * len(head)]
     for model, m in sorted(data["models"].items()):
@@ -203,14 +211,16 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
             k: sum(lib["counts"].get(k, 0) for lib in isa.values()) for k in ("avx2", "fma", "avx512", "amx")
         }
         w = m.get("wer", {})
-        num = m.get("numerics", {})
-        lines.append(
-            f"{model:<10} {_fmt(tot['avx2'] if isa else None, 'd'):>6} "
-            f"{_fmt(tot['fma'] if isa else None, 'd'):>6} "
-            f"{_fmt(tot['avx512'] if isa else None, 'd'):>6} {_fmt(tot['amx'] if isa else None, 'd'):>4} "
-            f"{_fmt(w.get('f16', {}).get('wer'), '.2%'):>8} {_fmt(w.get('q5_1', {}).get('wer'), '.2%'):>8} "
-            f"{_fmt(w.get('delta_pp'), '+.2f'):>8} {_fmt(num.get('worst_ratio'), '.4f'):>15}"
-        )
+        nums = m.get("numerics", {})
+        for q in sorted(set(w.get("quantized", {})) | set(nums)) or ["-"]:
+            wq = w.get("quantized", {}).get(q, {})
+            lines.append(
+                f"{model:<10} {q:<5} {_fmt(tot['avx2'] if isa else None, 'd'):>6} "
+                f"{_fmt(tot['fma'] if isa else None, 'd'):>6} "
+                f"{_fmt(tot['avx512'] if isa else None, 'd'):>6} {_fmt(tot['amx'] if isa else None, 'd'):>4} "
+                f"{_fmt(w.get('f16', {}).get('wer'), '.2%'):>8} {_fmt(wq.get('wer'), '.2%'):>8} "
+                f"{_fmt(wq.get('delta_pp'), '+.2f'):>8} {_fmt(nums.get(q, {}).get('worst_ratio'), '.4f'):>15}"
+            )
     return lines
 
 

@@ -42,7 +42,7 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
 def test_files_sha256sums_and_manifest(
     artifact: Path, artifacts: Path, model_name: str, pins: Pins, report: dict[str, Any]
 ) -> None:
-    findings = integrity.check_layout(artifact, expected_files(model_name, str(pins.build["quantize"])))
+    findings = integrity.check_layout(artifact, expected_files(model_name, pins.quantizations))
     findings += integrity.check_sums(artifact)
     findings += integrity.check_manifest(artifacts, artifact)
     report["files"] = {"findings": [f.as_dict() for f in findings]}
@@ -122,20 +122,24 @@ def test_library_loads_alone_and_reports_avx2_fma(
     _fail_on(findings, f"{artifact.name}: the library's own report ({info.strip()})")
 
 
-def test_q5_1_model_file(
-    artifact: Path, model_file: Path, model_name: str, pins: Pins, report: dict[str, Any]
+def test_quantized_model_file(
+    artifact: Path, model_file: Path, model_name: str, quant: str, pins: Pins, report: dict[str, Any]
 ) -> None:
     sums, bad = integrity.parse_sums(artifact / integrity.SUMS)
-    findings = bad + integrity.check_model_file(model_file, pins.model(model_name), sums=sums)
-    report["model_file"] = {"path": str(model_file), "findings": [f.as_dict() for f in findings]}
+    findings = bad + integrity.check_model_file(model_file, pins.model(model_name), quant, sums=sums)
+    report.setdefault("model_file", {})[quant] = {
+        "path": str(model_file), "findings": [f.as_dict() for f in findings]
+    }
     _fail_on(findings, f"{model_file.name}: header, tensors, length and sha256")
 
 
-def test_q5_1_numerics_against_f16(model_file: Path, f16_model: Path, report: dict[str, Any]) -> None:
-    n = integrity.check_numerics(model_file, f16_model)
-    report["numerics"] = n.as_dict()
-    _fail_on(n.findings, f"{model_file.name}: q5_1 blocks against {f16_model}")
-    assert n.quantized_tensors > 0, f"{model_file}: wanted q5_1 tensors, got none"
+def test_quantized_numerics_against_f16(
+    model_file: Path, f16_model: Path, quant: str, report: dict[str, Any]
+) -> None:
+    n = integrity.check_numerics(model_file, f16_model, quant)
+    report.setdefault("numerics", {})[quant] = n.as_dict()
+    _fail_on(n.findings, f"{model_file.name}: {quant} blocks against {f16_model}")
+    assert n.quantized_tensors > 0, f"{model_file}: wanted {quant} tensors, got none"
 
 
 def _transcripts(
@@ -150,10 +154,11 @@ def _transcripts(
     return {name: "".join(s[2] for s in segs) for name, segs in out["segments"].items()}
 
 
-def test_q5_1_loads_and_transcribes(
+def test_quantized_loads_and_transcribes(
     artifact: Path,
     model_file: Path,
     model_name: str,
+    quant: str,
     pins: Pins,
     clips: list[wer.Clip],
     threads: int,
@@ -166,7 +171,7 @@ def test_q5_1_loads_and_transcribes(
             f"{out['error']}",
             pytrace=False,
         )
-    want = integrity.quantized_hparams(pins.model(model_name))
+    want = integrity.quantized_hparams(pins.model(model_name), quant)
     # whisper_model_ftype() reports the type without the quantization version (2009 -> 9).
     want["ftype"] %= ggml.GGML_QNT_VERSION_FACTOR
     findings = [
@@ -177,7 +182,7 @@ def test_q5_1_loads_and_transcribes(
     jfk = clips[0]
     if not out["segments"].get(jfk.name):
         findings.append(Finding(str(jfk.path), "segments", "at least one transcribed segment", "none"))
-    report["hparams_loaded"] = out["hparams"]
+    report.setdefault("hparams_loaded", {})[quant] = out["hparams"]
     _fail_on(findings, f"{model_file.name}: load and transcribe")
 
 
@@ -186,6 +191,7 @@ def test_word_error_rate(
     model_file: Path,
     f16_model: Path,
     model_name: str,
+    quant: str,
     pins: Pins,
     clips: list[wer.Clip],
     threads: int,
@@ -193,23 +199,30 @@ def test_word_error_rate(
 ) -> None:
     refs = [c.reference for c in clips]
     results: dict[str, Any] = {}
-    for label, path in (("f16", f16_model), ("q5_1", model_file)):
+    # The f16 transcription is cached per session (run_worker): one run serves every quantized file.
+    for label, path in (("f16", f16_model), (quant, model_file)):
         hyp = _transcripts(artifact, path, clips, threads, label)
         r = wer.corpus_wer(refs, [hyp[c.name] for c in clips])
         results[label] = {**r.as_dict(), "transcripts": hyp}
-    delta_pp = 100.0 * (results["q5_1"]["wer"] - results["f16"]["wer"])
+    delta_pp = 100.0 * (results[quant]["wer"] - results["f16"]["wer"])
     gates = pins.verify
     ceiling = float(gates["wer_ceiling"][model_name])
-    max_delta = float(gates["max_q5_1_wer_delta_pp"])
-    report["wer"] = {
-        **results,
-        "delta_pp": delta_pp,
-        "ceiling": ceiling,
-        "max_delta_pp": max_delta,
-        "clips": [{"name": c.name, "voice": c.voice, "reference": c.reference} for c in clips],
-    }
+    gate = f"max_{quant}_wer_delta_pp"
+    if gate not in gates:
+        pytest.fail(
+            f"release.toml [verify] has no {gate}, the WER gate for the shipped {quant} files; add it.",
+            pytrace=False,
+        )
+    max_delta = float(gates[gate])
+    w = report.setdefault("wer", {})
+    w.update(
+        f16=results["f16"],
+        ceiling=ceiling,
+        clips=[{"name": c.name, "voice": c.voice, "reference": c.reference} for c in clips],
+    )
+    w.setdefault("quantized", {})[quant] = {**results[quant], "delta_pp": delta_pp, "max_delta_pp": max_delta}
     findings = []
-    for label, path in (("f16", f16_model), ("q5_1", model_file)):
+    for label, path in (("f16", f16_model), (quant, model_file)):
         if results[label]["wer"] > ceiling:
             findings.append(
                 Finding(
@@ -224,7 +237,7 @@ def test_word_error_rate(
         findings.append(
             Finding(
                 str(model_file),
-                "WER q5_1 minus f16",
+                f"WER {quant} minus f16",
                 f"<= {max_delta:.2f} pp",
                 f"{delta_pp:+.2f} pp",
                 "see the transcripts in dist/verify-report.json",

@@ -54,8 +54,18 @@ def model_file_name(model: str, quantize: str) -> str:
     return f"ggml-{model}-{quantize}.bin"
 
 
-def expected_files(model: str, quantize: str) -> tuple[str, ...]:
-    return tuple(sorted((*LIBRARIES, model_file_name(model, quantize), README, SUMS)))
+def quant_types(quantize: str | Iterable[str]) -> tuple[str, ...]:
+    """build.json's (or release.toml's) `quantize`: one type or a list, the primary first."""
+    return (quantize,) if isinstance(quantize, str) else tuple(str(q) for q in quantize)
+
+
+def model_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
+    """The model files of one artifact directory, the primary first."""
+    return tuple(model_file_name(model, q) for q in quant_types(quantize))
+
+
+def expected_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted((*LIBRARIES, *model_files(model, quantize), README, SUMS)))
 
 
 def sha256_file(path: Path) -> str:
@@ -158,10 +168,16 @@ def normalise(root: Path, epoch: int) -> None:
 
 
 def lay_out_model(
-    out: Path, model: str, quantized: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
+    out: Path, model: str, models_dir: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
 ) -> Path:
-    """One whisper_<model>_xeon/ directory: libraries, model, README, SHA256SUMS."""
-    quantize = str(build["quantize"])
+    """One whisper_<model>_xeon/ directory: libraries, one model file per quantization type
+    (from models_dir), README, SHA256SUMS."""
+    names = model_files(model, build["quantize"])
+    for name in names:
+        if not (models_dir / name).is_file():
+            raise LayoutError(
+                f"quantized model {models_dir / name} is missing; the quantize step did not produce it."
+            )
     d = out / model_dir_name(model)
     d.mkdir(parents=True)
     for lib in LIBRARIES:
@@ -171,15 +187,15 @@ def lay_out_model(
                 f"library {src} is missing from the build output; the compile step is incomplete."
             )
         shutil.copyfile(src, d / lib, follow_symlinks=True)
-    model_file = model_file_name(model, quantize)
-    shutil.copyfile(quantized, d / model_file)
+    for name in names:
+        shutil.copyfile(models_dir / name, d / name)
     glibc, glibcxx = min_runtime(d / lib for lib in LIBRARIES)
     sizes: dict[str, int | None] = {p.name: p.stat().st_size for p in d.iterdir()}
     sizes[README] = None
     sizes[SUMS] = None
     values = readme.readme_values(
         model=model,
-        model_file=model_file,
+        model_files=names,
         dir_name=d.name,
         sizes=sizes,
         build=build,
@@ -245,7 +261,7 @@ def statement(root: Path, build: Mapping[str, Any], toolchain: Mapping[str, str]
                     "profile": build["profile"],
                     "release_version": build["release_version"],
                     "models": sorted(models),
-                    "quantize": build["quantize"],
+                    "quantize": list(quant_types(build["quantize"])),
                 },
                 "internalParameters": {
                     "cmake_flags": list(build["cmake_flags"]),
@@ -282,24 +298,18 @@ def organize(
 ) -> None:
     """The organizer stage: every per-model directory, then manifest.json, then normalised modes/mtimes."""
     build = json.loads(build_json.read_text(encoding="utf-8"))
-    quantize = str(build["quantize"])
     tpl = template.read_text(encoding="utf-8")
     if out.exists():
         raise LayoutError(f"{out} already exists; the organizer writes a fresh tree.")
     out.mkdir(parents=True)
     for model in sorted(build["models"]):
-        quantized = models_dir / model_file_name(model, quantize)
-        if not quantized.is_file():
-            raise LayoutError(
-                f"quantized model {quantized} is missing; the quantize step did not produce it."
-            )
-        lay_out_model(out, model, quantized, lib_dir, tpl, build)
+        lay_out_model(out, model, models_dir, lib_dir, tpl, build)
     stmt = statement(out, build, parse_toolchain(toolchain.read_text(encoding="utf-8")))
     (out / MANIFEST).write_text(canonical_json(stmt), encoding="utf-8")
     normalise(out, epoch)
 
 
-def check_tree(root: Path, models: Iterable[str], quantize: str) -> list[str]:
+def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str]) -> list[str]:
     """Findings (empty when fine): the contract's files exist, SHA256SUMS and manifest match the bytes."""
     findings: list[str] = []
     manifest_path = root / MANIFEST

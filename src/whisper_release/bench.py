@@ -283,8 +283,6 @@ def _extract_reference(tag: str, out: Path) -> Path:
             capture_output=True,
             text=True,
         )
-        # whisper-quantize of that build: makes the q8_0 variants the speed investigation compares.
-        subprocess.run(["docker", "cp", f"{cid}:/build/out/bin", str(staged / "bin")], capture_output=True)
         if not (staged / binding.LIBRARY).is_file():
             raise BuildError(f"The reference image {tag} holds no {binding.LIBRARY} in /build/out/lib.")
         old = None
@@ -814,7 +812,9 @@ def matrix(
     (fetch/generate) except the artifacts', which must exist (run `invoke build` first)."""
     pins = pins or load_pins()
     root = root or project_root()
-    quant = str(pins.build["quantize"])
+    # Every shipped type is timed on the artifact; the reference builds and peers get the primary.
+    shipped = pins.quantizations
+    quant = shipped[0]
     out: list[Config] = []
     for m in models:
         art = artifact_dir(m, root)
@@ -823,7 +823,10 @@ def matrix(
         main_model = m == models[-1]  # the largest real model gets the full comparison
         for build in ("artifact", *(("native", "generic") if main_model else ())):
             lib = str(art if build == "artifact" else reference_dir(build, root))
-            quants = (("f16", f16), (quant, q_model)) if build != "generic" else ((quant, q_model),)
+            types = shipped if build == "artifact" else (quant,)
+            quants = [(q, str(art / f"ggml-{m}-{q}.bin")) for q in types]
+            if build != "generic":
+                quants.insert(0, ("f16", f16))
             for qname, path in quants:
                 decodes = ("greedy", "beam5") if build == "artifact" or qname == quant else ("greedy",)
                 if build == "generic":
@@ -839,18 +842,19 @@ def matrix(
                         decodes=decodes,
                     )
                 )
-        out.append(
+        out += [
             Config(
-                f"whisper.cpp-tuned-{m}-{quant}",
+                f"whisper.cpp-tuned-{m}-{q}",
                 "whisper.cpp",
                 "tuned",
                 m,
-                quant,
-                EngineSpec("whisper.cpp", q_model, lib_dir=str(art)),
+                q,
+                EngineSpec("whisper.cpp", str(art / f"ggml-{m}-{q}.bin"), lib_dir=str(art)),
                 ops=("transcribe",),
                 decode_overrides=TUNED_DECODE,
             )
-        )
+            for q in shipped
+        ]
         for ct in ("int8", "float32"):
             out.append(
                 Config(
@@ -1030,7 +1034,9 @@ def tune(
     root = project_root()
     art = artifact_dir(model, root)
     q5 = art / f"ggml-{model}-q5_1.bin"
-    q8 = q8_0_model(model, pins)
+    # The artifact's own q8_0 file, when the release ships one ([build] quantize).
+    q8_file = art / f"ggml-{model}-q8_0.bin"
+    q8 = q8_file if q8_file.is_file() else None
     source = fetch_source(pins, pins.profile("offline").source)
     s = pins.sample
     clips = (
@@ -1063,32 +1069,6 @@ def tune(
     tmp.write_text(json.dumps({"environment": env, "model": model, "audio_seconds": audio_s,
                                "n_clips": len(clips), "results": results}, indent=2))  # fmt: skip
     os.replace(tmp, out)
-    return out
-
-
-def q8_0_model(model: str, pins: Pins) -> Path | None:
-    """The f16 model quantized to q8_0 with a reference build's whisper-quantize (cached), or None
-    when no reference build with whisper-quantize has been extracted."""
-    from .cache import cache_root
-    from .fetch import fetch_model
-
-    for ref in REFERENCES:
-        tool = reference_dir(ref) / "bin" / "whisper-quantize"
-        if tool.is_file():
-            break
-    else:
-        return None
-    f16 = fetch_model(pins, model)
-    out = cache_root() / "bench" / "q8_0" / f"ggml-{model}-q8_0-{f16.parent.name}.bin"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        proc = subprocess.run([str(tool), str(f16), str(tmp), "q8_0"], capture_output=True, text=True,
-                              env=dict(os.environ, LD_LIBRARY_PATH=str(tool.parent.parent)))  # fmt: skip
-        if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
-            raise ToolError(f"{tool} failed to make q8_0 of {f16}: {proc.stderr.strip()[-300:]}")
-        os.replace(tmp, out)
     return out
 
 

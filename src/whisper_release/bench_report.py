@@ -119,9 +119,17 @@ def _ratio(section: str, what: str, a: Row, b: Row, subject: str, baseline: str,
     return Ratio(section, what, subject, baseline, va, vb, unit, a.disturbed or b.disturbed)
 
 
-def ratios(rows: Sequence[Row], quant: str = "q5_1") -> list[Ratio]:
+def shipped_quants(rows: Sequence[Row]) -> list[str]:
+    """The quantized types the artifact ships, as measured (every non-f16 artifact row)."""
+    return sorted(
+        {r.quant for r in rows if r.engine == "whisper.cpp" and r.build == "artifact" and r.quant != "f16"}
+    )
+
+
+def ratios(rows: Sequence[Row]) -> list[Ratio]:
     """Every comparison the report makes, where both sides were measured."""
     out: list[Ratio] = []
+    quants = shipped_quants(rows)
     keys = sorted({r.key for r in rows}, key=lambda k: (k[0], k[1], k[2] or ""))
     for model, op, decode in keys:
         what = f"{model} {op}" + (f" {decode}" if decode else "")
@@ -136,24 +144,25 @@ def ratios(rows: Sequence[Row], quant: str = "q5_1") -> list[Ratio]:
                     out.append(
                         Ratio("builds", f"{what} {q}", _label(art), _label(other), art.median, other.median)
                     )
-        for subject_build in ("artifact", "tuned"):
-            art = _find(same, build=subject_build, quant=quant, engine="whisper.cpp")
-            if not art or op != "transcribe":
-                continue
-            for peer in same:
-                if peer.engine != "whisper.cpp":
-                    out.append(_ratio("peers", what, art, peer, _label(art), _label(peer)))
-        if op == "transcribe":
-            art = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
-            tuned = _find(same, build="tuned", quant=quant, engine="whisper.cpp")
-            if art and tuned:
-                out.append(_ratio("tuning", what, tuned, art, _label(tuned), _label(art)))
-        qr = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
-        fr = _find(same, build="artifact", quant="f16", engine="whisper.cpp")
-        if qr and fr:
-            out.append(_ratio("quantisation", f"{what} speed", qr, fr, quant, "f16"))
-            if op == "load" and qr.peak_rss and fr.peak_rss:
-                out.append(_ratio("quantisation", f"{model} peak RSS", qr, fr, quant, "f16", rss=True))
+        for quant in quants:
+            for subject_build in ("artifact", "tuned"):
+                art = _find(same, build=subject_build, quant=quant, engine="whisper.cpp")
+                if not art or op != "transcribe":
+                    continue
+                for peer in same:
+                    if peer.engine != "whisper.cpp":
+                        out.append(_ratio("peers", what, art, peer, _label(art), _label(peer)))
+            if op == "transcribe":
+                art = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
+                tuned = _find(same, build="tuned", quant=quant, engine="whisper.cpp")
+                if art and tuned:
+                    out.append(_ratio("tuning", what, tuned, art, _label(tuned), _label(art)))
+            qr = _find(same, build="artifact", quant=quant, engine="whisper.cpp")
+            fr = _find(same, build="artifact", quant="f16", engine="whisper.cpp")
+            if qr and fr:
+                out.append(_ratio("quantisation", f"{what} speed", qr, fr, quant, "f16"))
+                if op == "load" and qr.peak_rss and fr.peak_rss:
+                    out.append(_ratio("quantisation", f"{model} peak RSS", qr, fr, quant, "f16", rss=True))
     return out
 
 
@@ -186,7 +195,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "peers": "Artifact vs peer engines (same weights, audio, threads)",
         "tuning": "Recommended decoding settings vs library defaults",
         "builds": "Artifact (AVX2+FMA) vs reference builds of the same source",
-        "quantisation": "q5_1 vs f16 (artifact build)",
+        "quantisation": "Shipped quantized files vs f16 (artifact build)",
     }
     for section in ("peers", "tuning", "builds", "quantisation"):
         if section not in groups:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
             "WHISPER_BUILD_COMMIT": str(pins.source["commit"]),
             "WHISPER_BUILD_NUMBER": "0",
             "SOURCE_DATE_EPOCH": str(int(b["source_date_epoch"])),
-            "QUANTIZE": str(b["quantize"]),
+            "QUANTIZE": " ".join(pins.quantizations),
             "JOBS": "2",
         }
     except KeyError as e:
@@ -94,7 +94,7 @@ def build_description(
     return {
         "profile": inputs.profile,
         "release_version": pins.release_version,
-        "quantize": b["quantize"],
+        "quantize": list(pins.quantizations),
         "cmake_flags": list(b["cmake_flags"]),
         "required_cpu_flags": list(b["required_cpu_flags"]),
         "source_date_epoch": int(b["source_date_epoch"]),
@@ -321,7 +321,7 @@ def _docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True)
 
 
-def extract(image: str, out: Path, models: list[str], quantize: str, epoch: int) -> Path:
+def extract(image: str, out: Path, models: list[str], quantize: Sequence[str], epoch: int) -> Path:
     """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out`."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -408,7 +408,7 @@ def build(
             image,
             out,
             sorted(inputs.models),
-            str(pins.build["quantize"]),
+            pins.quantizations,
             int(pins.build["source_date_epoch"]),
         )
     info(f"artifacts in {result}")

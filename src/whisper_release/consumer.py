@@ -147,8 +147,11 @@ class Artifact:
         return self.model_file.name.removeprefix("ggml-").removesuffix(".bin")
 
 
-def open_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artifact:
-    """Check the directory holds a library and one model (and, with `verify`, matches SHA256SUMS)."""
+def open_artifact(
+    path: str | os.PathLike[str], *, quant: str | None = None, verify: bool = True
+) -> Artifact:
+    """Check the directory holds a library and its models (and, with `verify`, matches SHA256SUMS);
+    pick the model file of type `quant`, by default the primary one its README names."""
     from .pull import SUMS, parse_sums, sha256_file
 
     d = Path(path)
@@ -161,11 +164,7 @@ def open_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
         raise ConfigError(
             f"{d} has no {LIBRARY}, so it is not a whisper_<model>_xeon artifact directory; pull one."
         )
-    models = sorted(d.glob("ggml-*.bin"))
-    if len(models) != 1:
-        raise ConfigError(
-            f"{d} holds {len(models)} ggml-*.bin model files, expected exactly one; pull the artifact again."
-        )
+    model = choose_model(d, quant)
     if verify:
         sums_path = d / SUMS
         if not sums_path.is_file():
@@ -178,7 +177,44 @@ def open_artifact(path: str | os.PathLike[str], *, verify: bool = True) -> Artif
             raise VerificationError(
                 f"{d}: {', '.join(sorted(bad))} missing or not matching {SUMS}; pull the artifact again."
             )
-    return Artifact(d, models[0])
+    return Artifact(d, model)
+
+
+_README_TITLE = re.compile(r"^# whisper\.cpp \S+, model `[^`]+` \(([a-z0-9_, ]+)\)", re.M)
+
+
+def quant_of(model_file: Path) -> str:
+    """ggml-base-q8_0.bin -> q8_0."""
+    return model_file.stem.rsplit("-", 1)[-1]
+
+
+def choose_model(d: Path, quant: str | None) -> Path:
+    """The model file of type `quant`; without one, the primary: the first type the artifact's README
+    title lists (its build's [build] quantize), or the only model file there is."""
+    models = sorted(d.glob("ggml-*.bin"))
+    if not models:
+        raise ConfigError(f"{d} holds no ggml-*.bin model file; pull the artifact again.")
+    by_quant = {quant_of(m): m for m in models}
+    if quant is None:
+        readme = d / "README.md"
+        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+        m = _README_TITLE.search(text)
+        listed = [q.strip() for q in m.group(1).split(",")] if m else []
+        primary = next((q for q in listed if q in by_quant), None)
+        if primary is not None:
+            return by_quant[primary]
+        if len(models) == 1:
+            return models[0]
+        raise ConfigError(
+            f"{d} holds {len(models)} model files ({', '.join(sorted(by_quant))}) and its README names "
+            "no primary one; choose with --quant."
+        )
+    if quant not in by_quant:
+        raise ConfigError(
+            f"{d} has no {quant} model (ggml-*-{quant}.bin); it holds {', '.join(sorted(by_quant))}: "
+            "choose one of those with --quant."
+        )
+    return by_quant[quant]
 
 
 def artifact_cpu_flags(artifact: Artifact) -> list[str]:
@@ -236,6 +272,7 @@ class Transcriber:
         language: str = "en",
         verify: bool = True,
         audio_ctx: str | int | None = None,
+        quant: str | None = None,
     ) -> None:
         from . import binding
 
@@ -244,7 +281,7 @@ class Transcriber:
         if beam is not None and beam < 1:
             raise ConfigError(f"--beam must be at least 1, got {beam}.")
         self.audio_ctx = audio_ctx_setting(audio_ctx)
-        art = open_artifact(artifact, verify=verify)
+        art = open_artifact(artifact, quant=quant, verify=verify)
         self.artifact = art
         self.whisper = binding.load(art.path, required_flags=artifact_cpu_flags(art), cpuinfo=CPUINFO)
         self._ctx: Any = None  # the model is read on first use, after the audio has been decoded
@@ -329,11 +366,14 @@ def transcribe(
     output: str | os.PathLike[str] | None = None,
     language: str = "en",
     audio_ctx: str | int | None = None,
+    quant: str | None = None,
 ) -> str:
     """Transcribe one file; returns the rendered text and writes it to `output` when given."""
     if fmt not in formats.FORMATS:
         formats.render([], fmt)
-    with Transcriber(artifact, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx) as t:
+    with Transcriber(
+        artifact, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx, quant=quant
+    ) as t:
         text = t.transcribe_file(audio_path, fmt)
     if output is not None:
         write_atomic(output, text)
@@ -438,6 +478,11 @@ def _configure_transcribe(p: argparse.ArgumentParser) -> None:
         "(faster, see docs/performance.md), or N",
     )
     p.add_argument(
+        "--quant",
+        default=None,
+        help="model file type, e.g. q8_0 (faster on AVX2, larger); default: the artifact's primary (q5_1)",
+    )
+    p.add_argument(
         "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
     )
     p.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
@@ -455,6 +500,7 @@ def _transcribe_cmd(args: argparse.Namespace) -> int:
         output=args.output,
         language=args.language,
         audio_ctx=args.audio_ctx,
+        quant=args.quant,
     )
     if args.output is None:
         sys.stdout.write(text)

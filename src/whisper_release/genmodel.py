@@ -90,7 +90,7 @@ def cache_key(name: str, hparams: Mapping[str, int], seed: int, quant: str) -> s
 
 def expected_size(pins: Pins, name: str, quant: str) -> int | None:
     pin = pins.model(name)
-    return pin.size if quant == "f16" else pin.q5_1_size if quant == "q5_1" else None
+    return pin.size if quant == "f16" else pin.quantized_size(quant)
 
 
 def generated_model(

@@ -18,7 +18,7 @@ import hashlib
 import io
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -466,6 +466,26 @@ def q5_1_error_bound(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
     return 0.5 * (d64 + ud) + 31 * ud + um + (np.abs(m64) + 32 * d64) * 2.0**-20
 
 
+def q8_0_encode(x: np.ndarray) -> bytes:
+    """ggml's quantize_row_q8_0_ref in numpy, bit for bit: blocks of 32 values, d = amax/127 (stored
+    as f16), q = roundf(x * (1/d)) (half away from zero) as int8."""
+    v = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    if v.size % 32:
+        raise ValueError(f"q8_0 needs a multiple of 32 values, got {v.size}")
+    blocks = v.reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1)
+    d = amax / np.float32(127)
+    inv = np.zeros_like(d)
+    np.divide(np.float32(1), d, out=inv, where=d != 0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = (blocks * inv[:, None]).astype(np.float64)  # float32 product, as in C
+    q = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int8)
+    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.view(np.uint8)
+    return out.tobytes()
+
+
 def q8_0_decode(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
     """ggml's dequantize_row_q8_0: 32 int8 values per f16 scale."""
     buf = _as_u8(raw)
@@ -475,6 +495,42 @@ def q8_0_decode(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
     d = np.ascontiguousarray(b[:, 0:2]).view("<f2").astype(np.float32)
     q = b[:, 2:].view(np.int8).astype(np.float32)
     return (q * d).reshape(-1)
+
+
+def q8_0_error_bound(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
+    """Per-block bound on |x - decode(encode(x))| for q8_0 (ggml's quantize_row_q8_0_ref:
+    d = amax/127, q = round(x/d) in -127..127, d stored as f16), from the stored d alone: rounding
+    costs d_true/2, storing d as f16 half an ulp, times |q| <= 127; 2**-20 of the block's magnitude
+    covers the float32 arithmetic."""
+    b = _as_u8(raw).reshape(-1, 34)
+    d = np.ascontiguousarray(b[:, 0:2]).view("<f2").reshape(-1).astype(np.float64)
+    ud = _f16_half_ulp(d)
+    return 0.5 * (d + ud) + 127 * ud + 128 * d * 2.0**-20
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A quantization type in numpy: block shape, ggml's encoder (bit for bit), decoder, error bound."""
+
+    qtype: int
+    block_elements: int
+    block_bytes: int
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes | np.ndarray, int], np.ndarray]
+    error_bound: Callable[[bytes | np.ndarray, int], np.ndarray]
+
+
+CODECS = {
+    "q5_1": Codec(GGML_TYPE_Q5_1, QK5_1, Q5_1_BLOCK_BYTES, q5_1_encode, q5_1_decode, q5_1_error_bound),
+    "q8_0": Codec(GGML_TYPE_Q8_0, 32, 34, q8_0_encode, q8_0_decode, q8_0_error_bound),
+}
+
+
+def codec(quant: str) -> Codec:
+    try:
+        return CODECS[quant]
+    except KeyError:
+        raise ValueError(f"no decoder for quantization type {quant!r}; known: {', '.join(CODECS)}") from None
 
 
 # ---- writer --------------------------------------------------------------------------------------
@@ -511,6 +567,11 @@ def _encode(name: str, ttype: int, arr: np.ndarray) -> bytes:
             raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q5_1 (innermost dim not a "
                              "multiple of 32)")
         return q5_1_encode(arr)
+    if ttype == GGML_TYPE_Q8_0:
+        if arr.ndim == 0 or arr.shape[-1] % 32:
+            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q8_0 (innermost dim not a "
+                             "multiple of 32)")
+        return q8_0_encode(arr)
     raise ValueError(f"tensor {name!r}: the writer does not encode type {type_name(ttype)}")
 
 

@@ -1,4 +1,4 @@
-"""Integrity of the shipped artifacts: the q5_1 model file, SHA256SUMS and the manifest.
+"""Integrity of the shipped artifacts: the quantized model files, SHA256SUMS and the manifest.
 
 Every check returns a list of Findings instead of raising, so the verification suite can report
 all that is wrong at once and then fail. A Finding names the file, what was wanted, what was
@@ -46,20 +46,22 @@ def format_findings(findings: Iterable[Finding]) -> str:
     return "\n".join(f"  - {f}" for f in findings)
 
 
-# ---- the q5_1 model file: structure ---------------------------------------------------------------
+# ---- a quantized model file: structure ------------------------------------------------------------
 
 
-def quantized_hparams(pin: ModelPin) -> dict[str, int]:
+def quantized_hparams(pin: ModelPin, quant: str = "q5_1") -> dict[str, int]:
     h = dict(pin.hparams)
-    h["ftype"] = ggml.FTYPE_Q5_1
+    h["ftype"] = ggml.ftype_for(ggml.codec(quant).qtype)
     return h
 
 
-def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | None = None) -> list[Finding]:
+def check_model_file(
+    path: Path, pin: ModelPin, quant: str = "q5_1", *, sums: Mapping[str, str] | None = None
+) -> list[Finding]:
     """Header, hparams, tensor inventory (type, shape, byte size), exact length, sha256 vs SHA256SUMS."""
     f = str(path)
     if not path.is_file():
-        return [Finding(f, "model file", "a q5_1 ggml file", "no such file")]
+        return [Finding(f, "model file", f"a {quant} ggml file", "no such file")]
     findings: list[Finding] = []
     size = path.stat().st_size
     if sums is not None:
@@ -76,7 +78,7 @@ def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | Non
             *findings,
             Finding(f, "ggml header", "a readable whisper ggml header", str(e).split(": ", 1)[-1]),
         ]
-    want_h = quantized_hparams(pin)
+    want_h = quantized_hparams(pin, quant)
     for k in HPARAM_ORDER:
         if header.hparams[k] != want_h[k]:
             findings.append(
@@ -91,7 +93,7 @@ def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | Non
     if header.n_mel != pin.hparams["n_mels"]:
         findings.append(Finding(f, "mel filter rows", str(pin.hparams["n_mels"]), str(header.n_mel)))
 
-    inventory = ggml.expected_inventory(pin.hparams, quantized=True)
+    inventory = ggml.expected_inventory(pin.hparams, quantized=True, qtype=ggml.codec(quant).qtype)
     seen: dict[str, ggml.TensorInfo] = {}
     end = header.tensor_offset
     try:
@@ -144,26 +146,27 @@ def check_model_file(path: Path, pin: ModelPin, *, sums: Mapping[str, str] | Non
         findings.append(
             Finding(f, "file end", f"the last tensor ending at byte {size}", f"it ends at byte {end}")
         )
-    if pin.q5_1_size is not None and size != pin.q5_1_size:
+    pinned = pin.quantized_size(quant)
+    if pinned is not None and size != pinned:
         findings.append(
-            Finding(f, "file length", f"{pin.q5_1_size} bytes (release.toml q5_1_size)", f"{size} bytes")
+            Finding(f, "file length", f"{pinned} bytes (release.toml {quant}_size)", f"{size} bytes")
         )
     return findings
 
 
-# ---- the q5_1 model file: numerics ---------------------------------------------------------------
+# ---- a quantized model file: numerics ------------------------------------------------------------
 
 
 @dataclass
 class Numerics:
-    """The q5_1 file against its f16 source, every element of every tensor."""
+    """A quantized file against its f16 source, every element of every tensor."""
 
     quantized_tensors: int = 0
     copied_tensors: int = 0
     blocks: int = 0
     elements: int = 0
     over_bound: int = 0
-    worst_ratio: float = 0.0  # max |q5_1 - f16| / bound over all elements
+    worst_ratio: float = 0.0  # max |quantized - f16| / bound over all elements
     worst_tensor: str = ""
     worst_error: float = 0.0
     worst_bound: float = 0.0
@@ -179,18 +182,20 @@ def _memmap(path: Path) -> np.ndarray:
     return np.memmap(path, dtype=np.uint8, mode="r")
 
 
-def check_numerics(q5_1_path: Path, f16_path: Path) -> Numerics:
-    """Decode every q5_1 block and compare it with the f16 source: each element within its block's
-    bound (d/2 plus f16 rounding of d and m, ggml.q5_1_error_bound); copied tensors byte-identical."""
+def check_numerics(quantized_path: Path, f16_path: Path, quant: str = "q5_1") -> Numerics:
+    """Decode every block of the `quant` file and compare it with the f16 source: each element within
+    its block's bound (half a step plus the f16 rounding of the stored scale and offset,
+    ggml.q5_1_error_bound / q8_0_error_bound); copied tensors byte-identical."""
     out = Numerics()
-    qf, sf = str(q5_1_path), str(f16_path)
+    codec = ggml.codec(quant)
+    qf, sf = str(quantized_path), str(f16_path)
     try:
-        q_infos = {t.name: t for t in ggml.iter_tensors(q5_1_path)}
+        q_infos = {t.name: t for t in ggml.iter_tensors(quantized_path)}
         s_infos = {t.name: t for t in ggml.iter_tensors(f16_path)}
     except VerificationError as e:
-        out.findings.append(Finding(qf, "numeric check", "readable q5_1 and f16 files", str(e)))
+        out.findings.append(Finding(qf, "numeric check", f"readable {quant} and f16 files", str(e)))
         return out
-    qmap, smap = _memmap(q5_1_path), _memmap(f16_path)
+    qmap, smap = _memmap(quantized_path), _memmap(f16_path)
     for name, qi in q_infos.items():
         si = s_infos.get(name)
         if si is None:
@@ -203,7 +208,7 @@ def check_numerics(q5_1_path: Path, f16_path: Path) -> Numerics:
                 Finding(qf, f"tensor {name} shape", f"{list(si.shape)} (as in {sf})", f"{list(qi.shape)}")
             )
             continue
-        if qi.ttype != ggml.GGML_TYPE_Q5_1:
+        if qi.ttype != codec.qtype:
             out.copied_tensors += 1
             if qi.ttype != si.ttype or not np.array_equal(
                 qmap[qi.data_offset : qi.data_offset + qi.nbytes],
@@ -230,7 +235,7 @@ def check_numerics(q5_1_path: Path, f16_path: Path) -> Numerics:
             )
             continue
         out.quantized_tensors += 1
-        _compare_tensor(out, qf, name, qmap, qi, smap, si)
+        _compare_tensor(out, qf, name, qmap, qi, smap, si, quant)
     return out
 
 
@@ -242,28 +247,31 @@ def _compare_tensor(
     qi: ggml.TensorInfo,
     smap: np.ndarray,
     si: ggml.TensorInfo,
+    quant: str,
 ) -> None:
-    n_blocks = qi.n_elements // ggml.QK5_1
+    codec = ggml.codec(quant)
+    qk, bb = codec.block_elements, codec.block_bytes
+    n_blocks = qi.n_elements // qk
     src_dtype = np.dtype("<f2") if si.ttype == ggml.GGML_TYPE_F16 else np.dtype("<f4")
     over = 0
     first_bad: tuple[int, int, float, float] | None = None
     for b0 in range(0, n_blocks, _CHUNK_BLOCKS):
         b1 = min(n_blocks, b0 + _CHUNK_BLOCKS)
-        raw = qmap[qi.data_offset + b0 * ggml.Q5_1_BLOCK_BYTES : qi.data_offset + b1 * ggml.Q5_1_BLOCK_BYTES]
-        n = (b1 - b0) * ggml.QK5_1
-        got = ggml.q5_1_decode(raw, n).reshape(-1, ggml.QK5_1).astype(np.float64)
-        bound = ggml.q5_1_error_bound(raw, n)[:, None]
-        off = si.data_offset + b0 * ggml.QK5_1 * src_dtype.itemsize
+        raw = qmap[qi.data_offset + b0 * bb : qi.data_offset + b1 * bb]
+        n = (b1 - b0) * qk
+        got = codec.decode(raw, n).reshape(-1, qk).astype(np.float64)
+        bound = codec.error_bound(raw, n)[:, None]
+        off = si.data_offset + b0 * qk * src_dtype.itemsize
         src = (
             smap[off : off + n * src_dtype.itemsize]
             .view(src_dtype)
             .astype(np.float64)
-            .reshape(-1, ggml.QK5_1)
+            .reshape(-1, qk)
         )
         err = np.abs(got - src)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = np.where(bound > 0, err / bound, np.where(err > 0, np.inf, 0.0))
-        ratio = np.where(np.isnan(ratio), np.inf, ratio)  # a NaN from a corrupt d or m is a failure
+        ratio = np.where(np.isnan(ratio), np.inf, ratio)  # a NaN from a corrupt scale is a failure
         bad = ratio > 1.0
         if bad.any():
             over += int(bad.sum())
@@ -273,7 +281,7 @@ def _compare_tensor(
         k = int(np.argmax(ratio))
         r = float(ratio.reshape(-1)[k])
         if r > out.worst_ratio or not out.worst_tensor:
-            bi = k // ggml.QK5_1
+            bi = k // qk
             out.worst_ratio, out.worst_tensor = r, name
             out.worst_error, out.worst_bound = float(err.reshape(-1)[k]), float(bound[bi, 0])
     out.blocks += n_blocks
@@ -281,11 +289,11 @@ def _compare_tensor(
     out.over_bound += over
     if first_bad is not None:
         blk, el, e, bnd = first_bad
-        byte = qi.data_offset + blk * ggml.Q5_1_BLOCK_BYTES
+        byte = qi.data_offset + blk * bb
         out.findings.append(
             Finding(
                 qf,
-                f"q5_1 tensor {name}",
+                f"{quant} tensor {name}",
                 "every element within its block's quantisation bound",
                 f"{over} element(s) outside it, first in block {blk} (file byte {byte}) element {el}: "
                 f"|error| {e:.3g} > bound {bnd:.3g}",

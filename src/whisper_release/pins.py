@@ -6,6 +6,7 @@ Everything else asks this module for pins; nothing else parses release.toml.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,9 @@ HPARAM_ORDER = (
     "n_mels",
     "ftype",
 )
+# Quantization types the release can ship: the ones whisper_release.ggml decodes, so that the
+# verification suite can check every element of the quantized file against its f16 source.
+QUANT_TYPES = ("q5_1", "q8_0")
 
 
 def project_root() -> Path:
@@ -64,11 +68,15 @@ class ModelPin:
     size: int | None = None  # exact f16 ggml size
     url: str | None = None
     sha1: str | None = None
-    q5_1_size: int | None = None
+    # exact size of each quantized file the release ships (release.toml `<type>_size`, e.g. q8_0_size)
+    quantized_sizes: dict[str, int] = field(default_factory=dict)
     tokenizer: str | None = None  # "en" | "multilingual" (ct2)
     packages: tuple[PackageFile, ...] = ()
     license: str | None = None
     ggml_sha256: str | None = None  # sha256 of the converted f16 file (ct2; conversion is deterministic)
+
+    def quantized_size(self, quant: str) -> int | None:
+        return self.quantized_sizes.get(quant)
 
     @property
     def hparams_tuple(self) -> tuple[int, ...]:
@@ -160,7 +168,8 @@ class Pins:
             size=m.get("size"),
             url=m.get("url"),
             sha1=m.get("sha1"),
-            q5_1_size=m.get("q5_1_size"),
+            quantized_sizes={k.removesuffix("_size"): int(v) for k, v in m.items()
+                             if re.fullmatch(r"q[0-9]_[0-9k]+_size", k)},  # fmt: skip
             tokenizer=m.get("tokenizer"),
             packages=packages,
             license=m.get("license"),
@@ -176,12 +185,38 @@ class Pins:
         return dict(self.raw["build"])
 
     @property
+    def quantizations(self) -> tuple[str, ...]:
+        """The quantized model types every artifact ships ([build] quantize), the primary first."""
+        return quantizations(self.raw["build"].get("quantize"), self.path)
+
+    @property
+    def primary_quantization(self) -> str:
+        return self.quantizations[0]
+
+    @property
     def verify(self) -> dict[str, Any]:
         return dict(self.raw["verify"])
 
     @property
     def publish(self) -> dict[str, Any]:
         return dict(self.raw["publish"])
+
+
+def quantizations(value: object, where: object = "release.toml") -> tuple[str, ...]:
+    """[build] quantize as a tuple: a list of ggml types (the first is the primary artifact model,
+    the one callers get by default), or one type as a string."""
+    items = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(items, list | tuple)
+        or not items
+        or not all(isinstance(q, str) and q in QUANT_TYPES for q in items)
+        or len(set(items)) != len(items)
+    ):
+        raise ConfigError(
+            f"[build] quantize in {where} must list distinct quantization types out of "
+            f"{', '.join(QUANT_TYPES)} (the first is the primary), got {value!r}; fix release.toml."
+        )
+    return tuple(items)
 
 
 def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
@@ -202,4 +237,5 @@ def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
     for prof in raw["profiles"]:
         for m in pins.profile(prof).models:
             pins.model(m)  # raises on an unknown model
+    quantizations(raw["build"].get("quantize"), p)  # a bad [build] quantize fails here, not mid-build
     return pins

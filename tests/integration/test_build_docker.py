@@ -55,7 +55,7 @@ def _word_list(text: str) -> list[str]:
 
 def test_layout_and_sha256sums(dist: Path, models: tuple[str, ...]) -> None:
     sha256sum = require_tool("sha256sum")
-    assert artifacts.check_tree(dist, models, "q5_1") == []
+    assert artifacts.check_tree(dist, models, load_pins().quantizations) == []
     assert sorted(p.name for p in dist.iterdir()) == sorted(
         ["manifest.json", *(artifacts.model_dir_name(m) for m in models)]
     )

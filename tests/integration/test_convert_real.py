@@ -104,35 +104,38 @@ def test_base_from_two_part_files_matches_its_pins(tmp_path):
     assert result.sha256 == pin.ggml_sha256
 
 
-def _shipped_q5_1(name: str):
+def _shipped(name: str, quant: str):
     # The release build runs the real whisper-quantize inside docker; its output is the artifact.
     root = Path(os.environ.get("WHISPER_RELEASE_ARTIFACTS") or project_root() / "dist" / "release_artifacts")
-    q = root / f"whisper_{name}_xeon" / f"ggml-{name}-q5_1.bin"
+    q = root / f"whisper_{name}_xeon" / f"ggml-{name}-{quant}.bin"
     if not q.is_file():
         unavailable(f"no built artifact {q}: run `invoke build --profile offline` first")
     return q
 
 
+@pytest.mark.parametrize("quant", load_pins().quantizations)
 @pytest.mark.parametrize("name", ["tiny.en", "base"])
-def test_numpy_q5_1_is_bit_identical_to_whisper_quantize(name):
-    # The shipped q5_1 model (made by whisper-quantize in the build) against the pinned f16 input:
-    # every quantized tensor must equal ggml.q5_1_encode of the f16 tensor byte for byte, and every
-    # other tensor be copied unchanged. This pins our codec to ggml's and the artifact to its input.
+def test_numpy_codec_is_bit_identical_to_whisper_quantize(name, quant):
+    # Each shipped quantized model (made by whisper-quantize in the build) against the pinned f16
+    # input: every quantized tensor must equal our numpy encoder's output for the f16 tensor byte for
+    # byte, and every other tensor be copied unchanged. This pins our codecs to ggml's and the
+    # artifact to its input.
     pins = load_pins()
     pin = pins.model(name)
-    q = _shipped_q5_1(name)
+    codec = ggml.codec(quant)
+    q = _shipped(name, quant)
     out = fetch.fetch_model(pins, name)
     header = ggml.read_header(q)
-    assert header.hparams == {**pin.hparams, "ftype": ggml.FTYPE_Q5_1}
+    assert header.hparams == {**pin.hparams, "ftype": ggml.ftype_for(codec.qtype)}
     got = {t.name: (t.ttype, t.shape) for t in ggml.iter_tensors(q)}
-    assert got == ggml.expected_inventory(pin.hparams, quantized=True)
+    assert got == ggml.expected_inventory(pin.hparams, quantized=True, qtype=codec.qtype)
     f16 = {t.name: t for t in ggml.iter_tensors(out)}
     n_quantized = 0
     for t in ggml.iter_tensors(q):
         raw = ggml.read_tensor_bytes(q, t)
-        if t.ttype == ggml.GGML_TYPE_Q5_1:
+        if t.ttype == codec.qtype:
             x = ggml.read_tensor(out, f16[t.name]).astype(np.float32)
-            assert ggml.q5_1_encode(x) == raw, t.name
+            assert codec.encode(x) == raw, t.name
             n_quantized += 1
         else:
             assert raw == ggml.read_tensor_bytes(out, f16[t.name]), t.name

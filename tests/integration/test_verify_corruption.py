@@ -129,6 +129,24 @@ def test_flipped_byte_in_a_model_block(copy: tuple[Path, Path], tmp_path: Path) 
     assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
 
 
+def test_flipped_byte_in_a_q8_0_block(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    (model,) = d.glob("ggml-*-q8_0.bin")
+    good = _sha(model)
+    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.GGML_TYPE_Q8_0)
+    with model.open("r+b") as f:
+        f.seek(info.data_offset + 2 + 5)  # block 0, value 5 (after the f16 scale)
+        b = f.read(1)[0]
+        f.seek(info.data_offset + 2 + 5)
+        f.write(bytes([b ^ 0x20]))  # the value moves by 32 steps of d
+    out = _verify(root, tmp_path, "numerics or model_file")
+    assert (
+        f"{model}: q8_0 tensor {info.name}: wanted every element within its block's quantisation bound, "
+        f"got 1 element(s) outside it, first in block 0 (file byte {info.data_offset}) element 5" in out
+    )
+    assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
+
+
 def test_truncated_model(copy: tuple[Path, Path], tmp_path: Path) -> None:
     root, d = copy
     model = _model(d)

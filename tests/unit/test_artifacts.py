@@ -17,6 +17,7 @@ from whisper_release.testing import require_tool
 SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")
 # Real shared objects stand in for the built ones: the layout code reads their ELF headers.
 STAND_INS = ("libstdc++.so.6", "libgomp.so.1", "libz.so.1", "libm.so.6", "libgcc_s.so.1")
+QUANTS = ("q5_1", "q8_0")
 
 
 def _real_elf(name: str) -> Path:
@@ -35,12 +36,13 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
     models_dir = tmp_path / "models"
     models_dir.mkdir()
     for i, m in enumerate(("tiny.en", "base")):
-        (models_dir / artifacts.model_file_name(m, "q5_1")).write_bytes(bytes([i]) * (1000 + i))
+        for j, q in enumerate(QUANTS):
+            (models_dir / artifacts.model_file_name(m, q)).write_bytes(bytes([i]) * (1000 + i + 7 * j))
     pins = load_pins()
     build = {
         "profile": "offline",
         "release_version": pins.release_version,
-        "quantize": "q5_1",
+        "quantize": list(QUANTS),
         "cmake_flags": pins.build["cmake_flags"],
         "required_cpu_flags": pins.build["required_cpu_flags"],
         "source_date_epoch": 1704067200,
@@ -88,12 +90,12 @@ def test_layout_matches_the_contract(build_dirs: dict[str, Path], tmp_path: Path
     ]
     for m in ("tiny.en", "base"):
         d = out / artifacts.model_dir_name(m)
-        assert sorted(p.name for p in d.iterdir()) == list(artifacts.expected_files(m, "q5_1"))
+        assert sorted(p.name for p in d.iterdir()) == list(artifacts.expected_files(m, QUANTS))
         for p in d.iterdir():
             assert p.is_file() and not p.is_symlink()
             st = p.stat()
             assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o644, 1704067200)
-    assert artifacts.check_tree(out, ["tiny.en", "base"], "q5_1") == []
+    assert artifacts.check_tree(out, ["tiny.en", "base"], QUANTS) == []
 
 
 def test_sha256sums_pass_coreutils_check(build_dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -105,7 +107,7 @@ def test_sha256sums_pass_coreutils_check(build_dirs: dict[str, Path], tmp_path: 
                 [sha256sum, "-c", "--strict", "SHA256SUMS"], cwd=d, capture_output=True, text=True
             )
             assert proc.returncode == 0, proc.stdout + proc.stderr
-            assert proc.stdout.count(": OK") == len(artifacts.expected_files("x", "q5_1")) - 1
+            assert proc.stdout.count(": OK") == len(artifacts.expected_files("x", QUANTS)) - 1
 
 
 def test_manifest_is_an_in_toto_statement_over_every_file(
@@ -162,15 +164,19 @@ def test_check_tree_reports_tampering(build_dirs: dict[str, Path], tmp_path: Pat
     out = _organize(build_dirs, tmp_path / "ra")
     (out / "whisper_base_xeon" / "ggml-base-q5_1.bin").write_bytes(b"corrupt")
     (out / "whisper_tiny.en_xeon" / "libgomp.so.1").unlink()
-    findings = artifacts.check_tree(out, ["tiny.en", "base"], "q5_1")
+    findings = artifacts.check_tree(out, ["tiny.en", "base"], QUANTS)
     assert any("ggml-base-q5_1.bin: sha256 differs from SHA256SUMS" in f for f in findings)
     assert any("whisper_tiny.en_xeon: files" in f for f in findings)
 
 
-def test_missing_quantized_model_is_a_clear_error(build_dirs: dict[str, Path], tmp_path: Path) -> None:
-    (build_dirs["models_dir"] / "ggml-base-q5_1.bin").unlink()
-    with pytest.raises(artifacts.LayoutError, match="quantized model .*ggml-base-q5_1.bin is missing"):
+@pytest.mark.parametrize("quant", QUANTS)
+def test_missing_quantized_model_is_a_clear_error(
+    build_dirs: dict[str, Path], tmp_path: Path, quant: str
+) -> None:
+    (build_dirs["models_dir"] / f"ggml-base-{quant}.bin").unlink()
+    with pytest.raises(artifacts.LayoutError, match=f"quantized model .*ggml-base-{quant}.bin is missing"):
         _organize(build_dirs, tmp_path / "ra")
+    assert not (tmp_path / "ra" / "manifest.json").exists()
 
 
 @pytest.mark.parametrize("name", ["libstdc++.so.6", "libgomp.so.1", "libz.so.1"])
@@ -223,4 +229,4 @@ def test_script_mode_runs_standalone(build_dirs: dict[str, Path], tmp_path: Path
         cmd += ["--" + k.replace("_", "-"), str(build_dirs[k])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert artifacts.check_tree(out, ["tiny.en", "base"], "q5_1") == []
+    assert artifacts.check_tree(out, ["tiny.en", "base"], QUANTS) == []

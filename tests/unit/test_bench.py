@@ -144,8 +144,16 @@ def test_matrix_covers_every_comparison(tmp_path):
         "pywhispercpp-base-q5_1",
         "whisper.cpp-artifact-medium-q5_1-random",
         "whisper.cpp-tuned-base-q5_1",
+        # every shipped type is timed on the artifact, the reference builds get the primary only
+        "whisper.cpp-artifact-base-q8_0",
+        "whisper.cpp-artifact-tiny.en-q8_0",
+        "whisper.cpp-tuned-base-q8_0",
     ):
         assert want in ids
+    assert "whisper.cpp-native-base-q8_0" not in ids and "whisper.cpp-generic-base-q8_0" not in ids
+    q8 = next(c for c in m if c.id == "whisper.cpp-artifact-base-q8_0")
+    assert q8.spec.model.endswith("whisper_base_xeon/ggml-base-q8_0.bin")
+    assert q8.decodes == ("greedy", "beam5")
     assert all(c.random_weights == c.id.endswith("-random") for c in m)
     assert all("transcribe" not in c.ops for c in m if c.random_weights)
     assert not [c for c in bench.matrix(load_pins(), root=tmp_path, quick=True) if c.random_weights]

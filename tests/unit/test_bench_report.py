@@ -159,3 +159,24 @@ def test_measurements_disturbed_by_other_processes_are_flagged(tmp_path):
     assert r.disturbed and r.ratio == pytest.approx(2.0)
     md = br.render_markdown(rows, machine)
     assert "| 2.00 † |" in md and "| 46% † |" in md and "| 1% |" in md
+
+
+def test_every_shipped_type_is_compared_with_the_peers_and_f16(tmp_path):
+    doc = {
+        "benchmarks": [
+            _bench(f"whisper.cpp-artifact-base-{q}", *ART, "base", q, "transcribe", t, decode="greedy")
+            for q, t in (("q5_1", 2.0), ("q8_0", 1.5), ("f16", 1.8))
+        ] + [
+            _bench("faster-whisper-base-int8", "faster-whisper", "ctranslate2", "base", "int8", "transcribe",
+                   1.0, decode="greedy"),
+        ]
+    }  # fmt: skip
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps(doc))
+    rows, machine = br.load_rows(p)
+    assert br.shipped_quants(rows) == ["q5_1", "q8_0"]
+    got = {(r.section, r.subject, r.baseline): round(r.ratio, 3) for r in br.ratios(rows)}
+    assert got[("peers", "whisper.cpp artifact q8_0", "faster-whisper int8")] == 1.5
+    assert got[("peers", "whisper.cpp artifact q5_1", "faster-whisper int8")] == 2.0
+    assert got[("quantisation", "q8_0", "f16")] == round(1.5 / 1.8, 3)
+    assert "## Shipped quantized files vs f16 (artifact build)" in br.render_markdown(rows, machine)

@@ -108,8 +108,32 @@ def test_open_artifact_refuses_what_is_not_an_artifact(tmp_path):
         consumer.open_artifact(tmp_path)
     d = _artifact(tmp_path)
     (d / "ggml-other.bin").write_bytes(b"")
-    with pytest.raises(ConfigError, match="2 ggml-\\*.bin model files"):
-        consumer.open_artifact(d)
+    with pytest.raises(ConfigError, match=r"holds 2 model files \(other, q5_1\) and its README names no "):
+        consumer.open_artifact(d, verify=False)
+    for p in d.glob("ggml-*.bin"):
+        p.unlink()
+    with pytest.raises(ConfigError, match="holds no ggml-\\*.bin model file"):
+        consumer.open_artifact(d, verify=False)
+
+
+TITLE = "# whisper.cpp 1.8.5, model `base` ({}), for x86-64 Xeon servers\n"
+
+
+def test_the_readme_names_the_primary_model_and_quant_picks_another(tmp_path):
+    d = _artifact(tmp_path, readme=TITLE.format("q5_1, q8_0"))
+    (d / "ggml-base-q8_0.bin").write_bytes(b"faster model")
+    assert consumer.open_artifact(d, verify=False).model_file.name == "ggml-base-q5_1.bin"
+    assert consumer.open_artifact(d, quant="q8_0", verify=False).model == "base-q8_0"
+    with pytest.raises(ConfigError, match=r"has no q4_0 model \(ggml-\*-q4_0.bin\); it holds q5_1, q8_0"):
+        consumer.open_artifact(d, quant="q4_0", verify=False)
+    # A README whose first type is absent falls through to the next one it lists.
+    (d / "README.md").write_text(TITLE.format("q4_0, q8_0"))
+    assert consumer.open_artifact(d, verify=False).model_file.name == "ggml-base-q8_0.bin"
+
+
+def test_a_single_model_needs_no_readme(tmp_path):
+    d = _artifact(tmp_path)
+    assert consumer.open_artifact(d).model_file.name == "ggml-base-q5_1.bin"
 
 
 def test_cpu_flags_come_from_the_artifacts_readme(tmp_path):

@@ -184,7 +184,7 @@ def test_quantized_size_saving_matches_whisper_quantize(model):
     pin = load_pins().model(model)
     f16 = ggml.expected_file_size(pin.hparams, 80, 201, 0, 0, quantized=False)
     q51 = ggml.expected_file_size(pin.hparams, 80, 201, 0, 0, quantized=True)
-    assert f16 - q51 == pin.size - pin.q5_1_size
+    assert f16 - q51 == pin.size - pin.quantized_size("q5_1")
 
 
 def test_tensor_nbytes():
@@ -244,3 +244,74 @@ def test_raw_tensors_are_written_verbatim(tmp_path):
                      [ggml.RawTensor("w", ggml.GGML_TYPE_Q5_1, (2, 32), raw)])
     (info,) = ggml.iter_tensors(out)
     assert info.ne == (32, 2) and ggml.read_tensor_bytes(out, info) == raw
+
+
+def _q8_0_reference(x: np.ndarray) -> bytes:
+    """A literal, scalar transcription of ggml's quantize_row_q8_0_ref (ggml-quants.c)."""
+    import math
+
+    f32 = np.float32
+    out = bytearray()
+    flat = x.astype(np.float32).reshape(-1)
+    for i in range(flat.size // 32):
+        blk = flat[i * 32:(i + 1) * 32]
+        amax = f32(0.0)
+        for v in blk:
+            amax = max(amax, f32(abs(v)))
+        d = f32(amax / f32(127))
+        inv = f32(f32(1.0) / d) if d else f32(0.0)
+        qs = bytearray()
+        for v in blk:
+            x0 = float(f32(v * inv))
+            r = math.copysign(math.floor(abs(x0) + 0.5), x0)  # C roundf: half away from zero
+            qs.append(int(r) & 0xFF)
+        out += np.float16(d).tobytes() + bytes(qs)
+    return bytes(out)
+
+
+@FAST
+@given(blocks)
+def test_q8_0_encode_matches_ggml_reference_bit_for_bit(x):
+    assert ggml.q8_0_encode(x) == _q8_0_reference(x)
+
+
+@FAST
+@given(blocks)
+def test_q8_0_decode_stays_within_bound(x):
+    raw = ggml.q8_0_encode(x)
+    assert len(raw) == x.size // 32 * 34
+    y = ggml.q8_0_decode(raw, x.size)
+    err = np.abs(x.astype(np.float64) - y).reshape(-1, 32).max(axis=1)
+    bound = ggml.q8_0_error_bound(raw, x.size)
+    assert (err <= bound).all(), (err, bound)
+
+
+def test_q8_0_rounds_half_away_from_zero():
+    # 127 * k / 254 lands exactly on .5 steps for odd k: numpy's default rounding (half to even)
+    # would differ from C's roundf here.
+    x = np.zeros(32, np.float32)
+    x[0] = 127.0
+    x[1], x[2], x[3] = 0.5, -1.5, 2.5
+    q = np.frombuffer(ggml.q8_0_encode(x)[2:], np.int8)
+    assert q[:4].tolist() == [127, 1, -2, 3]
+    assert ggml.q8_0_encode(x) == _q8_0_reference(x)
+
+
+def test_q8_0_bound_is_tight_enough_to_catch_a_wrong_block():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal(32 * 64).astype(np.float32)
+    raw = bytearray(ggml.q8_0_encode(x))
+    raw[2 + 34 * 9 + 5] ^= 0x04  # one value of block 9 moves by 4 steps of d
+    y = ggml.q8_0_decode(bytes(raw), x.size)
+    err = np.abs(x - y).reshape(-1, 32).max(axis=1)
+    bad = err > ggml.q8_0_error_bound(bytes(raw), x.size)
+    assert bad.tolist() == [i == 9 for i in range(64)]
+
+
+@pytest.mark.parametrize("quant", ["q5_1", "q8_0"])
+def test_codec_table_matches_type_traits(quant):
+    c = ggml.codec(quant)
+    assert ggml.type_name(c.qtype) == quant
+    assert ggml.tensor_nbytes(c.qtype, (2, 64)) == 4 * c.block_bytes
+    with pytest.raises(ValueError, match="no decoder for quantization type 'q4_0'"):
+        ggml.codec("q4_0")

@@ -64,6 +64,58 @@ def _models(d: Path) -> tuple[Path, Path]:
     return f16, q
 
 
+def _quantized(d: Path, f16: Path, quant: str) -> Path:
+    """The toy f16 model quantized to `quant` with our numpy encoder (bit-identical to ggml's)."""
+    c = ggml.codec(quant)
+    src = {t.name: ggml.read_tensor(f16, t) for t in ggml.iter_tensors(f16)}
+    return ggml.write_model(
+        d / f"ggml-toy-{quant}.bin",
+        dict(HP, ftype=ggml.ftype_for(c.qtype)),
+        ggml.read_mel_filters(f16),
+        ggml.read_vocab(f16),
+        (
+            (n, t, src[n].astype(np.float32) if t == c.qtype else src[n])
+            for n, (t, _) in ggml.expected_inventory(HP, quantized=True, qtype=c.qtype).items()
+        ),
+    ).path
+
+
+@pytest.fixture(scope="module")
+def q8_0(models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _quantized(tmp_path_factory.mktemp("q8_0"), models[0], "q8_0")
+
+
+def test_good_q8_0_model_has_no_findings(models: tuple[Path, Path], q8_0: Path) -> None:
+    f16, _ = models
+    assert integrity.check_model_file(q8_0, PIN, "q8_0", sums={q8_0.name: integrity.sha256_file(q8_0)}) == []
+    n = integrity.check_numerics(q8_0, f16, "q8_0")
+    assert n.findings == [] and n.quantized_tensors > 0 and n.copied_tensors > 0
+    assert 0.5 < n.worst_ratio <= 1.0
+
+
+def test_flipped_byte_in_a_q8_0_block_is_out_of_bound(
+    models: tuple[Path, Path], q8_0: Path, tmp_path: Path
+) -> None:
+    f16, _ = models
+    bad = _copy(q8_0, tmp_path)
+    info = next(t for t in ggml.iter_tensors(bad) if t.ttype == ggml.GGML_TYPE_Q8_0)
+    blob = bytearray(bad.read_bytes())
+    blob[info.data_offset + 2 * 34 + 2 + 7] ^= 0x10  # block 2, value 7 moves by 16 steps of d
+    bad.write_bytes(bytes(blob))
+    n = integrity.check_numerics(bad, f16, "q8_0")
+    assert n.over_bound == 1
+    (f,) = n.findings
+    assert f.check == f"q8_0 tensor {info.name}"
+    assert f"block 2 (file byte {info.data_offset + 2 * 34}) element 7" in f.got
+
+
+def test_q5_1_file_is_not_a_q8_0_file(models: tuple[Path, Path]) -> None:
+    _, q = models
+    findings = integrity.check_model_file(q, PIN, "q8_0")
+    assert ("hparam ftype", "2007", "2009") in [(f.check, f.wanted, f.got) for f in findings]
+    assert any(f.check.startswith("tensor ") and f.wanted.startswith("q8_0") for f in findings)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return _models(tmp_path_factory.mktemp("models"))

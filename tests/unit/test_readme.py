@@ -18,18 +18,19 @@ def _values(**over: object) -> dict[str, object]:
     build = {
         "required_cpu_flags": pins.build["required_cpu_flags"],
         "source": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
-        "quantize": "q5_1",
+        "quantize": ["q5_1", "q8_0"],
         "release_version": pins.release_version,
     }
     sizes: dict[str, int | None] = {
         "libwhisper.so": 1234567,
         "ggml-base-q5_1.bin": 59707625,
+        "ggml-base-q8_0.bin": 81768585,
         "README.md": None,
         "SHA256SUMS": None,
     }
     kw: dict = dict(
         model="base",
-        model_file="ggml-base-q5_1.bin",
+        model_files=("ggml-base-q5_1.bin", "ggml-base-q8_0.bin"),
         dir_name="whisper_base_xeon",
         sizes=sizes,
         build=build,
@@ -48,6 +49,11 @@ def test_template_renders_every_placeholder() -> None:
     assert "AVX, AVX2, FMA, F16C, BMI2, SSE4.2" in text
     assert "avx|avx2|fma|f16c|bmi2|sse4_2" in text
     assert "59,707,625 bytes, 56.9 MiB" in text
+    # Both model files in the table, the primary first and loaded by the example.
+    q8_row = "| `ggml-base-q8_0.bin` | q8_0 | 81,768,585"
+    assert text.index("| `ggml-base-q5_1.bin` | q5_1 |") < text.index(q8_row)
+    assert 'MODEL = os.path.join(WHISPER_DIR, "ggml-base-q5_1.bin")' in text
+    assert text.startswith("# whisper.cpp 1.8.5, model `base` (q5_1, q8_0), for x86-64 Xeon servers")
 
 
 def test_missing_or_unused_value_is_an_error() -> None:
