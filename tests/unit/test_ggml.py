@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -269,15 +269,24 @@ def _q8_0_reference(x: np.ndarray) -> bytes:
     return bytes(out)
 
 
+def _q8_0_defined(x: np.ndarray) -> bool:
+    # ggml divides by d = amax/127: a block whose d is subnormal gets 1/d = inf and C's roundf(inf)
+    # cast to int8 is undefined behaviour, which no model weight reaches. Zero blocks are fine (d = 0).
+    amax = np.abs(x.reshape(-1, 32)).max(axis=1)
+    return bool(((amax == 0) | (amax > 1e-30)).all())
+
+
 @FAST
 @given(blocks)
 def test_q8_0_encode_matches_ggml_reference_bit_for_bit(x):
+    assume(_q8_0_defined(x))
     assert ggml.q8_0_encode(x) == _q8_0_reference(x)
 
 
 @FAST
 @given(blocks)
 def test_q8_0_decode_stays_within_bound(x):
+    assume(_q8_0_defined(x))
     raw = ggml.q8_0_encode(x)
     assert len(raw) == x.size // 32 * 34
     y = ggml.q8_0_decode(raw, x.size)
