@@ -41,6 +41,7 @@ MAX_LOAD = 1.5
 MAX_FOREIGN_SHARE = 0.10
 REFERENCES = ("native", "generic")
 REFERENCE_REPO = "whisper-release/reference"
+REFERENCE_STAGE = "reference"  # the Dockerfile stage every [bench.reference.<name>] is built from
 
 
 class HostBusyError(ToolError):
@@ -199,11 +200,14 @@ def reference_settings(pins: Pins, name: str) -> dict[str, str]:
         raise ConfigError(
             f"release.toml has no [bench.reference.{name}]; known reference builds: {sorted(refs) or 'none'}."
         )
-    r = refs[name]
+    r = dict(refs[name])
+    if "release_flags_plus" in r:  # the release's own flags plus a few: only those few differ
+        r.setdefault("cmake_flags", [*pins.build["cmake_flags"], *r["release_flags_plus"]])
+        r.setdefault("expected_cpu_variant", pins.build["expected_cpu_variant"])
     try:
         return {
-            f"REF_{name.upper()}_CMAKE_FLAGS": " ".join(str(f) for f in r["cmake_flags"]),
-            f"REF_{name.upper()}_CPU_VARIANT": str(r["expected_cpu_variant"]),
+            "REF_CMAKE_FLAGS": " ".join(str(f) for f in r["cmake_flags"]),
+            "REF_CPU_VARIANT": str(r["expected_cpu_variant"]),
         }
     except KeyError as e:
         raise ConfigError(f"release.toml [bench.reference.{name}] lacks {e.args[0]!r}.") from None
@@ -214,15 +218,16 @@ def reference_dir(name: str, root: Path | None = None) -> Path:
 
 
 def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = None) -> Path:
-    """Build Dockerfile target reference-<name> from the offline profile's verified inputs and
-    extract its libraries into dist/reference/<name>/ (replaced atomically). Holds the CPU lock."""
+    """Build the Dockerfile stage `reference` with [bench.reference.<name>]'s flags from the offline
+    profile's verified inputs; extract its libraries into dist/reference/<name>/ (replaced
+    atomically). Holds the CPU lock."""
     from . import baseimage, build
 
     pins = pins or load_pins()
     reference_settings(pins, name)  # unknown name -> ConfigError before anything runs
     # The legacy builder runs every stage up to the target: each reference stage needs its args
     # (and the same ones each time, so the stages not asked for come from the cache).
-    settings = {k: v for ref in REFERENCES for k, v in reference_settings(pins, ref).items()}
+    settings = reference_settings(pins, name)
     root = project_root()
     out = out or reference_dir(name, root)
     inputs = build.fetch_inputs("offline", pins)
@@ -239,7 +244,7 @@ def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = N
     args = {**build.build_args(pins, base_tag), **settings}
     tag = f"{REFERENCE_REPO}:{name}"
     docker = which("docker", "Install Docker Engine (docker.io).")
-    cmd = [docker, "build", "--network=none", "--force-rm", "--target", f"reference-{name}", "-t", tag]
+    cmd = [docker, "build", "--network=none", "--force-rm", "--target", REFERENCE_STAGE, "-t", tag]
     for k, v in sorted(args.items()):
         cmd += ["--build-arg", f"{k}={v}"]
     cmd.append(str(context))
@@ -712,7 +717,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
         return 0
-    print("usage: python -m whisper_release.bench worker | reference native|generic ...", file=sys.stderr)
+    print(
+        "usage: python -m whisper_release.bench worker | tune [MODEL] [--quick] [--only=TEXT] | "
+        "reference NAME... (release.toml [bench.reference.NAME]) | run ...",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -934,7 +943,13 @@ class Variant:
 
 
 def tuning_variants(
-    model: str, q5_1: str, q8_0: str | None, ct2_dir: str, lib: str, f16: str | None = None
+    model: str,
+    q5_1: str,
+    q8_0: str | None,
+    ct2_dir: str,
+    lib: str,
+    f16: str | None = None,
+    llamafile_lib: str | None = None,
 ) -> list[Variant]:
     """What was tried for speed, each against the library defaults (same model, audio, threads)."""
     cpp = EngineSpec("whisper.cpp", q5_1, lib_dir=lib)
@@ -974,6 +989,17 @@ def tuning_variants(
             Variant("q8_0 model, audio_ctx floor 750, fallback on", q8,
                     DecodeOptions(fit_audio_ctx=True, audio_ctx_floor=750)),
         ]  # fmt: skip
+    if llamafile_lib:  # GGML_LLAMAFILE=ON: `python -m whisper_release.bench reference llamafile`
+        models = [("q5_1", q5_1), *((("q8_0", q8_0),) if q8_0 else ()), *((("f16", f16),) if f16 else ())]
+        out += [
+            Variant(f"llamafile build, {q} model, greedy",
+                    EngineSpec("whisper.cpp", path, lib_dir=llamafile_lib), greedy)
+            for q, path in models
+        ]  # fmt: skip
+        if q8_0:
+            out.append(Variant("llamafile build, q8_0 model, audio_ctx floor 750, fallback on",
+                               EngineSpec("whisper.cpp", q8_0, lib_dir=llamafile_lib),
+                               DecodeOptions(fit_audio_ctx=True, audio_ctx_floor=750)))  # fmt: skip
     out += [
         Variant(
             "faster-whisper int8, greedy", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), greedy
@@ -1050,6 +1076,7 @@ def tune(
     variants = tuning_variants(
         model, str(q5), str(q8) if q8 else None, str(ct2_model_dir(model, pins)), str(art),
         str(fetch_model(pins, model)),
+        str(lf) if (lf := reference_dir("llamafile", root)).joinpath(binding.LIBRARY).is_file() else None,
     )  # fmt: skip
     if only:
         variants = [v for v in variants if any(o in v.name for o in only)]

@@ -113,22 +113,22 @@ def test_fitted_audio_ctx():
 def test_reference_settings_come_from_release_toml():
     pins = load_pins()
     s = bench.reference_settings(pins, "native")
-    assert (
-        "-DGGML_NATIVE=ON" in s["REF_NATIVE_CMAKE_FLAGS"] and s["REF_NATIVE_CPU_VARIANT"] == "-march=native"
-    )
+    assert "-DGGML_NATIVE=ON" in s["REF_CMAKE_FLAGS"] and s["REF_CPU_VARIANT"] == "-march=native"
     g = bench.reference_settings(pins, "generic")
-    assert (
-        "-DGGML_AVX=OFF" in g["REF_GENERIC_CMAKE_FLAGS"] and "-DGGML_AVX2=OFF" in g["REF_GENERIC_CMAKE_FLAGS"]
-    )
+    assert "-DGGML_AVX=OFF" in g["REF_CMAKE_FLAGS"] and "-DGGML_AVX2=OFF" in g["REF_CMAKE_FLAGS"]
+    # llamafile: exactly the release's flags plus one, and the release's CPU variant line.
+    lf = bench.reference_settings(pins, "llamafile")
+    release = " ".join(pins.build["cmake_flags"])
+    assert lf == {"REF_CMAKE_FLAGS": release + " -DGGML_LLAMAFILE=ON",
+                  "REF_CPU_VARIANT": pins.build["expected_cpu_variant"]}  # fmt: skip
     with pytest.raises(ConfigError, match=r"no \[bench.reference.avx9\]"):
         bench.reference_settings(pins, "avx9")
 
 
-def test_dockerfile_has_the_reference_targets():
+def test_dockerfile_has_one_reference_stage_driven_by_build_args():
     text = (Path(__file__).parents[2] / "Dockerfile").read_text()
-    for name in bench.REFERENCES:
-        assert f"AS reference-{name}" in text
-        assert f"$REF_{name.upper()}_CMAKE_FLAGS" in text
+    assert text.count(f"AS {bench.REFERENCE_STAGE}\n") == 1
+    assert 'CMAKE_FLAGS="$REF_CMAKE_FLAGS" EXPECTED_CPU_VARIANT="$REF_CPU_VARIANT"' in text
 
 
 def test_matrix_covers_every_comparison(tmp_path):
@@ -212,3 +212,18 @@ def test_regression_gate_is_opt_in_and_needs_a_baseline(tmp_path):
     assert "--benchmark-compare-fail=median:15%" in gated
     with pytest.raises(ConfigError, match="WHISPER_RELEASE_BENCH_GATE='fast' is not a percentage"):
         bench.pytest_args(tmp_path, history, gate="fast")
+
+
+def test_tuning_variants_add_the_llamafile_build_when_it_exists():
+    without = {v.name for v in bench.tuning_variants("base", "q5.bin", "q8.bin", "ct2", "art", "f16.bin")}
+    assert not any(n.startswith("llamafile") for n in without)
+    vs = bench.tuning_variants("base", "q5.bin", "q8.bin", "ct2", "art", "f16.bin", llamafile_lib="ref/lf")
+    lf = {v.name: v for v in vs if v.name.startswith("llamafile")}
+    assert sorted(lf) == [
+        "llamafile build, f16 model, greedy",
+        "llamafile build, q5_1 model, greedy",
+        "llamafile build, q8_0 model, audio_ctx floor 750, fallback on",
+        "llamafile build, q8_0 model, greedy",
+    ]
+    assert all(v.spec.lib_dir == "ref/lf" for v in lf.values())
+    assert lf["llamafile build, q8_0 model, greedy"].spec.model == "q8.bin"
