@@ -111,38 +111,30 @@ def test_untouched_copy_passes(copy: tuple[Path, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_flipped_byte_in_a_model_block(copy: tuple[Path, Path], tmp_path: Path) -> None:
-    root, d = copy
-    model = _model(d)
-    good = _sha(model)
-    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.GGML_TYPE_Q5_1)
-    with model.open("r+b") as f:
-        f.seek(info.data_offset + 8)  # block 0, first byte of qs (two 4-bit quants)
-        b = f.read(1)[0]
-        f.seek(info.data_offset + 8)
-        f.write(bytes([b ^ 0x88]))  # both nibbles move by 8 steps of d
-    out = _verify(root, tmp_path, "numerics or model_file")
-    assert (
-        f"{model}: q5_1 tensor {info.name}: wanted every element within its block's quantisation bound, "
-        f"got 2 element(s) outside it, first in block 0 (file byte {info.data_offset})" in out
-    )
-    assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
+# (type, byte within block 0, xor mask, elements pushed outside the bound, first of them):
+# q5_1: the first qs byte holds elements 0 and 16, both nibbles move by 8 steps of d;
+# q8_0: after the 2-byte f16 scale, element 5 moves by 32 steps of d.
+FLIPS = [("q5_1", 8, 0x88, 2, 0), ("q8_0", 2 + 5, 0x20, 1, 5)]
 
 
-def test_flipped_byte_in_a_q8_0_block(copy: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("quant", "at", "mask", "n_out", "first"), FLIPS, ids=[f[0] for f in FLIPS])
+def test_flipped_byte_in_a_model_block(
+    copy: tuple[Path, Path], tmp_path: Path, quant: str, at: int, mask: int, n_out: int, first: int
+) -> None:
     root, d = copy
-    (model,) = d.glob("ggml-*-q8_0.bin")
+    (model,) = d.glob(f"ggml-*-{quant}.bin")
     good = _sha(model)
-    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.GGML_TYPE_Q8_0)
+    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.codec(quant).qtype)
     with model.open("r+b") as f:
-        f.seek(info.data_offset + 2 + 5)  # block 0, value 5 (after the f16 scale)
+        f.seek(info.data_offset + at)
         b = f.read(1)[0]
-        f.seek(info.data_offset + 2 + 5)
-        f.write(bytes([b ^ 0x20]))  # the value moves by 32 steps of d
+        f.seek(info.data_offset + at)
+        f.write(bytes([b ^ mask]))
     out = _verify(root, tmp_path, "numerics or model_file")
     assert (
-        f"{model}: q8_0 tensor {info.name}: wanted every element within its block's quantisation bound, "
-        f"got 1 element(s) outside it, first in block 0 (file byte {info.data_offset}) element 5" in out
+        f"{model}: {quant} tensor {info.name}: wanted every element within its block's quantisation bound, "
+        f"got {n_out} element(s) outside it, first in block 0 (file byte {info.data_offset}) element {first}"
+        in out
     )
     assert f"{model}: sha256: wanted {good} (SHA256SUMS), got {_sha(model)}" in out
 
