@@ -42,6 +42,10 @@ MAX_FOREIGN_SHARE = 0.10
 REFERENCES = ("native", "generic")
 REFERENCE_REPO = "whisper-release/reference"
 REFERENCE_STAGE = "reference"  # the Dockerfile stage every [bench.reference.<name>] is built from
+# faster-whisper held to the artifact's instruction set: CTranslate2's own kernels (CT2_FORCE_CPU_ISA),
+# Intel MKL's and oneDNN's dispatch all capped at AVX2, so on an AVX-512/VNNI/AMX host the peer
+# comparison is ISA for ISA as well as engine for engine.
+CT2_AVX2_ENV = {"CT2_FORCE_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
 class HostBusyError(ToolError):
@@ -879,6 +883,16 @@ def matrix(
         if main_model:
             out.append(
                 Config(
+                    f"faster-whisper-{m}-int8-avx2",
+                    "faster-whisper",
+                    "ctranslate2-avx2",
+                    m,
+                    "int8-avx2",
+                    EngineSpec("faster-whisper", f"ct2:{m}", compute_type="int8", env=dict(CT2_AVX2_ENV)),
+                )
+            )
+            out.append(
+                Config(
                     f"pywhispercpp-{m}-{quant}",
                     "pywhispercpp",
                     "pywhispercpp-wheel",
@@ -1007,6 +1021,11 @@ def tuning_variants(
         Variant(
             "faster-whisper int8, beam 5", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), beam
         ),
+    ]
+    ct2_avx2 = EngineSpec("faster-whisper", ct2_dir, compute_type="int8", env=dict(CT2_AVX2_ENV))
+    out += [
+        Variant("faster-whisper int8, AVX2 only, greedy", ct2_avx2, greedy),
+        Variant("faster-whisper int8, AVX2 only, beam 5", ct2_avx2, beam),
     ]
     return out
 

@@ -148,6 +148,7 @@ def test_matrix_covers_every_comparison(tmp_path):
         "whisper.cpp-artifact-base-q8_0",
         "whisper.cpp-artifact-tiny.en-q8_0",
         "whisper.cpp-tuned-base-q8_0",
+        "faster-whisper-base-int8-avx2",
     ):
         assert want in ids
     assert "whisper.cpp-native-base-q8_0" not in ids and "whisper.cpp-generic-base-q8_0" not in ids
@@ -227,3 +228,12 @@ def test_tuning_variants_add_the_llamafile_build_when_it_exists():
     ]
     assert all(v.spec.lib_dir == "ref/lf" for v in lf.values())
     assert lf["llamafile build, q8_0 model, greedy"].spec.model == "q8.bin"
+
+
+def test_the_avx2_peer_caps_every_dispatcher_of_ctranslate2(tmp_path):
+    (c,) = [c for c in bench.matrix(load_pins(), root=tmp_path) if c.id == "faster-whisper-base-int8-avx2"]
+    assert c.spec.compute_type == "int8" and c.quant == "int8-avx2"
+    assert c.spec.env == {"CT2_FORCE_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                          "ONEDNN_MAX_CPU_ISA": "AVX2"}  # fmt: skip
+    names = {v.name for v in bench.tuning_variants("base", "q5", None, "ct2", "art")}
+    assert {"faster-whisper int8, AVX2 only, greedy", "faster-whisper int8, AVX2 only, beam 5"} <= names
