@@ -111,3 +111,11 @@ def test_human_size() -> None:
 
 def test_template_path_exists() -> None:
     assert Path(TEMPLATE).is_file()
+
+
+def test_the_consumer_reads_the_primary_model_from_the_rendered_title() -> None:
+    # consumer.choose_model picks the default model file from this README's title: keep them in step.
+    from whisper_release import consumer
+
+    m = consumer._README_TITLE.search(readme.render(TEMPLATE.read_text(), _values()))
+    assert m is not None and m.group(1) == "q5_1, q8_0"
