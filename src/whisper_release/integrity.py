@@ -235,7 +235,7 @@ def check_numerics(quantized_path: Path, f16_path: Path, quant: str = "q5_1") ->
             )
             continue
         out.quantized_tensors += 1
-        _compare_tensor(out, qf, name, qmap, qi, smap, si, quant)
+        _compare_tensor(out, qf, name, qmap, qi, smap, si, quant, codec)
     return out
 
 
@@ -248,8 +248,8 @@ def _compare_tensor(
     smap: np.ndarray,
     si: ggml.TensorInfo,
     quant: str,
+    codec: ggml.Codec,
 ) -> None:
-    codec = ggml.codec(quant)
     qk, bb = codec.block_elements, codec.block_bytes
     n_blocks = qi.n_elements // qk
     src_dtype = np.dtype("<f2") if si.ttype == ggml.GGML_TYPE_F16 else np.dtype("<f4")
