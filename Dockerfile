@@ -1,4 +1,4 @@
-# Hermetic build of the whisper.cpp release artifacts. Built by `invoke build` (whisper_release.build)
+# Hermetic build of the whisper.cpp release artifacts. Built by `invoke build` (whisper_release.build.docker)
 # from an assembled context (build/context/<profile>/) with --network=none. Every value comes from
 # release.toml as a build arg; nothing is pulled (the base is a local debootstrap image).
 ARG BASE_IMAGE
@@ -26,7 +26,7 @@ RUN ["/bin/bash", "/packaging/organize.sh"]
 FROM scratch AS output
 COPY --from=organizer /release_artifacts /release_artifacts
 
-# ---- reference builds for the benchmark (whisper_release.bench; not part of the release) ----------
+# ---- reference builds for the benchmark (whisper_release.bench.suite; not part of the release) ----------
 # The same verified source and compile script as the builder, other CMake flags: one stage for every
 # [bench.reference.<name>] of release.toml (`native`: the ceiling on the build host, `generic`: what
 # AVX2+FMA buys, `llamafile`: the release flags plus ggml's tinyBLAS kernels), chosen by build args.

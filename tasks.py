@@ -15,7 +15,7 @@ from invoke import Exit, task
 
 sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
 
-from whisper_release.errors import ReleaseError  # noqa: E402
+from whisper_release.core.errors import ReleaseError  # noqa: E402
 
 
 def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -34,7 +34,7 @@ def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_entry
 def fetch(c, profile="offline", dry_run=False):
     """Get every input (source, models, sample audio) and prove each against release.toml."""
-    from whisper_release.fetch import fetch_profile, print_report
+    from whisper_release.inputs.fetch import fetch_profile, print_report
 
     print_report(fetch_profile(profile, dry_run=dry_run))
 
@@ -44,16 +44,16 @@ def fetch(c, profile="offline", dry_run=False):
 @_entry
 def convert(c, from_, to, tokenizer=None):
     """Convert a CTranslate2 (faster-whisper) Whisper model to a whisper.cpp ggml f16 file."""
-    from whisper_release.convert import convert_ct2_dir
+    from whisper_release.inputs.fetch import convert_dir
 
-    convert_ct2_dir(from_, to, tokenizer=tokenizer)
+    convert_dir(from_, to, tokenizer=tokenizer)
 
 
 @task(help={"profile": "offline or production (snapshot mirror)", "dry_run": "print the recipe and tag only"})
 @_entry
 def base_image(c, profile="offline", dry_run=False):
     """Make the builder base image with debootstrap (skipped when its recipe-hash tag exists)."""
-    from whisper_release.baseimage import ensure_base_image
+    from whisper_release.build.baseimage import ensure_base_image
 
     ensure_base_image(profile, dry_run=dry_run)
 
@@ -63,7 +63,7 @@ def base_image(c, profile="offline", dry_run=False):
 @_entry
 def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release_artifacts"):
     """Fetch, then build the artifacts in docker (--network=none) and extract them to dist/."""
-    from whisper_release.build import build as build_artifacts
+    from whisper_release.build.docker import build as build_artifacts
 
     build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))
 
@@ -76,7 +76,7 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
 @_entry
 def release(c, profile="offline", endpoint=None, config=None, force=False, dry_run=False):
     """Fetch, build, verify, then push; stops at the first failure with nothing published."""
-    from whisper_release.release import release as run_release
+    from whisper_release.publish.release import release as run_release
 
     run_release(profile, endpoint=endpoint, config_file=config, force=force, dry_run=dry_run)
 
@@ -93,7 +93,7 @@ def release(c, profile="offline", endpoint=None, config=None, force=False, dry_r
 def push(c, artifacts="dist/release_artifacts", version=None, endpoint=None, config=None, bucket=None,
          prefix=None, force=False, create_bucket=False, dry_run=False):
     """Upload built artifacts to S3, verified object by object; SHA256SUMS and the manifest go last."""
-    from whisper_release.publish import push_release
+    from whisper_release.publish.push import push_release
 
     push_release(artifacts, version=version, endpoint=endpoint, config_file=config, bucket=bucket,
                  prefix=prefix, force=force, create_bucket=create_bucket, dry_run=dry_run)
@@ -106,7 +106,7 @@ def push(c, artifacts="dist/release_artifacts", version=None, endpoint=None, con
 @_entry
 def store(c, start=False, stop=False, status=False, show_credentials=False, dry_run=False):
     """The embedded S3 store used when no endpoint is configured (data in .store/)."""
-    from whisper_release.store import store_command
+    from whisper_release.s3.store import store_command
 
     store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run)
 
@@ -120,6 +120,6 @@ def store(c, start=False, stop=False, status=False, show_credentials=False, dry_
 @_entry
 def pull(c, release="latest", model=None, dest=None, list_=False, force=False, dry_run=False):
     """Download one artifact directory of a published release, verified, atomically into DEST."""
-    from whisper_release.consumer import pull_command
+    from whisper_release.consume.consumer import pull_command
 
     pull_command(release, model, dest, list_only=list_, force=force, dry_run=dry_run)

@@ -1,5 +1,5 @@
 """The benchmark suite's fixtures: a quiet host (CPU lock held for the whole session), the sample
-set, and one worker process per engine configuration (whisper_release.bench)."""
+set, and one worker process per engine configuration (whisper_release.bench.suite)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from whisper_release import bench, wer
-from whisper_release.fetch import fetch_source
-from whisper_release.pins import Pins, load_pins, project_root
+from whisper_release.bench import suite as bench
+from whisper_release.core.pins import Pins, load_pins, project_root
+from whisper_release.inputs.fetch import fetch_source
+from whisper_release.verify import wer
 
 pytest_plugins = ["whisper_release.testing"]
 HERE = Path(__file__).parent

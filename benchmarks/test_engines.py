@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from whisper_release import bench, wer
+from whisper_release.bench import suite as bench
+from whisper_release.verify import wer
 
 
 def _info(benchmark: Any, cfg: bench.Config, op: str, env: dict[str, Any], **extra: Any) -> None:

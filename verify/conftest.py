@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from whisper_release import integrity, wer
-from whisper_release.artifacts import model_file_name
-from whisper_release.pins import Pins, load_pins, project_root
+from whisper_release.core.pins import Pins, load_pins, project_root
+from whisper_release.layout.artifacts import model_file_name
+from whisper_release.verify import integrity, wer
 
 pytest_plugins = ["whisper_release.testing"]
 
@@ -113,7 +113,7 @@ def _profile(artifacts: Path) -> str:
 @pytest.fixture(scope="session")
 def source_dir(pins: Pins, artifacts: Path) -> Path:
     """The verified whisper.cpp tree the release was built from (for samples/jfk.wav)."""
-    from whisper_release import fetch
+    from whisper_release.inputs import fetch
 
     return Path(fetch.fetch_source(pins, pins.profile(_profile(artifacts)).source))
 
@@ -127,7 +127,7 @@ def clips(pins: Pins, source_dir: Path) -> list[wer.Clip]:
 @pytest.fixture(scope="session")
 def f16_model(pins: Pins, model_name: str) -> Path:
     """The verified f16 model the release was quantized from (not shipped; fetched into the cache)."""
-    from whisper_release import fetch
+    from whisper_release.inputs import fetch
 
     return Path(fetch.fetch_model(pins, model_name))
 

@@ -12,10 +12,12 @@ from typing import Any
 import pytest
 from conftest import run_worker
 
-from whisper_release import cpu, ggml, integrity, wer
-from whisper_release.artifacts import LIBRARIES, expected_files
-from whisper_release.integrity import Finding, format_findings
-from whisper_release.pins import Pins
+from whisper_release.core.pins import Pins
+from whisper_release.layout.artifacts import LIBRARIES, expected_files
+from whisper_release.runtime import cpu
+from whisper_release.verify import integrity, wer
+from whisper_release.verify.integrity import Finding, format_findings
+from whisper_release.weights import ggml
 
 REBUILD_ISA = (
     "rebuild with release.toml [build].cmake_flags (every AVX-512/VNNI/AMX switch OFF, GGML_NATIVE OFF)"

@@ -14,8 +14,8 @@ import sys
 
 
 def main() -> int:
-    from whisper_release import audio, binding
-    from whisper_release.errors import ReleaseError
+    from whisper_release.core.errors import ReleaseError
+    from whisper_release.runtime import audio, binding
 
     job = json.load(sys.stdin)
     try:

@@ -23,8 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from whisper_release.consumer import Transcriber
-from whisper_release.errors import ReleaseError
+from whisper_release.consume.consumer import Transcriber
+from whisper_release.core.errors import ReleaseError
 
 MAX_BODY = 200 * 1024 * 1024
 

@@ -22,9 +22,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from whisper_release import pull
-from whisper_release.consumer import Transcriber, remote_from_env, write_atomic
-from whisper_release.errors import FetchError, ReleaseError
+from whisper_release.consume import pull
+from whisper_release.consume.consumer import Transcriber, remote_from_env, write_atomic
+from whisper_release.core.errors import FetchError, ReleaseError
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4"}
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import ReleaseError
+from whisper_release.core.errors import ReleaseError
 
 Command = Callable[[argparse.Namespace], int | None]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Command]] = {}
@@ -33,16 +33,16 @@ def _configure_convert(p: argparse.ArgumentParser) -> None:
 
 @command("convert", _configure_convert)
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import convert_ct2_dir
+    from whisper_release.inputs.fetch import convert_dir
 
-    convert_ct2_dir(args.src, args.dst, tokenizer=args.tokenizer)
+    convert_dir(args.src, args.dst, tokenizer=args.tokenizer)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     # Import the modules that register further sub-commands; absent ones are skipped quietly
     # only because they are optional features of later releases of this tool.
-    for mod in ("whisper_release.consumer",):
+    for mod in ("whisper_release.consume.consumer",):
         try:
             __import__(mod)
         except ModuleNotFoundError as e:

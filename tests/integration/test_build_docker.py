@@ -17,9 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import artifacts, baseimage, build, readme
-from whisper_release.errors import BuildError
-from whisper_release.pins import load_pins, project_root
+from whisper_release.build import baseimage
+from whisper_release.build import docker as build
+from whisper_release.core.errors import BuildError
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.layout import artifacts, readme
 from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration
@@ -296,8 +298,8 @@ def test_unreachable_mirror_is_one_clear_error(tmp_path: Path) -> None:
     require_tool("docker")
     import copy
 
-    from whisper_release.errors import ToolError
-    from whisper_release.pins import Pins
+    from whisper_release.core.errors import ToolError
+    from whisper_release.core.pins import Pins
 
     pins = load_pins()
     raw = copy.deepcopy(pins.raw)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import publish, pull
-from whisper_release.errors import ConfigError, VerificationError
-from whisper_release.store import EmbeddedStore
+from whisper_release.consume import pull
+from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.publish import push as publish
+from whisper_release.s3.store import EmbeddedStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from consumer_fakes import make_release_tree, upload_tree  # noqa: E402

@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import consumer, publish
-from whisper_release.errors import ConfigError, CpuError, ToolError, VerificationError
-from whisper_release.pins import load_pins, project_root
-from whisper_release.store import EmbeddedStore
+from whisper_release.consume import consumer
+from whisper_release.core.errors import ConfigError, CpuError, ToolError, VerificationError
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.publish import push as publish
+from whisper_release.s3.store import EmbeddedStore
 from whisper_release.testing import require_tool, unavailable
 
 pytestmark = pytest.mark.integration
@@ -53,7 +54,7 @@ def jfk() -> Path:
     env = os.environ.get("WHISPER_RELEASE_JFK")
     if env:
         return Path(env)
-    from whisper_release.fetch import fetch_source
+    from whisper_release.inputs.fetch import fetch_source
 
     pins = load_pins()
     src = fetch_source(pins, pins.profile("offline").source)
@@ -165,7 +166,7 @@ def test_pulled_release_transcribes_jfk_exactly(pulled, jfk, reference, fmt, ext
 
 
 def test_audio_ctx_beyond_the_models_window_is_refused_before_decoding(pulled):
-    from whisper_release import binding
+    from whisper_release.runtime import binding
 
     art = consumer.open_artifact(pulled)
     with binding.load(art.path, required_flags=[]).open(art.model_file) as ctx:

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import convert, ct2, fetch, ggml
-from whisper_release.pins import load_pins, project_root
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.inputs import fetch
 from whisper_release.testing import unavailable
+from whisper_release.weights import convert, ct2, ggml
 
 pytestmark = pytest.mark.integration
 

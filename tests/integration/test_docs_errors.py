@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from doccheck import ROOT, Block, blocks, fresh_tmp, run_shell, scrubbed_env, text_pattern
 
-from whisper_release.pins import load_pins
+from whisper_release.core.pins import load_pins
 from whisper_release.testing import require_tool, unavailable
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def _need_build() -> None:
 
 def _jfk() -> Path:
     pins = load_pins()
-    from whisper_release.fetch import fetch_source
+    from whisper_release.inputs.fetch import fetch_source
 
     return fetch_source(pins, pins.profile("offline").source) / pins.sample["path"]
 

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import download, fetch, ggml
-from whisper_release.cache import file_digest
-from whisper_release.gittree import tree_hash
-from whisper_release.pins import load_pins, project_root
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.inputs import download, fetch
+from whisper_release.inputs.cache import file_digest
+from whisper_release.weights import ggml
+from whisper_release.weights.gittree import tree_hash
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from test_publish_support import (
     write_sums,
 )
 
-from whisper_release.errors import PublishError
-from whisper_release.publish import MANIFEST, make_client, push
+from whisper_release.core.errors import PublishError
+from whisper_release.publish.push import MANIFEST, make_client, push
 
 pytestmark = pytest.mark.integration
 

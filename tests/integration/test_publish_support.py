@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from whisper_release.publish import MiB, TransferSettings
-from whisper_release.s3config import S3Config
-from whisper_release.store import EmbeddedStore
+from whisper_release.publish.push import MiB, TransferSettings
+from whisper_release.s3.config import S3Config
+from whisper_release.s3.store import EmbeddedStore
 
 # Small parts so a test file of a few MiB goes through multipart upload like a real model does.
 TEST_SETTINGS = TransferSettings(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB,

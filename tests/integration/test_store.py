@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release.store import EmbeddedStore, store_command
+from whisper_release.s3.store import EmbeddedStore, store_command
 
 pytestmark = pytest.mark.integration
 

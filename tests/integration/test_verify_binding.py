@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import binding
+from whisper_release.runtime import binding
 from whisper_release.testing import require_tool, strict
 
 pytestmark = pytest.mark.integration
@@ -35,8 +35,8 @@ def _source_dir() -> Path:
     if env:
         return Path(env)
     try:
-        from whisper_release import fetch
-        from whisper_release.pins import load_pins
+        from whisper_release.core.pins import load_pins
+        from whisper_release.inputs import fetch
     except ImportError:
         fetch = None  # type: ignore[assignment]
     if fetch is not None and hasattr(fetch, "fetch_source"):
@@ -46,7 +46,7 @@ def _source_dir() -> Path:
     if dev.is_dir() and not strict():
         return dev
     pytest.fail(
-        "no verified whisper.cpp source: set WHISPER_RELEASE_SOURCE_DIR or provide whisper_release.fetch"
+        "no verified whisper.cpp source: set WHISPER_RELEASE_SOURCE_DIR or run invoke fetch"
     )
 
 

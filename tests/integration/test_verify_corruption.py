@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import ggml
-from whisper_release.pins import project_root
+from whisper_release.core.pins import project_root
 from whisper_release.testing import require_tool, unavailable
+from whisper_release.weights import ggml
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import artifacts
-from whisper_release.pins import load_pins, project_root
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.layout import artifacts
 from whisper_release.testing import require_tool
 
 SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")

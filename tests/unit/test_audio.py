@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import audio
-from whisper_release.errors import VerificationError
+from whisper_release.core.errors import VerificationError
+from whisper_release.runtime import audio
 
 
 def _write(path: Path, data: np.ndarray, rate: int, width: int = 2) -> Path:

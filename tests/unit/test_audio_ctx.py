@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_release import bench, binding
-from whisper_release.binding import fitted_audio_ctx
-from whisper_release.errors import ConfigError
+from whisper_release.bench import suite as bench
+from whisper_release.core.errors import ConfigError
+from whisper_release.runtime import binding
+from whisper_release.runtime.binding import fitted_audio_ctx
 
 SECOND = 16_000
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import bench
-from whisper_release.errors import ConfigError, ReleaseError
-from whisper_release.pins import load_pins
+from whisper_release.bench import suite as bench
+from whisper_release.core.errors import ConfigError, ReleaseError
+from whisper_release.core.pins import load_pins
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from whisper_release import bench_report as br
-from whisper_release.errors import ConfigError
+from whisper_release.bench import report as br
+from whisper_release.core.errors import ConfigError
 
 
 def _bench(config, engine, build, model, quant, op, median, decode=None, rss=None, **extra):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import binding
-from whisper_release.errors import CpuError, VerificationError
+from whisper_release.core.errors import CpuError, VerificationError
+from whisper_release.runtime import binding
 
 
 def test_missing_avx2_is_a_python_error_before_any_load(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_missing_avx2_is_a_python_error_before_any_load(tmp_path: Path) -> None:
 
 
 def test_required_flags_come_from_the_pins() -> None:
-    from whisper_release.pins import load_pins
+    from whisper_release.core.pins import load_pins
 
     assert binding.required_cpu_flags() == list(load_pins().build["required_cpu_flags"])
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import baseimage, build
-from whisper_release.errors import BuildError, ConfigError, ToolError
-from whisper_release.pins import load_pins, project_root
+from whisper_release.build import baseimage
+from whisper_release.build import docker as build
+from whisper_release.core.errors import BuildError, ConfigError, ToolError
+from whisper_release.core.pins import load_pins, project_root
 from whisper_release.testing import require_tool
 
 DOCKERFILE = project_root() / "Dockerfile"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release.cache import Cache, cache_root, derive_key, make_read_only, remove_tree
+from whisper_release.inputs.cache import Cache, cache_root, derive_key, make_read_only, remove_tree
 
 
 def test_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

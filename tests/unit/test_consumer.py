@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import cli, consumer
-from whisper_release.errors import ConfigError, ToolError, VerificationError
+from whisper_release import cli
+from whisper_release.consume import consumer
+from whisper_release.core.errors import ConfigError, ToolError, VerificationError
 from whisper_release.testing import require_tool
 
 
@@ -144,7 +145,7 @@ def test_cpu_flags_come_from_the_artifacts_readme(tmp_path):
 
 
 def test_cpu_flags_fall_back_to_the_pins(tmp_path):
-    from whisper_release.pins import load_pins
+    from whisper_release.core.pins import load_pins
 
     d = _artifact(tmp_path)
     assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == load_pins().build["required_cpu_flags"]
@@ -192,7 +193,7 @@ def test_audio_ctx_setting_accepts_auto_and_frame_counts(value, setting):
 
 def test_cli_good_audio_ctx_gets_past_the_check_to_the_library(tmp_path, capsys, monkeypatch):
     # The fake artifact's library cannot load: reaching that error proves the value was accepted.
-    from whisper_release.pins import load_pins
+    from whisper_release.core.pins import load_pins
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t: " + " ".join(load_pins().build["required_cpu_flags"]) + "\n")

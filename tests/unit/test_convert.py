@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whisper_release import cli, convert, ct2, ggml
-from whisper_release.errors import ConversionError
+from whisper_release import cli
+from whisper_release.core.errors import ConversionError
+from whisper_release.weights import convert, ct2, ggml
 
 FAST = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import cpu
-from whisper_release.errors import CpuError, ToolError
+from whisper_release.core.errors import CpuError, ToolError
+from whisper_release.runtime import cpu
 from whisper_release.testing import require_tool
 
 AVX2_FMA_C = r"""

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whisper_release import ct2
-from whisper_release.errors import ConversionError
+from whisper_release.core.errors import ConversionError
+from whisper_release.weights import ct2
 
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

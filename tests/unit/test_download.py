@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from test_fetch_support import dead_port_url, http_server  # noqa: F401  (fixture)
 
-from whisper_release import download as dl
-from whisper_release.errors import FetchError, VerificationError
+from whisper_release.core.errors import FetchError, VerificationError
+from whisper_release.inputs import download as dl
 
 FAST = dl.RetryPolicy(retries=3, backoff=0.01, timeout=5)
 BODY = os.urandom(3 * 1024 * 1024 + 17)
@@ -132,7 +132,7 @@ def test_retry_policy_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     p = dl.RetryPolicy.from_env()
     assert (p.retries, p.backoff) == (2, 0.25)
     monkeypatch.setenv("WHISPER_RELEASE_TIMEOUT", "soon")
-    from whisper_release.errors import ConfigError
+    from whisper_release.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="WHISPER_RELEASE_TIMEOUT"):
         dl.RetryPolicy.from_env()

@@ -27,10 +27,11 @@ from test_fetch_support import (  # noqa: F401  (fixture)
     write_tree,
 )
 
-from whisper_release import ct2, download, fetch, ggml
-from whisper_release.errors import ConfigError, ConversionError, VerificationError
-from whisper_release.gittree import tree_hash
-from whisper_release.pins import HPARAM_ORDER
+from whisper_release.core.errors import ConfigError, ConversionError, VerificationError
+from whisper_release.core.pins import HPARAM_ORDER
+from whisper_release.inputs import download, fetch
+from whisper_release.weights import ct2, ggml
+from whisper_release.weights.gittree import tree_hash
 
 PREFIX = "whisper.cpp-toy"
 OFFICIAL_HP = dict(zip(HPARAM_ORDER, (10, 4, 8, 2, 1, 4, 8, 2, 1, 4, 1), strict=True))

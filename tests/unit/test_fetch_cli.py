@@ -9,8 +9,8 @@ from pathlib import Path
 
 from test_fetch_support import cache_files, http_server  # noqa: F401  (fixture)
 
-from whisper_release.errors import ConfigError, VerificationError
-from whisper_release.pins import load_pins, project_root
+from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.core.pins import load_pins, project_root
 
 
 def invoke(args: list[str], cache: Path, **env: str) -> subprocess.CompletedProcess[str]:

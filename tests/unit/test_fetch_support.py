@@ -159,7 +159,7 @@ import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from whisper_release.pins import Pins, load_pins  # noqa: E402
+from whisper_release.core.pins import Pins, load_pins  # noqa: E402
 
 
 def make_pins(tmp_path: Path, mutate: Any = None) -> Pins:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from whisper_release import formats
-from whisper_release.errors import ConfigError
+from whisper_release.core.errors import ConfigError
+from whisper_release.runtime import formats
 
 
 @dataclass

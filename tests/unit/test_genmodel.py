@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_release import genmodel, ggml
-from whisper_release.errors import ConfigError
+from whisper_release.bench import genmodel
+from whisper_release.core.errors import ConfigError
+from whisper_release.weights import ggml
 
 TINY = {
     "n_vocab": 40, "n_audio_ctx": 8, "n_audio_state": 32, "n_audio_head": 2, "n_audio_layer": 1,

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from whisper_release import ggml
-from whisper_release.errors import VerificationError
-from whisper_release.pins import HPARAM_ORDER, load_pins
+from whisper_release.core.errors import VerificationError
+from whisper_release.core.pins import HPARAM_ORDER, load_pins
+from whisper_release.weights import ggml
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

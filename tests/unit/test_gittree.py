@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from whisper_release.gittree import EMPTY_TREE, blob_id, tree_hash
 from whisper_release.testing import require_tool
+from whisper_release.weights.gittree import EMPTY_TREE, blob_id, tree_hash
 
 # Names git accepts and that sort in interesting ways around "/" (0x2f): "-" and "." sort before it,
 # "0" and "_" after; a file "a.b" and a dir "a" trip a naive sort.

@@ -7,10 +7,10 @@ import hashlib
 import pytest
 from test_fetch_support import http_server  # noqa: F401  (fixture)
 
-from whisper_release import download as dl
-from whisper_release.errors import FetchError, VerificationError
-from whisper_release.index import find_link, normalize, project_page_url, resolve
-from whisper_release.pins import PackageFile
+from whisper_release.core.errors import FetchError, VerificationError
+from whisper_release.core.pins import PackageFile
+from whisper_release.inputs import download as dl
+from whisper_release.inputs.index import find_link, normalize, project_page_url, resolve
 
 FAST = dl.RetryPolicy(retries=1, backoff=0.01, timeout=5)
 

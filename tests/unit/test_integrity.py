@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import ggml, integrity
-from whisper_release.pins import ModelPin
+from whisper_release.core.pins import ModelPin
+from whisper_release.verify import integrity
+from whisper_release.weights import ggml
 
 HP = {
     "n_vocab": 96,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import ggml
-from whisper_release.errors import ConfigError
-from whisper_release.pins import QUANT_TYPES, default_pins_path, load_pins, quantizations
+from whisper_release.core.errors import ConfigError
+from whisper_release.core.pins import QUANT_TYPES, default_pins_path, load_pins, quantizations
+from whisper_release.weights import ggml
 
 
 def _with_quantize(tmp_path: Path, value: str) -> Path:

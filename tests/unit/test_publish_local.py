@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release.errors import PublishError, VerificationError
-from whisper_release.publish import check_version, push, scan_artifacts
-from whisper_release.s3config import S3Config, validate
+from whisper_release.core.errors import PublishError, VerificationError
+from whisper_release.publish.push import check_version, push, scan_artifacts
+from whisper_release.s3.config import S3Config, validate
 
 
 def _sums(d: Path) -> None:
@@ -106,7 +106,7 @@ def test_invalid_artifacts_fail_before_any_network(tree):
 
 
 def test_publish_config_prefers_configured_store_and_never_starts_one_on_dry_run(tmp_path, monkeypatch):
-    from whisper_release.store import publish_config
+    from whisper_release.s3.store import publish_config
 
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                 "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER",
@@ -124,8 +124,8 @@ def test_publish_config_prefers_configured_store_and_never_starts_one_on_dry_run
 
 
 def test_store_command_refuses_start_and_stop_together(tmp_path):
-    from whisper_release.errors import ConfigError
-    from whisper_release.store import store_command
+    from whisper_release.core.errors import ConfigError
+    from whisper_release.s3.store import store_command
 
     with pytest.raises(ConfigError, match="both --start and --stop"):
         store_command(start=True, stop=True, root=tmp_path)

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from whisper_release import pull
-from whisper_release.errors import ConfigError, VerificationError
+from whisper_release.consume import pull
+from whisper_release.core.errors import ConfigError, VerificationError
 
 H1 = hashlib.sha256(b"one").hexdigest()
 H2 = hashlib.sha256(b"two").hexdigest()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release import readme
-from whisper_release.pins import load_pins, project_root
+from whisper_release.core.pins import load_pins, project_root
+from whisper_release.layout import readme
 
 TEMPLATE = project_root() / "packaging" / "README.template.md"
 
@@ -115,7 +115,7 @@ def test_template_path_exists() -> None:
 
 def test_the_consumer_reads_the_primary_model_from_the_rendered_title() -> None:
     # consumer.choose_model picks the default model file from this README's title: keep them in step.
-    from whisper_release import consumer
+    from whisper_release.consume import consumer
 
     m = consumer._README_TITLE.search(readme.render(TEMPLATE.read_text(), _values()))
     assert m is not None and m.group(1) == "q5_1, q8_0"

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from whisper_release.errors import ConfigError
-from whisper_release.s3config import S3Config, check_bucket, load_config, normalize_endpoint, validate
+from whisper_release.core.errors import ConfigError
+from whisper_release.s3.config import S3Config, check_bucket, load_config, normalize_endpoint, validate
 
 DEFAULTS = {"bucket": "whisper-releases", "prefix": "whisper.cpp"}
 SECRET = "s3cr3t-VALUE-never-shown"

@@ -18,10 +18,10 @@ from test_fetch_support import (  # noqa: F401  (fixture)
     write_tree,
 )
 
-from whisper_release import download, fetch
-from whisper_release.errors import ConfigError, VerificationError
-from whisper_release.gittree import tree_hash
-from whisper_release.sources import extract_subdir
+from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.inputs import download, fetch
+from whisper_release.inputs.sources import extract_subdir
+from whisper_release.weights.gittree import tree_hash
 
 PREFIX = "whisper.cpp-0123456789abcdef"
 

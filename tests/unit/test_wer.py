@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whisper_release import audio, wer
-from whisper_release.errors import VerificationError
-from whisper_release.pins import project_root
+from whisper_release.core.errors import VerificationError
+from whisper_release.core.pins import project_root
+from whisper_release.runtime import audio
 from whisper_release.testing import require_tool
+from whisper_release.verify import wer
 
 
 def test_normaliser_removes_punctuation_case_and_spelling_variants() -> None:

@@ -1,0 +1,509 @@
+"""The consumer side: `whisper-release pull` and `whisper-release transcribe`.
+
+What a transcription worker does with a published release: pull one artifact directory
+(pull.py), then load its library through the ctypes binding and transcribe audio files,
+writing txt, json, srt or vtt (formats.py). Importing this module registers both sub-commands
+with cli.py; it does no I/O at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_release.cli import command
+from whisper_release.core.console import info, quote
+from whisper_release.core.errors import ConfigError, ReleaseError, ToolError, VerificationError
+from whisper_release.runtime import formats
+
+SAMPLE_RATE = 16_000
+LIBRARY = "libwhisper.so"
+# RIFF/WAVE and its 64-bit variants are read natively; everything else goes through ffmpeg.
+_WAV_MAGICS = (b"RIFF", b"RIFX", b"RF64", b"BW64")
+
+
+class AudioError(VerificationError):
+    """An audio file is unreadable, empty or in a format that cannot be decoded here (the same
+    class audio.py raises for a broken WAV, so one exit code means "bad audio")."""
+
+
+# ---- audio --------------------------------------------------------------------------------
+
+
+def _is_wav(head: bytes) -> bool:
+    return head[:4] in _WAV_MAGICS and head[8:12] == b"WAVE"
+
+
+def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
+    """The file as float32 samples at 16 kHz mono.
+
+    WAV is read natively (any rate, any channel count, resampled by audio.py); other formats
+    go through ffmpeg when it is installed.
+    """
+    p = Path(path)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+    except FileNotFoundError:
+        raise AudioError(f"Audio file {p} does not exist; check the path.") from None
+    except IsADirectoryError:
+        raise AudioError(f"Audio path {p} is a directory, expected an audio file.") from None
+    except OSError as e:
+        raise AudioError(f"Audio file {p} cannot be read ({e.strerror}); check its permissions.") from None
+    if not head:
+        raise AudioError(
+            f"Audio file {p} is empty (0 bytes); give a WAV or other audio file with sound in it."
+        )
+    if not _is_wav(head):
+        samples = _decode_ffmpeg(p)
+    else:
+        try:
+            samples = _decode_wav(p)
+        except ReleaseError as wav_error:
+            # Python's wave module reads integer PCM only; ffmpeg, when present, also reads float
+            # and compressed WAV. If it fails too, the WAV reader's message says more.
+            if shutil.which("ffmpeg") is None:
+                raise
+            try:
+                samples = _decode_ffmpeg(p)
+            except ReleaseError:
+                raise wav_error from None
+    if samples.size == 0:
+        raise AudioError(f"Audio file {p} holds no samples; give a recording that is not empty.")
+    return samples
+
+
+def _decode_wav(path: Path) -> np.ndarray:
+    from whisper_release.runtime import audio
+
+    try:
+        return np.ascontiguousarray(audio.read_wav(path), dtype=np.float32)
+    except ReleaseError:
+        raise
+    except (ValueError, EOFError, OSError) as e:
+        raise AudioError(
+            f"Audio file {path} is not a readable WAV file ({e}); re-export it as PCM WAV."
+        ) from None
+
+
+def _decode_ffmpeg(path: Path) -> np.ndarray:
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise ToolError(
+            f"Audio file {path} is not WAV and ffmpeg is not installed to decode it; install ffmpeg "
+            "(apt-get install ffmpeg) or convert the file to WAV."
+        )
+    cmd = [
+        ffmpeg,
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-",
+    ]
+    info(f"+ {quote(cmd)}")
+    proc = subprocess.run(cmd, capture_output=True, check=False)
+    if proc.returncode != 0:
+        why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise AudioError(
+            f"Audio file {path} could not be decoded by ffmpeg ({why}); check it is an audio file."
+        )
+    return np.frombuffer(proc.stdout, dtype="<f4").astype(np.float32)
+
+
+# ---- the artifact -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A pulled `whisper_<model>_xeon` directory: the library and its quantized model."""
+
+    path: Path
+    model_file: Path
+
+    @property
+    def model(self) -> str:
+        return self.model_file.name.removeprefix("ggml-").removesuffix(".bin")
+
+
+def open_artifact(
+    path: str | os.PathLike[str], *, quant: str | None = None, verify: bool = True
+) -> Artifact:
+    """Check the directory holds a library and its models (and, with `verify`, matches SHA256SUMS);
+    pick the model file of type `quant`, by default the primary one its README names."""
+    from whisper_release.consume.pull import SUMS, parse_sums, sha256_file
+
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(
+            f"Artifact directory {d} does not exist; pull one first (whisper-release pull --release "
+            "latest --model base --dest DIR)."
+        )
+    if not (d / LIBRARY).is_file():
+        raise ConfigError(
+            f"{d} has no {LIBRARY}, so it is not a whisper_<model>_xeon artifact directory; pull one."
+        )
+    model = choose_model(d, quant)
+    if verify:
+        sums_path = d / SUMS
+        if not sums_path.is_file():
+            raise VerificationError(
+                f"{d} has no {SUMS}, so its files cannot be verified; pull the artifact again."
+            )
+        sums = parse_sums(sums_path.read_text(encoding="utf-8", errors="replace"), str(sums_path))
+        bad = [n for n, digest in sums.items() if not (d / n).is_file() or sha256_file(d / n) != digest]
+        if bad:
+            raise VerificationError(
+                f"{d}: {', '.join(sorted(bad))} missing or not matching {SUMS}; pull the artifact again."
+            )
+    return Artifact(d, model)
+
+
+_README_TITLE = re.compile(r"^# whisper\.cpp \S+, model `[^`]+` \(([a-z0-9_, ]+)\)", re.M)
+
+
+def quant_of(model_file: Path) -> str:
+    """ggml-base-q8_0.bin -> q8_0."""
+    return model_file.stem.rsplit("-", 1)[-1]
+
+
+def choose_model(d: Path, quant: str | None) -> Path:
+    """The model file of type `quant`; without one, the primary: the first type the artifact's README
+    title lists (its build's [build] quantize), or the only model file there is."""
+    models = sorted(d.glob("ggml-*.bin"))
+    if not models:
+        raise ConfigError(f"{d} holds no ggml-*.bin model file; pull the artifact again.")
+    by_quant = {quant_of(m): m for m in models}
+    if quant is None:
+        readme = d / "README.md"
+        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
+        m = _README_TITLE.search(text)
+        listed = [q.strip() for q in m.group(1).split(",")] if m else []
+        primary = next((q for q in listed if q in by_quant), None)
+        if primary is not None:
+            return by_quant[primary]
+        if len(models) == 1:
+            return models[0]
+        raise ConfigError(
+            f"{d} holds {len(models)} model files ({', '.join(sorted(by_quant))}) and its README names "
+            "no primary one; choose with --quant."
+        )
+    if quant not in by_quant:
+        raise ConfigError(
+            f"{d} has no {quant} model (ggml-*-{quant}.bin); it holds {', '.join(sorted(by_quant))}: "
+            "choose one of those with --quant."
+        )
+    return by_quant[quant]
+
+
+def artifact_cpu_flags(artifact: Artifact) -> list[str]:
+    """The CPU flags the artifact needs, as its own README states them (its `grep ... /proc/cpuinfo`
+    check); release.toml's list only when the README has none, since a pulled release may come from
+    other pins than this checkout's."""
+    readme = artifact.path / "README.md"
+    if readme.is_file():
+        m = _README_FLAGS.search(readme.read_text(encoding="utf-8", errors="replace"))
+        if m:
+            return m.group(1).split("|")
+    from whisper_release.runtime.binding import required_cpu_flags
+
+    return required_cpu_flags()
+
+
+AUDIO_CTX_AUTO = "auto"
+_MAX_AUDIO_CTX = 1500  # every Whisper model's n_audio_ctx (30 s); the binding checks the model's own
+
+
+def audio_ctx_setting(value: str | int | None) -> str | int:
+    """`--audio-ctx` as given: 'auto' (binding.fitted_audio_ctx per file), or encoder frames
+    (0: the library default, the full 30 s window)."""
+    if value is None:
+        return 0
+    text = str(value).strip().lower()
+    if text == AUDIO_CTX_AUTO:
+        return AUDIO_CTX_AUTO
+    if re.fullmatch(r"[0-9]{1,4}", text) and int(text) <= _MAX_AUDIO_CTX:
+        return int(text)
+    raise ConfigError(
+        f"--audio-ctx must be auto, 0 (the library default, the full 30 s window) or a number of encoder "
+        f"frames up to {_MAX_AUDIO_CTX} (50 per second of audio), got {value!r}."
+    )
+
+
+_README_FLAGS = re.compile(r"grep -o -w -E '([a-z0-9_]+(?:\|[a-z0-9_]+)*)' /proc/cpuinfo")
+# Module-level so tests can point the CPU check at a recorded cpuinfo of an older CPU.
+CPUINFO: Path = Path("/proc/cpuinfo")
+
+
+class Transcriber:
+    """One loaded library and model, reused for many files (what a worker keeps around).
+
+    The CPU flags are checked before the library is loaded, so an unsuitable server gets a
+    CpuError instead of dying of an illegal instruction. Use as a context manager, or `close()`.
+    """
+
+    def __init__(
+        self,
+        artifact: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        beam: int | None = None,
+        language: str = "en",
+        verify: bool = True,
+        audio_ctx: str | int | None = None,
+        quant: str | None = None,
+    ) -> None:
+        from whisper_release.runtime import binding
+
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}.")
+        if beam is not None and beam < 1:
+            raise ConfigError(f"--beam must be at least 1, got {beam}.")
+        self.audio_ctx = audio_ctx_setting(audio_ctx)
+        art = open_artifact(artifact, quant=quant, verify=verify)
+        self.artifact = art
+        self.whisper = binding.load(art.path, required_flags=artifact_cpu_flags(art), cpuinfo=CPUINFO)
+        self._ctx: Any = None  # the model is read on first use, after the audio has been decoded
+        self.threads = threads or min(os.cpu_count() or 1, 8)
+        self.beam = beam
+        self.language = language
+
+    @property
+    def ctx(self) -> Any:
+        if self._ctx is None:
+            self._ctx = self.whisper.open(self.artifact.model_file)
+        return self._ctx
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            self._ctx.close()
+            self._ctx = None
+
+    def __enter__(self) -> Transcriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def audio_ctx_for(self, samples: np.ndarray) -> int:
+        if self.audio_ctx == AUDIO_CTX_AUTO:
+            from whisper_release.runtime.binding import fitted_audio_ctx
+
+            return fitted_audio_ctx(int(samples.size))
+        return int(self.audio_ctx)
+
+    def segments(self, samples: np.ndarray) -> list[Any]:
+        return list(
+            self.ctx.transcribe(
+                samples,
+                threads=self.threads,
+                beam=self.beam,
+                language=self.language,
+                audio_ctx=self.audio_ctx_for(samples),
+            )
+        )
+
+    def transcribe_file(self, audio_path: str | os.PathLike[str], fmt: str = "txt") -> str:
+        if fmt not in formats.FORMATS:
+            formats.render([], fmt)  # raises the one-sentence ConfigError
+        samples = decode_audio(audio_path)
+        segs = self.segments(samples)
+        return formats.render(
+            segs,
+            fmt,
+            audio=Path(audio_path).name,
+            model=self.artifact.model,
+            duration=round(samples.size / SAMPLE_RATE, 3),
+        )
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write `text` to a temp file beside `path`, then rename: readers never see half a file."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def transcribe(
+    audio_path: str | os.PathLike[str],
+    artifact: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    beam: int | None = None,
+    fmt: str = "txt",
+    output: str | os.PathLike[str] | None = None,
+    language: str = "en",
+    audio_ctx: str | int | None = None,
+    quant: str | None = None,
+) -> str:
+    """Transcribe one file; returns the rendered text and writes it to `output` when given."""
+    if fmt not in formats.FORMATS:
+        formats.render([], fmt)
+    with Transcriber(
+        artifact, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx, quant=quant
+    ) as t:
+        text = t.transcribe_file(audio_path, fmt)
+    if output is not None:
+        write_atomic(output, text)
+    return text
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def _configure_pull(p: argparse.ArgumentParser) -> None:
+    p.description = "Download one artifact directory of a published release, verified, into DEST."
+    p.add_argument("--release", default="latest", help="release version, or 'latest' (default)")
+    p.add_argument("--model", help="model name, e.g. base")
+    p.add_argument("--dest", help="target directory (default ./whisper_<model>_xeon-<version>)")
+    p.add_argument("--list", action="store_true", help="list the published releases and their models")
+    p.add_argument("--force", action="store_true", help="replace DEST if it holds something else")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="check the release and say what would be pulled")
+
+
+def remote_from_env() -> Any:
+    """The configured store (environment or $WHISPER_RELEASE_S3_CONFIG), else the embedded one if it
+    is running; pulling never starts a store, since an empty new one has nothing to pull."""
+    from whisper_release.consume.pull import remote_from_config
+    from whisper_release.s3.config import load_config
+    from whisper_release.s3.store import EmbeddedStore
+
+    config = load_config()
+    if config is None:
+        store = EmbeddedStore()
+        if not store.status().running:
+            raise ConfigError(
+                "No S3 store is configured and the embedded one is not running: set AWS_ENDPOINT_URL, "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (bucket and prefix default to release.toml's "
+                "[publish]), or start the embedded store with `invoke store --start`."
+            )
+        config = store.config()
+    return remote_from_config(config)
+
+
+def print_listing(remote: Any, out: Any = sys.stdout) -> None:
+    from whisper_release.consume.pull import list_releases, load_manifest, manifest_digests, models_in
+
+    listing = list_releases(remote)
+    for r in listing.complete:
+        models = models_in(manifest_digests(load_manifest(remote, r.version)))
+        print(f"{r.version}\t{r.published.isoformat()}\t{' '.join(models)}", file=out)
+    for v in listing.incomplete:
+        print(f"{v}\t(incomplete: no manifest yet)\t", file=out)
+    if not listing.complete and not listing.incomplete:
+        info(f"no releases in {remote.where()}")
+
+
+def pull_command(
+    release: str = "latest",
+    model: str | None = None,
+    dest: str | None = None,
+    *,
+    list_only: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    dry_run: bool = False,
+) -> None:
+    """What `whisper-release pull` and `invoke pull` do: list, or pull and print the directory."""
+    from whisper_release.consume.pull import pull
+
+    remote = remote_from_env()
+    if list_only:
+        print_listing(remote)
+        return
+    if not model:
+        raise ConfigError("pull needs --model (e.g. --model base); --list shows the models of each release.")
+    res = pull(remote, release, model, dest, force=force, progress=progress, dry_run=dry_run)
+    print(res.dest)
+
+
+@command("pull", _configure_pull)
+def _pull_cmd(args: argparse.Namespace) -> int:
+    pull_command(
+        args.release,
+        args.model,
+        args.dest,
+        list_only=args.list,
+        force=args.force,
+        progress=not args.no_progress,
+        dry_run=args.dry_run,
+    )
+    return 0
+
+
+def _configure_transcribe(p: argparse.ArgumentParser) -> None:
+    p.description = "Transcribe an audio file with a pulled artifact directory."
+    p.add_argument("audio", help="audio file (WAV natively; other formats need ffmpeg)")
+    p.add_argument("--artifact", required=True, help="a pulled whisper_<model>_xeon directory")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all, at most 8)")
+    p.add_argument("--beam", type=int, default=None, help="beam-search width (default: greedy decoding)")
+    p.add_argument("--language", default="en", help="spoken language code (default en)")
+    p.add_argument(
+        "--audio-ctx",
+        default="0",
+        help="encoder window in frames: 0 = full 30 s window (default), auto = fitted to clips under 15 s "
+        "(faster, see docs/performance.md), or N",
+    )
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="model file type, e.g. q8_0 (faster on AVX2, larger); default: the artifact's primary (q5_1)",
+    )
+    p.add_argument(
+        "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
+    )
+    p.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
+
+
+@command("transcribe", _configure_transcribe)
+def _transcribe_cmd(args: argparse.Namespace) -> int:
+    fmt = args.fmt or (formats.format_for_path(args.output) if args.output else "txt")
+    text = transcribe(
+        args.audio,
+        args.artifact,
+        threads=args.threads,
+        beam=args.beam,
+        fmt=fmt,
+        output=args.output,
+        language=args.language,
+        audio_ctx=args.audio_ctx,
+        quant=args.quant,
+    )
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        info(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,366 @@
+"""Artifact layout, SHA256SUMS and the in-toto manifest; run as a script by the organizer stage.
+
+Standard library only and no package-relative imports at module level: the Dockerfile's organizer
+stage runs this file with the base image's python3 (build.py copies it, and readme.py, into the
+build context), and the host imports it as whisper_release.layout.artifacts. One implementation serves
+both, so the unit tests test what the image runs.
+
+Determinism: every list is sorted, JSON is canonical, and every file and directory gets mode
+0644/0755 and the mtime SOURCE_DATE_EPOCH, so two builds of the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import struct
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+try:
+    from whisper_release.layout import readme
+except ImportError:  # run as a script inside the image, readme.py beside this file
+    import readme  # type: ignore[no-redef]
+
+# What every per-model directory ships besides the model, in load order (libwhisper first).
+LIBRARIES = ("libwhisper.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0", "libgomp.so.1")
+README = "README.md"
+SUMS = "SHA256SUMS"
+MANIFEST = "manifest.json"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+BUILD_TYPE = "urn:whisper-release:build:docker-multistage:v1"
+BUILDER_ID = "urn:whisper-release:builder:debootstrap-docker"
+
+
+class LayoutError(ValueError):
+    """The artifact tree is not what the release contract says."""
+
+
+def model_dir_name(model: str) -> str:
+    return f"whisper_{model}_xeon"
+
+
+def model_file_name(model: str, quantize: str) -> str:
+    return f"ggml-{model}-{quantize}.bin"
+
+
+def quant_types(quantize: str | Iterable[str]) -> tuple[str, ...]:
+    """build.json's (or release.toml's) `quantize`: one type or a list, the primary first."""
+    return (quantize,) if isinstance(quantize, str) else tuple(str(q) for q in quantize)
+
+
+def model_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
+    """The model files of one artifact directory, the primary first."""
+    return tuple(model_file_name(model, q) for q in quant_types(quantize))
+
+
+def expected_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
+    return tuple(sorted((*LIBRARIES, *model_files(model, quantize), README, SUMS)))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256sums_text(directory: Path) -> str:
+    """`sha256sum` format (two spaces, text mode) over every file but SHA256SUMS, sorted by name."""
+    lines = []
+    for p in sorted(directory.iterdir(), key=lambda p: p.name):
+        if p.name == SUMS:
+            continue
+        if not p.is_file() or p.is_symlink():
+            raise LayoutError(f"{p} is not a regular file; artifacts hold only real files.")
+        lines.append(f"{sha256_file(p)}  {p.name}\n")
+    return "".join(lines)
+
+
+def parse_sha256sums(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
+        if not m:
+            raise LayoutError(f"SHA256SUMS line {n} is not '<sha256>  <name>': {line!r}")
+        out[m.group(2)] = m.group(1)
+    return out
+
+
+# ---- ELF symbol versions -------------------------------------------------------------------
+_SHT_GNU_VERNEED = 0x6FFFFFFE
+
+
+def needed_versions(path: Path) -> set[str]:
+    """Version names an ELF64 little-endian object requires (its .gnu.version_r), e.g. GLIBC_2.34."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise LayoutError(f"{path} is not a 64-bit little-endian ELF file.")
+    (e_shoff,) = struct.unpack_from("<Q", data, 0x28)
+    e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    names: set[str] = set()
+    for _name, sh_type, _flags, _addr, off, _size, link, info, _align, _entsize in sections:
+        if sh_type != _SHT_GNU_VERNEED:
+            continue
+        str_off = sections[link][4]
+
+        def cstr(o: int, base: int = str_off) -> str:
+            return data[base + o : data.index(b"\0", base + o)].decode()
+
+        pos = off
+        for _ in range(info):  # sh_info = number of Verneed entries
+            _ver, cnt, _file, aux, nxt = struct.unpack_from("<HHIII", data, pos)
+            apos = pos + aux
+            for _ in range(cnt):
+                _hash, _flags2, _other, name, anext = struct.unpack_from("<IHHII", data, apos)
+                names.add(cstr(name))
+                apos += anext
+            pos += nxt
+    return names
+
+
+def _max_version(names: Iterable[str], prefix: str) -> str:
+    best: tuple[int, ...] = ()
+    for n in names:
+        m = re.fullmatch(re.escape(prefix) + r"(\d+(?:\.\d+)*)", n)
+        if m:
+            best = max(best, tuple(int(x) for x in m.group(1).split(".")))
+    return ".".join(map(str, best))
+
+
+def min_runtime(libs: Iterable[Path]) -> tuple[str, str]:
+    """(glibc version, GLIBCXX_x version) the libraries need at least: the max over their symbol versions."""
+    names: set[str] = set()
+    for lib in libs:
+        names |= needed_versions(lib)
+    glibc = _max_version(names, "GLIBC_")
+    glibcxx = _max_version(names, "GLIBCXX_")
+    if not glibc:
+        raise LayoutError(
+            "no GLIBC_ symbol version found in the shipped libraries; they are not glibc-linked."
+        )
+    return glibc, (f"GLIBCXX_{glibcxx}" if glibcxx else "")
+
+
+# ---- layout --------------------------------------------------------------------------------
+def normalise(root: Path, epoch: int) -> None:
+    """Modes 0644/0755 and mtime `epoch` on everything under root (root included)."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            os.chmod(p, FILE_MODE)
+            os.utime(p, (epoch, epoch))
+        os.chmod(dirpath, DIR_MODE)
+    for dirpath, _dirs, _files in sorted(os.walk(root), key=lambda t: -t[0].count(os.sep)):
+        os.utime(dirpath, (epoch, epoch))
+
+
+def lay_out_model(
+    out: Path, model: str, models_dir: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
+) -> Path:
+    """One whisper_<model>_xeon/ directory: libraries, one model file per quantization type
+    (from models_dir), README, SHA256SUMS."""
+    names = model_files(model, build["quantize"])
+    for name in names:
+        if not (models_dir / name).is_file():
+            raise LayoutError(
+                f"quantized model {models_dir / name} is missing; the quantize step did not produce it."
+            )
+    d = out / model_dir_name(model)
+    d.mkdir(parents=True)
+    for lib in LIBRARIES:
+        src = lib_dir / lib
+        if not src.is_file():
+            raise LayoutError(
+                f"library {src} is missing from the build output; the compile step is incomplete."
+            )
+        shutil.copyfile(src, d / lib, follow_symlinks=True)
+    for name in names:
+        shutil.copyfile(models_dir / name, d / name)
+    glibc, glibcxx = min_runtime(d / lib for lib in LIBRARIES)
+    sizes: dict[str, int | None] = {p.name: p.stat().st_size for p in d.iterdir()}
+    sizes[README] = None
+    sizes[SUMS] = None
+    values = readme.readme_values(
+        model=model,
+        model_files=names,
+        dir_name=d.name,
+        sizes=sizes,
+        build=build,
+        glibc=glibc,
+        glibcxx=glibcxx,
+    )
+    (d / README).write_text(readme.render(template, values), encoding="utf-8")
+    (d / SUMS).write_text(sha256sums_text(d), encoding="utf-8")
+    return d
+
+
+def subjects(root: Path) -> list[dict[str, object]]:
+    """Every artifact file under root (the manifest excluded) with its sha256, sorted by path."""
+    out: list[dict[str, object]] = []
+    for p in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
+        rel = p.relative_to(root).as_posix()
+        if p.is_file() and rel != MANIFEST:
+            out.append({"name": rel, "digest": {"sha256": sha256_file(p)}})
+    return out
+
+
+def statement(root: Path, build: Mapping[str, Any], toolchain: Mapping[str, str]) -> dict[str, object]:
+    """The in-toto Statement v1 (SLSA provenance v1 predicate) describing everything under root."""
+    source = build["source"]
+    assert isinstance(source, Mapping)
+    base = build["base_image"]
+    assert isinstance(base, Mapping)
+    models = build["models"]
+    assert isinstance(models, Mapping)
+    deps: list[dict[str, object]] = [
+        {
+            "name": "whisper.cpp",
+            "uri": str(source.get("uri", "")),
+            "digest": {"gitCommit": source["commit"], "gitTree": source["tree"]},
+            "annotations": {"version": source["version"], "provider": source.get("provider", "")},
+        },
+    ]
+    for name in sorted(models):
+        m = models[name]
+        deps.append(
+            {
+                "name": f"model:{name}",
+                "digest": {"sha256": m["sha256"]},
+                "annotations": {k: v for k, v in sorted(m.items()) if k != "sha256"},
+            }
+        )
+    deps.append(
+        {
+            "name": "builder-base-image",
+            "uri": f"docker-image:{base['tag']}",
+            "digest": {"sha256": str(base["id"]).removeprefix("sha256:")},
+            "annotations": {"recipe": base.get("recipe", {})},
+        }
+    )
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects(root),
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "profile": build["profile"],
+                    "release_version": build["release_version"],
+                    "models": sorted(models),
+                    "quantize": list(quant_types(build["quantize"])),
+                },
+                "internalParameters": {
+                    "cmake_flags": list(build["cmake_flags"]),
+                    "cpu_backend_variant": toolchain.get("cpu_variant", ""),
+                    "compiler": toolchain.get("compiler", ""),
+                    "cmake": toolchain.get("cmake", ""),
+                    "source_date_epoch": build["source_date_epoch"],
+                    "inputs": build.get("inputs", {}),
+                },
+                "resolvedDependencies": deps,
+            },
+            "runDetails": {"builder": {"id": BUILDER_ID}},
+        },
+    }
+
+
+def canonical_json(obj: object) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def parse_toolchain(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def organize(
+    *,
+    lib_dir: Path,
+    models_dir: Path,
+    toolchain: Path,
+    build_json: Path,
+    template: Path,
+    out: Path,
+    epoch: int,
+) -> None:
+    """The organizer stage: every per-model directory, then manifest.json, then normalised modes/mtimes."""
+    build = json.loads(build_json.read_text(encoding="utf-8"))
+    tpl = template.read_text(encoding="utf-8")
+    if out.exists():
+        raise LayoutError(f"{out} already exists; the organizer writes a fresh tree.")
+    out.mkdir(parents=True)
+    for model in sorted(build["models"]):
+        lay_out_model(out, model, models_dir, lib_dir, tpl, build)
+    stmt = statement(out, build, parse_toolchain(toolchain.read_text(encoding="utf-8")))
+    (out / MANIFEST).write_text(canonical_json(stmt), encoding="utf-8")
+    normalise(out, epoch)
+
+
+def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str]) -> list[str]:
+    """Findings (empty when fine): the contract's files exist, SHA256SUMS and manifest match the bytes."""
+    findings: list[str] = []
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{manifest_path}: missing"]
+    listed = {s["name"]: s["digest"]["sha256"] for s in json.loads(manifest_path.read_text())["subject"]}
+    for model in models:
+        d = root / model_dir_name(model)
+        want = set(expected_files(model, quantize))
+        got = {p.name for p in d.iterdir()} if d.is_dir() else set()
+        if got != want:
+            findings.append(f"{d}: files {sorted(got)}, wanted {sorted(want)}")
+            continue
+        sums = parse_sha256sums((d / SUMS).read_text())
+        if set(sums) != want - {SUMS}:
+            findings.append(f"{d / SUMS}: lists {sorted(sums)}, wanted {sorted(want - {SUMS})}")
+        for name, digest in sums.items():
+            if (d / name).is_file() and sha256_file(d / name) != digest:
+                findings.append(f"{d / name}: sha256 differs from SHA256SUMS")
+        for name in want:
+            rel = f"{d.name}/{name}"
+            if listed.get(rel) != sha256_file(d / name):
+                findings.append(f"{root / rel}: manifest subject missing or its sha256 differs")
+    return findings
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Lay out /release_artifacts (organizer stage).")
+    ap.add_argument("--lib-dir", type=Path, required=True)
+    ap.add_argument("--models-dir", type=Path, required=True)
+    ap.add_argument("--toolchain", type=Path, required=True)
+    ap.add_argument("--build-json", type=Path, required=True)
+    ap.add_argument("--template", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epoch", type=int, required=True)
+    a = ap.parse_args(argv)
+    try:
+        organize(
+            lib_dir=a.lib_dir,
+            models_dir=a.models_dir,
+            toolchain=a.toolchain,
+            build_json=a.build_json,
+            template=a.template,
+            out=a.out,
+            epoch=a.epoch,
+        )
+    except (LayoutError, readme.TemplateError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
