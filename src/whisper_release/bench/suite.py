@@ -935,7 +935,7 @@ def resolve_model(ref: str, pins: Pins) -> str:
     if kind == "ct2":
         return str(ct2_model_dir(rest, pins))
     if kind == "generated":
-        from whisper_release.bench.suite.genmodel import generated_model
+        from whisper_release.bench.genmodel import generated_model
 
         name, _, q = rest.partition(":")
         return str(generated_model(name, q, pins=pins).path)

@@ -61,7 +61,7 @@ class Remote:
 
 def remote_from_config(config: Any) -> Remote:
     """A Remote for an s3config.S3Config, with the publisher's client settings."""
-    from whisper_release.publish.push.push import make_client
+    from whisper_release.publish.push import make_client
 
     return Remote(make_client(config), config.bucket, (config.prefix or "").strip("/"))
 

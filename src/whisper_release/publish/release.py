@@ -50,8 +50,8 @@ def release(
     force: bool = False,
     dry_run: bool = False,
 ) -> None:
-    from whisper_release.build.docker.docker import build
-    from whisper_release.publish.push.push import print_report, push
+    from whisper_release.build.docker import build
+    from whisper_release.publish.push import print_report, push
     from whisper_release.s3.store import publish_config
 
     pins = load_pins()

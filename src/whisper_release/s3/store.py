@@ -315,7 +315,7 @@ class EmbeddedStore:
 
     def _wait_ready(self, cfg: S3Config, pid: int, deadline: float) -> None:
         """Poll until an authenticated ListBuckets succeeds: S3 is up and our identity is loaded."""
-        from whisper_release.publish.push.push import make_client
+        from whisper_release.publish.push import make_client
 
         client = make_client(cfg, max_attempts=1, connect_timeout=2.0, read_timeout=5.0)
         last = "no answer yet"
