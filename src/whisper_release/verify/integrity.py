@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import HPARAM_ORDER, ModelPin
+from whisper_release.core.pins import ModelPin
 from whisper_release.layout import artifacts as layout
-from whisper_release.layout.artifacts import sha256_file
+from whisper_release.layout.artifacts import HPARAM_ORDER, sha256_file
 from whisper_release.weights import ggml
 
 SUMS = "SHA256SUMS"
