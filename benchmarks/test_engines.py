@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from whisper_release.bench import suite as bench
+from whisper_release.bench.engines import DecodeOptions
+from whisper_release.bench.host import CpuMonitor
+from whisper_release.bench.matrix import Config, clip_seconds
 from whisper_release.verify import wer
 
 
-def _info(benchmark: Any, cfg: bench.Config, op: str, env: dict[str, Any], **extra: Any) -> None:
+def _info(benchmark: Any, cfg: Config, op: str, env: dict[str, Any], **extra: Any) -> None:
     benchmark.group = f"{op}:{cfg.model}" + (f":{extra['decode']}" if "decode" in extra else "")
     benchmark.extra_info.update(
         {
@@ -36,7 +38,7 @@ def test_load(
 ) -> None:
     cfg, _ = case
     w = workers.get(cfg, clips)
-    with bench.CpuMonitor([w.proc.pid]) as mon:
+    with CpuMonitor([w.proc.pid]) as mon:
         benchmark.pedantic(
             lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
         )
@@ -49,7 +51,7 @@ def test_encode(
     cfg, _ = case
     w = workers.get(cfg, clips)
     w.call("load")
-    with bench.CpuMonitor([w.proc.pid]) as mon:
+    with CpuMonitor([w.proc.pid]) as mon:
         benchmark.pedantic(
             lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
         )
@@ -63,17 +65,17 @@ def test_transcribe(
     w = workers.get(cfg, clips)
     if "load" not in cfg.ops:
         w.call("load")
-    opts = bench.DecodeOptions(**{**cfg.decode_options(decode).__dict__})
+    opts = DecodeOptions(**{**cfg.decode_options(decode).__dict__})
     texts: list[str] = []
 
     def run() -> None:
         texts[:] = w.call("transcribe", opts=opts.__dict__)
 
     # Warm-up: the whole set once (caches, thread pools, the beam decoders' buffers).
-    with bench.CpuMonitor([w.proc.pid]) as mon:
+    with CpuMonitor([w.proc.pid]) as mon:
         benchmark.pedantic(run, rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1)
     result = wer.corpus_wer([c.reference for c in clips], texts)
-    audio_s = sum(bench.clip_seconds(c.path) for c in clips)
+    audio_s = sum(clip_seconds(c.path) for c in clips)
     _info(
         benchmark,
         cfg,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whisper_release.core.errors import ConfigError
+from whisper_release.core.errors import ConfigError, ReleaseError
 
 MiB = 1024 * 1024
 # A measurement during which other processes took more than this share of the CPUs is flagged.
@@ -240,6 +240,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
 
 def write_charts(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     """PNG bar charts: transcription per engine, encoder per build, peak RSS per configuration."""
+    # matplotlib is in the [test] and [bench] extras only, and slow to import: charts alone need it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -317,8 +318,6 @@ def write_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m whisper_release.bench.report RESULTS.json [OUT_DIR]`."""
-    from whisper_release.core.errors import ReleaseError
-
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print("usage: python -m whisper_release.bench.report RESULTS.json [OUT_DIR]", file=sys.stderr)
