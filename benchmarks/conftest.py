@@ -11,9 +11,8 @@ import pytest
 
 from whisper_release.bench import host
 from whisper_release.bench.engines import EngineSpec, Worker
-from whisper_release.bench.matrix import OPS, Config, matrix, resolve_model
-from whisper_release.core.pins import Pins, load_pins, project_root
-from whisper_release.inputs.fetch import fetch_source
+from whisper_release.bench.matrix import OPS, Config, bench_threads, matrix, resolve_model, sample_clips
+from whisper_release.core.pins import Pins, load_pins
 from whisper_release.verify import wer
 
 pytest_plugins = ["whisper_release.testing"]
@@ -78,18 +77,12 @@ def pins() -> Pins:
 
 @pytest.fixture(scope="session")
 def threads(pins: Pins) -> int:
-    return int(pins.raw.get("bench", {}).get("threads", 2))
+    return bench_threads(pins)
 
 
 @pytest.fixture(scope="session")
 def clips(pins: Pins, request: pytest.FixtureRequest) -> list[wer.Clip]:
-    source = fetch_source(pins, pins.profile("offline").source)
-    sample = pins.sample
-    if request.config.getoption("--bench-quick"):
-        return [wer.Clip("jfk", source / sample["path"], sample["reference"])]
-    return wer.sample_set(
-        source / sample["path"], sample["reference"], project_root() / "verify" / "clips.txt"
-    )
+    return sample_clips(pins, quick=request.config.getoption("--bench-quick"))
 
 
 @pytest.fixture(scope="session", autouse=True)

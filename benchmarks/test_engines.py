@@ -33,16 +33,19 @@ def _info(benchmark: Any, cfg: Config, op: str, env: dict[str, Any], **extra: An
     )
 
 
+def _time_call(benchmark: Any, cfg: Config, w: Any, op: str, rounds: int, env: dict[str, Any]) -> None:
+    """Time one worker call (`load` or `encode`) after a warm-up round, with others' CPU share."""
+    with CpuMonitor([w.proc.pid]) as mon:
+        benchmark.pedantic(lambda: w.call(op), rounds=rounds, warmup_rounds=1)
+    _info(benchmark, cfg, op, env, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+
+
 def test_load(
     benchmark: Any, case: Any, workers: Any, clips: list[wer.Clip], quiet_host: dict, request: Any
 ) -> None:
     cfg, _ = case
     w = workers.get(cfg, clips)
-    with CpuMonitor([w.proc.pid]) as mon:
-        benchmark.pedantic(
-            lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
-        )
-    _info(benchmark, cfg, "load", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+    _time_call(benchmark, cfg, w, "load", request.config.getoption("--bench-rounds") + 1, quiet_host)
 
 
 def test_encode(
@@ -51,11 +54,7 @@ def test_encode(
     cfg, _ = case
     w = workers.get(cfg, clips)
     w.call("load")
-    with CpuMonitor([w.proc.pid]) as mon:
-        benchmark.pedantic(
-            lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
-        )
-    _info(benchmark, cfg, "encode", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+    _time_call(benchmark, cfg, w, "encode", request.config.getoption("--bench-rounds"), quiet_host)
 
 
 def test_transcribe(

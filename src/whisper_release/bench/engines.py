@@ -75,7 +75,7 @@ class _WhisperCppEngine:
         self.spec = spec
         self.ctx: int | None = None
 
-    def load(self) -> None:
+    def load(self, threads: int) -> None:
         self.close()
         cparams = self.lib.whisper_context_default_params()
         cparams.use_gpu = False
@@ -136,7 +136,7 @@ class _FasterWhisperEngine:
         self.spec = spec
         self.model: Any = None
 
-    def load(self) -> None:
+    def load(self, threads: int) -> None:
         # faster-whisper is an optional peer ([bench] extra), imported by its worker process alone.
         from faster_whisper import WhisperModel
 
@@ -145,7 +145,7 @@ class _FasterWhisperEngine:
             self.spec.model,
             device="cpu",
             compute_type=self.spec.compute_type or "int8",
-            cpu_threads=int(os.environ.get("BENCH_THREADS", "2")),
+            cpu_threads=threads,
             num_workers=1,
         )
 
@@ -197,9 +197,9 @@ class _PyWhisperCppEngine:
             )
         return self.models[beam]
 
-    def load(self) -> None:
+    def load(self, threads: int) -> None:
         self.models.clear()
-        self._model(0, int(os.environ.get("BENCH_THREADS", "2")))
+        self._model(0, threads)
 
     def close(self) -> None:
         self.models.clear()
@@ -233,6 +233,11 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
     engine: Any = None
     clips: list[np.ndarray] = []
     threads = int(os.environ.get("BENCH_THREADS", "2"))
+
+    def send(answer: dict[str, Any]) -> None:
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+
     for line in stdin:
         req = json.loads(line)
         op = req["op"]
@@ -243,7 +248,7 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
                 spec = EngineSpec(**req["spec"])
                 engine = _ENGINES[spec.kind](spec)
             elif op == "load":
-                engine.load()
+                engine.load(threads)
             elif op == "encode":
                 engine.encode(threads)
             elif op == "audio":
@@ -254,16 +259,14 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
             elif op == "rss":
                 result = peak_rss_bytes()
             elif op == "quit":
-                out.write(json.dumps({"ok": True}) + "\n")
-                out.flush()
+                send({"ok": True})
                 return 0
             else:
                 raise ConfigError(f"unknown worker op {op!r}")
             answer = {"ok": True, "seconds": time.perf_counter() - t0, "result": result}
         except Exception as e:  # reported to the parent, which raises it as one clear error
             answer = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        out.write(json.dumps(answer) + "\n")
-        out.flush()
+        send(answer)
     return 0
 
 

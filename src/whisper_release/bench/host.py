@@ -25,6 +25,8 @@ from whisper_release.core.pins import Pins, load_pins
 
 LOCK_PATH = Path(os.environ.get("WHISPER_RELEASE_CPU_LOCK", "/tmp/whisper-cpu.lock"))
 MAX_LOAD = 1.5
+# A timing during which other processes took more than this share of the CPUs is disturbed: `bench tune`
+# discards and retries such a round, the report flags such a measurement.
 MAX_FOREIGN_SHARE = 0.10
 
 

@@ -21,8 +21,9 @@ from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import Pins, load_pins, project_root
 from whisper_release.inputs.cache import cache_root
-from whisper_release.inputs.fetch import fetch_model, fetch_package_file
+from whisper_release.inputs.fetch import fetch_model, fetch_package_file, fetch_source
 from whisper_release.runtime import binding
+from whisper_release.verify import wer
 
 OPS = ("load", "encode", "transcribe")
 
@@ -180,6 +181,22 @@ def resolve_model(ref: str, pins: Pins) -> str:
         name, _, q = rest.partition(":")
         return str(generated_model(name, q, pins=pins).path)
     return ref
+
+
+def sample_clips(pins: Pins, *, quick: bool = False, root: Path | None = None) -> list[wer.Clip]:
+    """The audio every transcription is timed on: the verification suite's sample set (jfk.wav and
+    the clips of verify/clips.txt), or jfk.wav alone when `quick`."""
+    source = fetch_source(pins, pins.profile("offline").source)
+    sample = pins.sample
+    if quick:
+        return [wer.Clip("jfk", source / sample["path"], sample["reference"])]
+    clips_txt = (root or project_root()) / "verify" / "clips.txt"
+    return wer.sample_set(source / sample["path"], sample["reference"], clips_txt)
+
+
+def bench_threads(pins: Pins) -> int:
+    """The thread count every engine gets (release.toml [bench] threads)."""
+    return int(pins.raw.get("bench", {}).get("threads", 2))
 
 
 def clip_seconds(path: str | os.PathLike[str]) -> float:

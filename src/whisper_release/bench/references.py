@@ -53,9 +53,9 @@ def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = N
     profile's verified inputs; extract its libraries into dist/reference/<name>/ (replaced
     atomically). Holds the CPU lock."""
     pins = pins or load_pins()
-    reference_settings(pins, name)  # unknown name -> ConfigError before anything runs
-    # The legacy builder runs every stage up to the target: each reference stage needs its args
-    # (and the same ones each time, so the stages not asked for come from the cache).
+    # Unknown name -> ConfigError before anything runs. The legacy builder runs every stage up to the
+    # target: each reference stage needs its args (and the same ones each time, so the stages not
+    # asked for come from the cache).
     settings = reference_settings(pins, name)
     root = project_root()
     out = out or reference_dir(name, root)

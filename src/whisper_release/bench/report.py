@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from whisper_release.bench.host import MAX_FOREIGN_SHARE
 from whisper_release.core.errors import ConfigError, ReleaseError
 
 MiB = 1024 * 1024
-# A measurement during which other processes took more than this share of the CPUs is flagged.
-DISTURBED_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Row:
 
     @property
     def disturbed(self) -> bool:
-        return (self.foreign_cpu_share or 0.0) > DISTURBED_SHARE
+        return (self.foreign_cpu_share or 0.0) > MAX_FOREIGN_SHARE
 
     @property
     def key(self) -> tuple[str, str, str | None]:
@@ -184,7 +183,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "(runs refuse to start during builds)",
         "- Times are medians of the timed rounds after a warm-up round; ratios are subject ÷ baseline "
         "(below 1: the subject is faster).",
-        f"- †: other processes took more than {DISTURBED_SHARE:.0%} of the CPUs while this was timed "
+        f"- †: other processes took more than {MAX_FOREIGN_SHARE:.0%} of the CPUs while this was timed "
         "(measured from /proc/stat); rerun before trusting it.",
         "",
     ]

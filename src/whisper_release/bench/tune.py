@@ -16,11 +16,17 @@ import numpy as np
 
 from whisper_release.bench.engines import CT2_AVX2_ENV, DecodeOptions, EngineSpec, Worker
 from whisper_release.bench.host import MAX_FOREIGN_SHARE, CpuMonitor, check_quiet, environment, quiet_host
-from whisper_release.bench.matrix import artifact_dir, clip_seconds, ct2_model_dir
+from whisper_release.bench.matrix import (
+    artifact_dir,
+    bench_threads,
+    clip_seconds,
+    ct2_model_dir,
+    sample_clips,
+)
 from whisper_release.bench.references import reference_dir
 from whisper_release.core.console import info
 from whisper_release.core.pins import Pins, load_pins, project_root
-from whisper_release.inputs.fetch import fetch_model, fetch_source
+from whisper_release.inputs.fetch import fetch_model
 from whisper_release.runtime import binding
 from whisper_release.verify import wer
 
@@ -90,16 +96,11 @@ def tuning_variants(
             out.append(Variant("llamafile build, q8_0 model, audio_ctx floor 750, fallback on",
                                EngineSpec("whisper.cpp", q8_0, lib_dir=llamafile_lib),
                                DecodeOptions(fit_audio_ctx=True, audio_ctx_floor=750)))  # fmt: skip
-    out += [
-        Variant(
-            "faster-whisper int8, greedy", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), greedy
-        ),
-        Variant(
-            "faster-whisper int8, beam 5", EngineSpec("faster-whisper", ct2_dir, compute_type="int8"), beam
-        ),
-    ]
+    ct2 = EngineSpec("faster-whisper", ct2_dir, compute_type="int8")
     ct2_avx2 = EngineSpec("faster-whisper", ct2_dir, compute_type="int8", env=dict(CT2_AVX2_ENV))
     out += [
+        Variant("faster-whisper int8, greedy", ct2, greedy),
+        Variant("faster-whisper int8, beam 5", ct2, beam),
         Variant("faster-whisper int8, AVX2 only, greedy", ct2_avx2, greedy),
         Variant("faster-whisper int8, AVX2 only, beam 5", ct2_avx2, beam),
     ]
@@ -153,14 +154,8 @@ def tune(
     # The artifact's own q8_0 file, when the release ships one ([build] quantize).
     q8_file = art / f"ggml-{model}-q8_0.bin"
     q8 = q8_file if q8_file.is_file() else None
-    source = fetch_source(pins, pins.profile("offline").source)
-    s = pins.sample
-    clips = (
-        [wer.Clip("jfk", source / s["path"], s["reference"])]
-        if quick
-        else wer.sample_set(source / s["path"], s["reference"], root / "verify" / "clips.txt")
-    )
-    threads = int(pins.raw.get("bench", {}).get("threads", 2))
+    clips = sample_clips(pins, quick=quick, root=root)
+    threads = bench_threads(pins)
     variants = tuning_variants(
         model, str(q5), str(q8) if q8 else None, str(ct2_model_dir(model, pins)), str(art),
         str(fetch_model(pins, model)),
