@@ -106,4 +106,4 @@ def benchmark(session: nox.Session) -> None:
     Writes dist/bench/ (results JSON, report.md, PNG charts). Posargs go to pytest (e.g. --bench-quick);
     WHISPER_RELEASE_BENCH_GATE=15 fails on a >15% median regression vs the last saved run."""
     session.install("-e", ".[bench]")
-    session.run("python", "-m", "whisper_release.bench.suite", "run", *session.posargs)
+    session.run("python", "-m", "whisper_release.bench", "run", *session.posargs)
