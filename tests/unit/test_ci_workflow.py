@@ -142,4 +142,5 @@ def test_the_wer_stack_is_installed_at_the_constrained_versions():
             pins[name] = version
     assert {"jiwer", "whisper-normalizer"} <= {n.replace("_", "-") for n in pins}
     for name, version in pins.items():
-        assert metadata.version(name) == version, f"{name} {metadata.version(name)} installed, {version} pinned"
+        got = metadata.version(name)
+        assert got == version, f"{name} {got} installed, {version} pinned"
