@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -10,7 +9,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from test_publish_support import local_files, make_artifacts, running_store, stored_files, write_sums
+from test_publish_support import (
+    local_files,
+    make_artifacts,
+    running_store,
+    stored_files,
+    write_manifest,
+    write_sums,
+)
 
 from whisper_release.core.pins import project_root
 from whisper_release.publish.push import make_client, push
@@ -44,7 +50,7 @@ def tiny_release(root: Path, text: str) -> Path:
     d.mkdir(parents=True)
     (d / "README.md").write_text(f"# whisper base for Xeon\n{text}\n")
     write_sums(d)
-    (root / "manifest.json").write_text(json.dumps({"models": ["base"], "text": text}))
+    write_manifest(root, {"models": ["base"], "text": text})
     return root
 
 
