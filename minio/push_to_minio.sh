@@ -257,6 +257,15 @@ list_release() {  # Key<TAB>Size<TAB>ETag per object stored under the release (a
 }
 if [[ $kind == mc ]]; then
   err="$(mcx ls "$target/" 2>&1 >/dev/null)" || classify "$err"
+  # The release's objects, one key (relative to the release) per line. Only "no such object" means
+  # "nothing stored yet": any other failure must not pass for an empty release.
+  if ! listing="$(mcx ls --recursive --json "$target/$release_key/" 2>"$tmp/err")"; then
+    # With --json, mc may report the error on either stream.
+    grep -qiE 'NoSuchKey|Object does not exist|key does not exist' <<<"$listing$(cat "$tmp/err")" ||
+      die $EX_UNREACHABLE "listing $target/$release_key/ failed ($(tail -n1 <<<"$listing$(cat "$tmp/err")")); nothing was uploaded, rerun"
+    listing=""
+  fi
+  remote_keys="$(sed -n 's/.*"key": *"\([^"]*\)".*/\1/p' <<<"$listing" | sed "s|^$release_key/||")"
 else
   # One listing of the release checks endpoint, credentials and bucket, and shows whether a
   # manifest is already there (no separate probe).
@@ -265,27 +274,67 @@ else
       die $EX_NO_CLIENT "$client is not the aws cli (its --version does not start with aws-cli/)"
     classify "$(cat "$tmp/err")"
   fi
+  remote_keys="$(awk -F'\t' -v p="$release_key/" 'NF >= 2 && index($1, p) == 1 { print substr($1, length(p) + 1) }' <<<"$listing")"
 fi
 log "endpoint, credentials and bucket OK: $endpoint, s3://$bucket"
 
 # ---- an existing release ----------------------------------------------------------------------
+# Objects stored under the release that the tree does not have: left by an older release or an
+# interrupted push. pull must never meet them, so they go before the new objects do.
+strays=()
+while IFS= read -r key; do
+  [[ -n "$key" ]] || continue
+  in_plan=0
+  for rel in "${plan[@]}"; do [[ "$rel" == "$key" ]] && { in_plan=1; break; }; done
+  ((in_plan)) || strays+=("$key")
+done <<<"$remote_keys"
+delete_objects() {  # delete_objects KEY...: keys relative to the release, all or die
+  local key
+  if [[ $kind == mc ]]; then
+    for key in "$@"; do
+      mcx rm "$target/$release_key/$key" >/dev/null ||
+        die $EX_UPLOAD "deleting $target/$release_key/$key failed; rerun (the release stays hidden)"
+    done
+    return
+  fi
+  local json="" failed
+  for key in "$@"; do
+    key="$release_key/$key"; key="${key//\\/\\\\}"; key="${key//\"/\\\"}"
+    json+="${json:+,}{\"Key\":\"$key\"}"
+  done
+  printf '{"Objects":[%s],"Quiet":true}' "$json" >"$tmp/delete.json"
+  # delete-objects exits 0 even when some keys were refused: its Errors list says which.
+  failed="$(awsx s3api delete-objects --bucket "$bucket" --delete "file://$tmp/delete.json" \
+    --query 'Errors[].Key' --output text)" ||
+    die $EX_UPLOAD "deleting $# object(s) under s3://$bucket/$release_key/ failed; rerun (the release stays hidden)"
+  [[ -z "$failed" || "$failed" == None ]] ||
+    die $EX_UPLOAD "the store refused to delete $failed; rerun (the release stays hidden)"
+}
 remote_manifest="$tmp/remote-manifest.json"
-if [[ $kind == mc ]]; then
-  mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
-elif grep -q "^$release_key/manifest\.json"$'\t' <<<"$listing"; then
+if grep -qx 'manifest\.json' <<<"$remote_keys"; then
   # Listed means published: a failed download must not pass for "no release yet".
-  awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null ||
-    die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded; nothing was uploaded, rerun"
+  if [[ $kind == mc ]]; then
+    mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>"$tmp/err"
+  else
+    awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>"$tmp/err"
+  fi || die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded ($(tail -n1 "$tmp/err")); nothing was uploaded, rerun"
 fi
 if [[ -f "$remote_manifest" ]]; then
-  if cmp -s "$remote_manifest" "$artifacts/manifest.json"; then
+  if cmp -s "$remote_manifest" "$artifacts/manifest.json" && ((${#strays[@]} == 0)); then
     log "release $version is already published at s3://$bucket/$release_key/ with this manifest: nothing to upload"
     exit $EX_OK
   fi
-  ((force)) || die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  if ! ((force)); then
+    cmp -s "$remote_manifest" "$artifacts/manifest.json" &&
+      die $EX_EXISTS "release $version at s3://$bucket/$release_key/ has this manifest but also ${#strays[@]} object(s) the tree does not have (${strays[0]}…); pass --force to delete them"
+    die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  fi
   log "--force: hiding the existing release (deleting its manifest) before replacing it"
-  if [[ $kind == mc ]]; then mcx rm "$target/$release_key/manifest.json" >/dev/null
-  else awsx s3 rm --only-show-errors "s3://$bucket/$release_key/manifest.json"; fi
+  delete_objects manifest.json
+fi
+if ((${#strays[@]})); then
+  log "deleting ${#strays[@]} object(s) under s3://$bucket/$release_key/ that the tree does not have: ${strays[*]:0:5}"
+  delete_objects "${strays[@]}"
 fi
 
 # ---- upload -----------------------------------------------------------------------------------
