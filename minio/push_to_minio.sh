@@ -164,6 +164,68 @@ while IFS= read -r -d '' f; do data_files+=("${f#"$artifacts"/}"); done \
   < <(find "$artifacts" -mindepth 1 -maxdepth 1 -type f ! -name manifest.json -print0 | sort -z)
 plan=("${data_files[@]}" "${sums_files[@]}" manifest.json)
 
+# manifest.json's subjects must name exactly these files with the hashes SHA256SUMS proved: pull
+# trusts both, so a release where they disagree must not leave this machine. No jq or Python on
+# such hosts: a small JSON scanner in awk reads the subject list (name, digest.sha256) per entry.
+manifest_subjects() {  # name<TAB>sha256 per subject of the manifest given as $1
+  awk '
+    { text = text $0 "\n" }
+    function value(s) {
+      if (!(depth >= 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects"))) return
+      if (depth == 3 && (keyat[3] == "name" || keyat[3] == "path")) name = s
+      if (depth == 3 && keyat[3] == "sha256") sha = s
+      if (depth == 4 && keyat[3] == "digest" && keyat[4] == "sha256") sha = s
+    }
+    END {
+      n = length(text); depth = 0
+      for (i = 1; i <= n; i++) {
+        c = substr(text, i, 1)
+        if (c == "\"") {
+          s = ""
+          for (i++; i <= n && (c = substr(text, i, 1)) != "\""; i++) {
+            if (c == "\\") { i++; c = substr(text, i, 1) }
+            s = s c
+          }
+          if (ctype[depth] == "o" && wantkey[depth]) { keyat[depth] = s; wantkey[depth] = 0 } else value(s)
+        } else if (c == "{" || c == "[") {
+          depth++; ctype[depth] = (c == "{") ? "o" : "a"; wantkey[depth] = 1; keyat[depth] = ""
+          if (depth == 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects")) { name = ""; sha = "" }
+        } else if (c == "}" || c == "]") {
+          if (depth == 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects")) print name "\t" sha
+          depth--
+        } else if (c == ",") {
+          if (ctype[depth] == "o") wantkey[depth] = 1
+        }
+      }
+    }' "$1"
+}
+declare -A want_sha=()
+for rel in "${sums_files[@]}"; do
+  while read -r sum name; do want_sha["${rel%/SHA256SUMS}/${name#\*}"]="$sum"; done <"$artifacts/$rel"
+  want_sha["$rel"]="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+done
+for rel in "${data_files[@]}"; do
+  [[ -n "${want_sha[$rel]:-}" ]] || want_sha["$rel"]="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+done
+subjects="$(manifest_subjects "$artifacts/manifest.json")"
+[[ -n "$subjects" ]] || die $EX_LOCAL "$artifacts/manifest.json has no 'subject' list of files and sha256 digests (pull refuses such a release); rebuild"
+findings=()
+declare -A listed=()
+while IFS=$'\t' read -r name sum; do
+  name="${name#./}"; listed["$name"]=1
+  if [[ -z "${want_sha[$name]:-}" ]]; then findings+=("manifest.json lists $name, which is not in the tree")
+  elif [[ "${sum,,}" != "${want_sha[$name]}" ]]; then
+    findings+=("manifest.json gives $name sha256 ${sum:0:12}…, the tree's SHA256SUMS and file ${want_sha[$name]:0:12}…")
+  fi
+done <<<"$subjects"
+for rel in "${data_files[@]}" "${sums_files[@]}"; do
+  [[ -n "${listed[$rel]:-}" ]] || findings+=("$rel is in the tree but not among manifest.json's subjects")
+done
+if ((${#findings[@]})); then
+  msg="$(printf '%s; ' "${findings[@]:0:5}")"
+  die $EX_LOCAL "$artifacts/manifest.json and the SHA256SUMS files beside it disagree (${#findings[@]} finding(s): ${msg%; }); rebuild the artifacts, nothing was uploaded"
+fi
+
 if ((dry_run)); then
   log "dry run: would upload ${#plan[@]} objects to s3://$bucket/$release_key/ at $endpoint, in this order:"
   for rel in "${plan[@]}"; do echo "  $release_key/$rel  $(stat -c %s "$artifacts/$rel") bytes"; done

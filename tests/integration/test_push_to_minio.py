@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -273,6 +274,30 @@ def test_unreachable_bad_endpoint_and_bad_artifacts_have_distinct_codes(store, a
     (broken / "whisper_base_xeon" / "libwhisper.so").write_bytes(b"tampered")
     p = run([broken], cfg, path=_path_with())
     assert p.returncode == 4 and "SHA256SUMS does not match" in p.stderr
+
+
+def test_manifest_disagreeing_with_sha256sums_is_refused_before_any_upload(store, tmp_path):
+    cfg = store.config()
+    release = tiny_release(tmp_path / "release", "x")
+    good = (release / "manifest.json").read_text()
+    doc = json.loads(good)
+    readme = next(s for s in doc["subject"] if s["name"] == "whisper_base_xeon/README.md")
+    readme["digest"]["sha256"] = "0" * 64
+    doc["subject"].append({"name": "whisper_base_xeon/gone.so", "digest": {"sha256": "1" * 64}})
+    (release / "manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
+    p = run(["--version", "mx-1", release], cfg, path=_path_with())
+    assert p.returncode == 4, p.stderr
+    assert f"{release}/manifest.json and the SHA256SUMS files beside it disagree (2 finding(s): " in p.stderr
+    assert ("manifest.json gives whisper_base_xeon/README.md sha256 000000000000…, the tree's "
+            "SHA256SUMS") in p.stderr
+    assert "manifest.json lists whisper_base_xeon/gone.so, which is not in the tree" in p.stderr
+    (release / "manifest.json").write_text(json.dumps({"models": ["base"]}))
+    p = run(["--version", "mx-1", release], cfg, path=_path_with())
+    assert p.returncode == 4 and "has no 'subject' list" in p.stderr, p.stderr
+    assert make_client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix="sh/mx-1/").get("KeyCount") == 0
+    (release / "manifest.json").write_text(good)
+    p = run(["--version", "mx-1", "--dry-run", release], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
 
 
 def test_changed_release_needs_force(store, tmp_path):
