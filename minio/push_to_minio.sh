@@ -24,7 +24,8 @@ Options (each also read from the environment, shown in brackets):
   -c, --client KIND     auto (default), mc or aws
   -m, --mc PATH         MinIO's client to use, by path or command name   [MC_BIN]
   -r, --retries N       attempts per object before giving up (default 4; backoff 1, 2, 4... s)
-  -f, --force           replace a published release whose manifest differs
+  -f, --force           replace a published release whose manifest differs (objects the
+                        tree does not have are deleted)
   -n, --dry-run         check the local files and settings, print the plan, contact nothing
   -h, --help            this text
 
