@@ -165,8 +165,8 @@ def test_dry_run_contacts_nothing_and_lists_plan_in_order(tmp_path, cfg):
 
 
 def _put_behind_the_publishers_back(client, cfg, key: str, data: bytes, settings=None) -> None:
-    """Store other bytes under `key` with the sha256 metadata it had: what a buggy tool, a bad disk
-    restore or an attacker with write access leaves behind (issue 13, item 5)."""
+    """Store `data` under `key` with the sha256 metadata it had; with other bytes, what a buggy
+    tool, a bad disk restore or an attacker with write access leaves behind (issue 13, item 5)."""
     import io
 
     from boto3.s3.transfer import TransferConfig
@@ -214,6 +214,14 @@ def test_repush_replaces_objects_whose_bytes_changed_under_the_same_metadata(tmp
         path = art / rel
         etag = client.head_object(Bucket=cfg.bucket, Key=key)["ETag"].strip('"')
         assert _local_etag(path, path.stat().st_size, parts, TEST_SETTINGS.multipart_chunksize) == etag
+    # The same bytes in other parts (as the aws cli's 8 MiB parts would be): the ETag cannot prove
+    # them, the read-back does, and nothing is uploaded.
+    other_parts = dataclasses.replace(TEST_SETTINGS, multipart_chunksize=6 * 1024 * 1024)
+    _put_behind_the_publishers_back(client, cfg, big, (art / "whisper_tiny.en_xeon/ggml-tiny.en-q5_1.bin")
+                                    .read_bytes(), other_parts)
+    assert client.head_object(Bucket=cfg.bucket, Key=big)["ETag"].strip('"').endswith("-2")
+    third = push(art, cfg, version="9.0", settings=TEST_SETTINGS, progress=False)
+    assert third.replaced == [] and third.uploaded == [] and big in third.skipped
 
 
 def test_upload_refused_by_a_bucket_policy_is_one_sentence(tmp_path, store):
