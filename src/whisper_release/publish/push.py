@@ -5,14 +5,22 @@ Layout: s3://<bucket>/<prefix>/<version>/manifest.json and
 
 Rules, in the order push() applies them:
 - The local tree is checked first: every SHA256SUMS must list exactly the other files of its
-  directory with their true hashes, and manifest.json must be JSON. Nothing is sent otherwise.
-- Credentials and bucket are checked with one cheap authenticated call before any upload.
+  directory with their true hashes, and manifest.json's subjects must list exactly the files of
+  the tree with those same hashes. Nothing is sent otherwise.
+- Credentials and bucket are checked with one cheap authenticated call before any upload. A
+  bucket with Object Lock gets a SHA-256 checksum on every PUT (such buckets refuse PUTs without
+  one on AWS).
 - Each object carries its sha256 in its metadata (x-amz-meta-sha256) and is read back (streamed)
   and hashed after upload; a mismatch deletes the object and fails.
 - SHA256SUMS files, then manifest.json, go last: a release is visible (counts as published) only
   once its manifest exists, so an interrupted push never shows a partial release.
-- A rerun skips objects already there with the same sha256 metadata; a visible release with
-  different content is refused unless force=True (which first hides it by deleting its manifest).
+- A rerun skips an object already there only when its size and sha256 metadata match AND its
+  stored bytes are proven: its single-part (or same-part-size multipart) MD5 ETag matches the
+  file, else a streamed read-back hashes to the file's sha256. Metadata can be copied onto other
+  bytes, so it alone proves nothing; an object that fails the proof is uploaded again.
+- A visible release with different content is refused unless force=True (which first hides it by
+  deleting its manifest); objects the tree no longer has are deleted, so the release is exactly
+  the tree.
 """
 
 from __future__ import annotations
@@ -85,6 +93,53 @@ def _parse_sums(path: Path) -> dict[str, str]:
     return entries
 
 
+def _manifest_subjects(manifest: Any) -> dict[str, str] | None:
+    """relpath -> sha256 from the manifest's subjects (the in-toto `subject` list the build writes,
+    or the flat `subjects` form pull also reads); None when there is no usable list."""
+    subjects = manifest.get("subject", manifest.get("subjects")) if isinstance(manifest, dict) else None
+    if not isinstance(subjects, list) or not subjects:
+        return None
+    out: dict[str, str] = {}
+    for s in subjects:
+        if not isinstance(s, dict):
+            return None
+        name = s.get("name") or s.get("path")
+        digest = (s.get("digest") or {}).get("sha256") if isinstance(s.get("digest"), dict) else None
+        digest = digest or s.get("sha256")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            return None
+        out[name.removeprefix("./")] = digest.lower()
+    return out
+
+
+def _manifest_findings(root: Path, manifest: Any, objects: list[LocalObject]) -> list[str]:
+    """Where manifest.json and the tree (whose SHA256SUMS were checked against the bytes) disagree.
+
+    pull trusts the manifest's subjects and the SHA256SUMS both, so a release where they differ
+    would be refused by every consumer: it must not leave this machine.
+    """
+    listed = _manifest_subjects(manifest)
+    if listed is None:
+        return [f"{MANIFEST} has no 'subject' list of files and sha256 digests (pull refuses such a release)"]
+    files = {o.relpath: o for o in objects if o.relpath != MANIFEST}
+
+    def sums_of(rel: str) -> str | None:  # the SHA256SUMS that vouches for rel, if any
+        path = Path(rel)
+        return None if path.name == SUMS or "/" not in rel else f"{path.parent.as_posix()}/{SUMS}"
+
+    findings: list[str] = []
+    for rel in sorted(set(files) - set(listed)):
+        findings.append(f"{rel} is in {sums_of(rel) or 'the tree'} but not among {MANIFEST}'s subjects")
+    for rel in sorted(set(listed) - set(files)):
+        findings.append(f"{MANIFEST} lists {rel}, which is not in the tree")
+    for rel in sorted(set(listed) & set(files)):
+        if listed[rel] != files[rel].sha256:
+            sums = sums_of(rel)
+            findings.append(f"{MANIFEST} gives {rel} sha256 {listed[rel][:12]}…, "
+                            f"{sums + ' and the file' if sums else 'the file has'} {files[rel].sha256[:12]}…")
+    return findings
+
+
 def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
     """Every file to publish, hashed, after checking each SHA256SUMS against its directory."""
     root = Path(artifacts_dir)
@@ -93,7 +148,7 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
             f"{root} has no {MANIFEST}: expected a built release directory (run `invoke build` first)."
         )
     try:
-        json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise VerificationError(
             f"{root / MANIFEST} is not valid JSON ({e}); rebuild the artifacts."
@@ -132,6 +187,13 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
         raise VerificationError(
             f"The artifacts in {root} do not match their checksums ({len(findings)} finding(s): "
             + "; ".join(findings) + "); rebuild them, nothing was published."
+        )
+    # Only now: with every SHA256SUMS proven against its files, a manifest finding names both sides.
+    findings = _manifest_findings(root, manifest, objects)
+    if findings:
+        raise VerificationError(
+            f"{root / MANIFEST} and the {SUMS} files beside it disagree ({len(findings)} finding(s): "
+            + "; ".join(findings) + "); rebuild the artifacts, nothing was published."
         )
     if not any(o.phase == 1 for o in objects):
         raise VerificationError(
@@ -241,6 +303,7 @@ class PushReport:
     deleted: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
     bucket_created: bool = False
+    checksum: str | None = None  # the checksum algorithm sent with every PUT (Object Lock buckets)
 
     @property
     def location(self) -> str:
@@ -261,15 +324,58 @@ def _content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-def _remote_state(client: Any, cfg: S3Config, release_key: str) -> dict[str, tuple[int, str | None]]:
-    """key -> (size, sha256 metadata or None) for every object under the release."""
-    out: dict[str, tuple[int, str | None]] = {}
+@dataclass(frozen=True)
+class RemoteObject:
+    size: int
+    sha256: str | None  # the x-amz-meta-sha256 the publisher wrote (anyone with write access can copy it)
+    etag: str
+
+
+def _remote_state(client: Any, cfg: S3Config, release_key: str) -> dict[str, RemoteObject]:
+    """key -> size, sha256 metadata and ETag of every object under the release."""
+    out: dict[str, RemoteObject] = {}
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=cfg.bucket, Prefix=release_key + "/"):
         for obj in page.get("Contents", []):
             head = client.head_object(Bucket=cfg.bucket, Key=obj["Key"])
-            out[obj["Key"]] = (int(head["ContentLength"]), head.get("Metadata", {}).get(META_SHA256))
+            out[obj["Key"]] = RemoteObject(int(head["ContentLength"]),
+                                           head.get("Metadata", {}).get(META_SHA256),
+                                           str(head.get("ETag", "")).strip('"').lower())
     return out
+
+
+def _local_etag(path: Path, size: int, parts: int, part_size: int) -> str | None:
+    """The ETag an unencrypted store gives `path` uploaded in one part (parts=0) or in `parts`
+    parts of `part_size`; None when that part size cannot give that many parts."""
+    if parts and -(-size // part_size) != parts:
+        return None
+    whole, digests = hashlib.md5(usedforsecurity=False), []
+    with path.open("rb") as f:
+        while block := f.read(part_size if parts else MiB):
+            if parts:
+                digests.append(hashlib.md5(block, usedforsecurity=False).digest())
+            else:
+                whole.update(block)
+    if not parts:
+        return whole.hexdigest()
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}"
+
+
+def _stored_bytes_match(client: Any, cfg: S3Config, key: str, local: LocalObject, remote: RemoteObject,
+                        settings: TransferSettings, chunk: int = MiB) -> bool:
+    """Whether the stored object holds exactly the local bytes, not just their metadata.
+
+    The ETag settles it cheaply when the store computes it as MD5 (single part, or multipart with
+    our part size); otherwise (SSE-KMS, another part size, a mismatch) a streamed read-back does.
+    """
+    m = re.fullmatch(r"([0-9a-f]{32})(?:-([0-9]+))?", remote.etag)
+    if m and _local_etag(local.path, local.size, int(m.group(2) or 0),
+                         settings.multipart_chunksize) == remote.etag:
+        return True
+    h = hashlib.sha256()
+    for block in client.get_object(Bucket=cfg.bucket, Key=key)["Body"].iter_chunks(chunk):
+        h.update(block)
+    return h.hexdigest() == local.sha256
 
 
 def _verify_remote(client: Any, cfg: S3Config, key: str, local: LocalObject, chunk: int = MiB) -> None:
@@ -294,6 +400,39 @@ def _verify_remote(client: Any, cfg: S3Config, key: str, local: LocalObject, chu
             f"Read-back of s3://{cfg.bucket}/{key} does not match {local.path} ({', '.join(problems)}); "
             "the object was deleted and the release stays unpublished, rerun the push."
         )
+
+
+_ACCESS_REFUSALS = ("AccessDenied", "AllAccessDisabled", "AccountProblem")
+_REFUSALS = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidRequest", "InvalidObjectState",
+             "MethodNotAllowed", "NotImplemented", "QuotaExceeded", "EntityTooLarge", "InvalidBucketState"}
+
+
+def _refusal(e: BaseException) -> str | None:
+    """'Code: message' when the store answered an upload with a definite no, else None (a transfer
+    failure that a rerun may cure). boto3's upload_file wraps the ClientError in its own
+    S3UploadFailedError, whose cause is only in __context__."""
+    from botocore.exceptions import ClientError
+
+    seen: BaseException | None = e
+    while seen is not None and not isinstance(seen, ClientError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None or _error_code(seen) not in _REFUSALS or getattr(seen, "operation_name", "") not in (
+            "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
+        return None
+    return _describe(seen)
+
+
+def _refusal_error(e: BaseException, cfg: S3Config, key: str, version: str) -> PublishError | None:
+    refusal = _refusal(e)
+    if refusal is None:
+        return None
+    todo = (f"grant that key s3:PutObject on bucket {cfg.bucket!r} (check its bucket policy)"
+            if refusal.startswith(_ACCESS_REFUSALS) else "change what the store objects to")
+    return PublishError(
+        f"The S3 store at {cfg.endpoint_display} refused to store s3://{cfg.bucket}/{key} for access key "
+        f"{shorten_key(cfg.access_key)} ({refusal}): {todo}; release {version} was not published (its "
+        "manifest was not written)."
+    )
 
 
 def _fmt_size(n: int) -> str:
@@ -338,26 +477,33 @@ def push(
     client = make_client(config, max_attempts=settings.max_attempts,
                          connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
     report.bucket_created = check_access(client, config, create_bucket=create_bucket)
+    report.checksum = _checksum_for(client, config)
     from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        remote = _remote_state(client, config, release_key)
-    except (BotoCoreError, ClientError) as e:
-        raise PublishError(
-            f"Listing {report.location} failed ({_describe(e)}); nothing was uploaded."
-        ) from None
 
     manifest_key = report.manifest_key
     differing: list[str] = []
-    for o in objects:
-        key = f"{release_key}/{o.relpath}"
-        if key not in remote:
-            report.plan.append(PlannedObject(key, o, "upload"))
-        elif remote[key] == (o.size, o.sha256):
-            report.plan.append(PlannedObject(key, o, "skip"))
-        else:
-            report.plan.append(PlannedObject(key, o, "replace"))
-            differing.append(o.relpath)
+    try:
+        remote = _remote_state(client, config, release_key)
+        for o in objects:
+            key = f"{release_key}/{o.relpath}"
+            r = remote.get(key)
+            if r is None:
+                report.plan.append(PlannedObject(key, o, "upload"))
+            elif (r.size, r.sha256) != (o.size, o.sha256):
+                report.plan.append(PlannedObject(key, o, "replace"))
+                differing.append(o.relpath)
+            elif _stored_bytes_match(client, config, key, o, r, settings):
+                report.plan.append(PlannedObject(key, o, "skip"))
+            else:
+                # The release claims these bytes (metadata) but holds others: restoring them changes
+                # nothing a reader was promised, so it needs no --force.
+                info(f"s3://{config.bucket}/{key} carries this file's sha256 metadata but other bytes: "
+                     "uploading it again")
+                report.plan.append(PlannedObject(key, o, "replace"))
+    except (BotoCoreError, ClientError) as e:
+        raise PublishError(
+            f"Reading what {report.location} holds failed ({_describe(e)}); nothing was uploaded."
+        ) from None
     local_keys = {p.key for p in report.plan}
     extras = sorted(k for k in remote if k not in local_keys)
     visible = manifest_key in remote
@@ -389,6 +535,26 @@ def push(
     return report
 
 
+def _checksum_for(client: Any, cfg: S3Config) -> str | None:
+    """"SHA256" when the bucket has Object Lock, else None (no checksum header at all).
+
+    AWS refuses a PUT into an Object Lock bucket that carries neither Content-MD5 nor a checksum;
+    elsewhere checksums stay off, because several S3-compatible servers mishandle them (FACTS.md).
+    A store that cannot say (no such API, no permission) gets none: if it then refuses an upload,
+    the refusal is reported in one sentence.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        conf = client.get_object_lock_configuration(Bucket=cfg.bucket)
+    except (BotoCoreError, ClientError):
+        return None
+    if conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+        return None
+    info(f"bucket {cfg.bucket!r} has Object Lock: every upload carries a SHA-256 checksum")
+    return "SHA256"
+
+
 def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -404,6 +570,7 @@ def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport)
 
 def _upload_all(client: Any, cfg: S3Config, todo: list[PlannedObject], settings: TransferSettings,
                 report: PushReport, progress: bool, on_object: Callable[[str], None] | None) -> None:
+    from boto3.exceptions import S3UploadFailedError as Boto3UploadFailedError
     from boto3.s3.transfer import TransferConfig
     from botocore.exceptions import BotoCoreError, ClientError
     from s3transfer.exceptions import S3UploadFailedError
@@ -427,14 +594,18 @@ def _upload_all(client: Any, cfg: S3Config, todo: list[PlannedObject], settings:
                     bar.update(n)
                     overall.update(n)
 
+                extra: dict[str, Any] = {"Metadata": {META_SHA256: p.local.sha256},
+                                         "ContentType": _content_type(Path(name).name)}
+                if report.checksum:
+                    extra["ChecksumAlgorithm"] = report.checksum
                 try:
-                    client.upload_file(
-                        str(p.local.path), cfg.bucket, p.key, Config=tc, Callback=advance,
-                        ExtraArgs={"Metadata": {META_SHA256: p.local.sha256},
-                                   "ContentType": _content_type(Path(name).name)},
-                    )
+                    client.upload_file(str(p.local.path), cfg.bucket, p.key, Config=tc, Callback=advance,
+                                       ExtraArgs=extra)
                     _verify_remote(client, cfg, p.key, p.local)
-                except (S3UploadFailedError, BotoCoreError, ClientError) as e:
+                except (Boto3UploadFailedError, S3UploadFailedError, BotoCoreError, ClientError) as e:
+                    refused = _refusal_error(e, cfg, p.key, report.version)
+                    if refused:
+                        raise refused from None
                     raise PublishError(
                         f"Uploading {name} to s3://{cfg.bucket}/{p.key} failed after {settings.max_attempts} "
                         f"attempts ({_describe(e)}); release {report.version} was not published (its "
