@@ -58,7 +58,7 @@ def jfk() -> Path:
 
     pins = load_pins()
     src = fetch_source(pins, pins.profile("offline").source)
-    return src / pins.sample["path"]
+    return src / pins.sample.path
 
 
 @pytest.fixture(scope="module")

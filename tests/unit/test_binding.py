@@ -25,7 +25,7 @@ def test_missing_avx2_is_a_python_error_before_any_load(tmp_path: Path) -> None:
 def test_required_flags_come_from_the_pins() -> None:
     from whisper_release.core.pins import load_pins
 
-    assert binding.required_cpu_flags() == list(load_pins().build["required_cpu_flags"])
+    assert binding.required_cpu_flags() == list(load_pins().build.required_cpu_flags)
 
 
 def test_missing_library_names_the_path(tmp_path: Path) -> None:

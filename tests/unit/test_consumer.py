@@ -148,7 +148,8 @@ def test_cpu_flags_fall_back_to_the_pins(tmp_path):
     from whisper_release.core.pins import load_pins
 
     d = _artifact(tmp_path)
-    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == load_pins().build["required_cpu_flags"]
+    want = list(load_pins().build.required_cpu_flags)
+    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == want
 
 
 def test_write_atomic_replaces_whole_files_only(tmp_path):
@@ -196,7 +197,7 @@ def test_cli_good_audio_ctx_gets_past_the_check_to_the_library(tmp_path, capsys,
     from whisper_release.core.pins import load_pins
 
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t: " + " ".join(load_pins().build["required_cpu_flags"]) + "\n")
+    cpuinfo.write_text("flags\t: " + " ".join(load_pins().build.required_cpu_flags) + "\n")
     monkeypatch.setattr(consumer, "CPUINFO", cpuinfo)  # whatever CPU runs the tests
     d = _artifact(tmp_path)
     wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)

@@ -16,7 +16,7 @@ TEMPLATE = project_root() / "packaging" / "README.template.md"
 def _values(**over: object) -> dict[str, object]:
     pins = load_pins()
     build = {
-        "required_cpu_flags": pins.build["required_cpu_flags"],
+        "required_cpu_flags": list(pins.build.required_cpu_flags),
         "source": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
         "quantize": ["q5_1", "q8_0"],
         "release_version": pins.release_version,

@@ -209,7 +209,7 @@ def required_cpu_flags(pins: Any = None) -> list[str]:
         from whisper_release.core.pins import load_pins
 
         pins = load_pins()
-    return [str(f) for f in pins.build["required_cpu_flags"]]
+    return list(pins.build.required_cpu_flags)
 
 
 def fitted_audio_ctx(n_samples: int, floor: int = AUDIO_CTX_FLOOR) -> int:

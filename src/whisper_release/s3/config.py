@@ -251,7 +251,7 @@ def _publish_defaults() -> dict[str, str]:
     from whisper_release.core.pins import load_pins
 
     pub = load_pins().publish
-    return {"bucket": str(pub.get("bucket", "")), "prefix": str(pub.get("prefix", ""))}
+    return {"bucket": pub.bucket, "prefix": pub.prefix}
 
 
 def load_config(

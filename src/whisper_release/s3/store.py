@@ -210,8 +210,8 @@ class EmbeddedStore:
         from whisper_release.core.pins import load_pins
 
         pub = load_pins().publish
-        return (self._bucket or str(pub["bucket"]),
-                self._prefix if self._prefix is not None else str(pub.get("prefix", "")))
+        return (self._bucket or pub.bucket,
+                self._prefix if self._prefix is not None else pub.prefix)
 
     def _config(self, endpoint: str | None, creds: dict[str, str], note: str = "") -> S3Config:
         bucket, prefix = self._target()
