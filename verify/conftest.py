@@ -115,13 +115,14 @@ def source_dir(pins: Pins, artifacts: Path) -> Path:
     """The verified whisper.cpp tree the release was built from (for samples/jfk.wav)."""
     from whisper_release.inputs import fetch
 
+    # The suite is an entry point: the profile named in the manifest is resolved here, once.
     return Path(fetch.fetch_source(pins, pins.profile(_profile(artifacts)).source))
 
 
 @pytest.fixture(scope="session")
 def clips(pins: Pins, source_dir: Path) -> list[wer.Clip]:
     sample = pins.sample
-    return wer.sample_set(source_dir / sample["path"], sample["reference"], HERE / "clips.txt")
+    return wer.sample_set(source_dir / sample.path, sample.reference, HERE / "clips.txt")
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def _fail_on(findings: list[Finding], what: str) -> None:
 
 
 def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
-    required = [str(f) for f in pins.build["required_cpu_flags"]]
+    required = list(pins.build.required_cpu_flags)
     missing = cpu.missing_flags(required)
     if missing:
         pytest.fail(
@@ -209,14 +209,14 @@ def test_word_error_rate(
         results[label] = {**r.as_dict(), "transcripts": hyp}
     delta_pp = 100.0 * (results[quant]["wer"] - results["f16"]["wer"])
     gates = pins.verify
-    ceiling = float(gates["wer_ceiling"][model_name])
-    gate = f"max_{quant}_wer_delta_pp"
-    if gate not in gates:
+    ceiling = gates.wer_ceiling[model_name]
+    if quant not in gates.max_wer_delta_pp:
         pytest.fail(
-            f"release.toml [verify] has no {gate}, the WER gate for the shipped {quant} files; add it.",
+            f"release.toml [verify] has no max_{quant}_wer_delta_pp, the WER gate for the shipped {quant} "
+            "files; add it.",
             pytrace=False,
         )
-    max_delta = float(gates[gate])
+    max_delta = gates.max_wer_delta_pp[quant]
     w = report.setdefault("wer", {})
     w.update(
         f16=results["f16"],

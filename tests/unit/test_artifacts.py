@@ -55,13 +55,13 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
         "profile": "offline",
         "release_version": pins.release_version,
         "quantize": list(QUANTS),
-        "cmake_flags": pins.build["cmake_flags"],
-        "required_cpu_flags": pins.build["required_cpu_flags"],
+        "cmake_flags": list(pins.build.cmake_flags),
+        "required_cpu_flags": list(pins.build.required_cpu_flags),
         "source_date_epoch": 1704067200,
         "source": {
             "version": "1.8.5",
-            "commit": pins.source["commit"],
-            "tree": pins.source["tree"],
+            "commit": pins.source.commit,
+            "tree": pins.source.tree,
             "provider": "pypi-sdist",
             "uri": "pypi:pywhispercpp==1.5.1",
         },
@@ -140,7 +140,7 @@ def test_manifest_is_an_in_toto_statement_over_every_file(
     assert "-DGGML_AVX2=ON" in bd["internalParameters"]["cmake_flags"]
     assert bd["internalParameters"]["compiler"].startswith("g++")
     deps = {d["name"]: d for d in bd["resolvedDependencies"]}
-    assert deps["whisper.cpp"]["digest"]["gitTree"] == load_pins().source["tree"]
+    assert deps["whisper.cpp"]["digest"]["gitTree"] == load_pins().source.tree
     assert deps["model:base"]["digest"] == {"sha256": "b" * 64}
     assert deps["builder-base-image"]["digest"] == {"sha256": "c" * 64}
 
@@ -262,7 +262,7 @@ def test_artifact_json_states_the_files_and_the_readme_is_rendered_from_it(
     assert files["ggml-base-q8_0.bin"]["type"] == "q8_0" and files["ggml-base-q8_0.bin"]["ftype"] == 2008
     assert files["ggml-base-q8_0.bin"]["size"] == (d / "ggml-base-q8_0.bin").stat().st_size
     assert [lib["name"] for lib in meta["libraries"]] == list(artifacts.LIBRARIES)
-    assert meta["required_cpu_flags"] == list(load_pins().build["required_cpu_flags"])
+    assert meta["required_cpu_flags"] == list(load_pins().build.required_cpu_flags)
     assert artifacts.METADATA in artifacts.parse_sha256sums((d / artifacts.SUMS).read_text())
     readme = (d / artifacts.README).read_text()
     assert readme.startswith(f"# whisper.cpp {meta['whisper_cpp']['version']}, model `base` (q5_1, q8_0)")

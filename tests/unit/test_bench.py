@@ -125,9 +125,9 @@ def test_reference_settings_come_from_release_toml():
     assert "-DGGML_AVX=OFF" in g["REF_CMAKE_FLAGS"] and "-DGGML_AVX2=OFF" in g["REF_CMAKE_FLAGS"]
     # llamafile: exactly the release's flags plus one, and the release's CPU variant line.
     lf = references.reference_settings(pins, "llamafile")
-    release = " ".join(pins.build["cmake_flags"])
+    release = " ".join(pins.build.cmake_flags)
     assert lf == {"REF_CMAKE_FLAGS": release + " -DGGML_LLAMAFILE=ON",
-                  "REF_CPU_VARIANT": pins.build["expected_cpu_variant"]}  # fmt: skip
+                  "REF_CPU_VARIANT": pins.build.expected_cpu_variant}  # fmt: skip
     with pytest.raises(ConfigError, match=r"no \[bench.reference.avx9\]"):
         references.reference_settings(pins, "avx9")
 
@@ -169,7 +169,7 @@ def test_matrix_covers_every_comparison(tmp_path):
 
 def test_environment_records_cpu_threads_versions():
     env = host.environment(2)
-    assert env["threads"] == 2 and env["cpu"] and env["whisper_cpp"] == load_pins().source["version"]
+    assert env["threads"] == 2 and env["cpu"] and env["whisper_cpp"] == load_pins().source.version
     assert "faster_whisper" in env and "pywhispercpp" in env
 
 

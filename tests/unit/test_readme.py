@@ -16,7 +16,7 @@ TEMPLATE = project_root() / "packaging" / "README.template.md"
 def _values(**over: object) -> dict[str, object]:
     pins = load_pins()
     meta: dict = {
-        "required_cpu_flags": pins.build["required_cpu_flags"],
+        "required_cpu_flags": list(pins.build.required_cpu_flags),
         "whisper_cpp": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
         "model": {"name": "base", "hparams": {}},
         "model_files": [

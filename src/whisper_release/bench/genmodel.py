@@ -102,7 +102,7 @@ def generated_model(
     medium), checked against the pinned exact file size when release.toml has one."""
     pins = pins or load_pins()
     pin = pins.model(name)
-    seed = int(pins.raw.get("bench", {}).get("generated_seed", 0))
+    seed = pins.bench.generated_seed
     cache_dir = cache_dir or cache_root() / "bench" / "generated"
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"ggml-{name}-{quant}-random-{cache_key(name, pin.hparams, seed, quant)}.bin"

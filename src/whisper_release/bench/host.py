@@ -205,7 +205,7 @@ def environment(threads: int, pins: Pins | None = None) -> dict[str, Any]:
         "threads": threads,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "whisper_cpp": str(pins.source["version"]),
+        "whisper_cpp": pins.source.version,
         "release": pins.release_version,
         "faster_whisper": _version("faster-whisper"),
         "ctranslate2": _version("ctranslate2"),

@@ -189,14 +189,14 @@ def sample_clips(pins: Pins, *, quick: bool = False, root: Path | None = None) -
     source = fetch_source(pins, pins.profile("offline").source)
     sample = pins.sample
     if quick:
-        return [wer.Clip("jfk", source / sample["path"], sample["reference"])]
+        return [wer.Clip("jfk", source / sample.path, sample.reference)]
     clips_txt = (root or project_root()) / "verify" / "clips.txt"
-    return wer.sample_set(source / sample["path"], sample["reference"], clips_txt)
+    return wer.sample_set(source / sample.path, sample.reference, clips_txt)
 
 
 def bench_threads(pins: Pins) -> int:
     """The thread count every engine gets (release.toml [bench] threads)."""
-    return int(pins.raw.get("bench", {}).get("threads", 2))
+    return pins.bench.threads
 
 
 def clip_seconds(path: str | os.PathLike[str]) -> float:

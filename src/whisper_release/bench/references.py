@@ -26,22 +26,22 @@ REFERENCE_STAGE = "reference"  # the Dockerfile stage every [bench.reference.<na
 
 def reference_settings(pins: Pins, name: str) -> dict[str, str]:
     """The docker build args of reference build `name` from release.toml [bench.reference.<name>]."""
-    refs = pins.raw.get("bench", {}).get("reference", {})
+    refs = pins.bench.reference
     if name not in refs:
         raise ConfigError(
             f"release.toml has no [bench.reference.{name}]; known reference builds: {sorted(refs) or 'none'}."
         )
-    r = dict(refs[name])
-    if "release_flags_plus" in r:  # the release's own flags plus a few: only those few differ
-        r.setdefault("cmake_flags", [*pins.build["cmake_flags"], *r["release_flags_plus"]])
-        r.setdefault("expected_cpu_variant", pins.build["expected_cpu_variant"])
-    try:
-        return {
-            "REF_CMAKE_FLAGS": " ".join(str(f) for f in r["cmake_flags"]),
-            "REF_CPU_VARIANT": str(r["expected_cpu_variant"]),
-        }
-    except KeyError as e:
-        raise ConfigError(f"release.toml [bench.reference.{name}] lacks {e.args[0]!r}.") from None
+    r = refs[name]
+    flags, variant = r.cmake_flags, r.expected_cpu_variant
+    if r.release_flags_plus is not None:  # the release's own flags plus a few: only those few differ
+        flags = flags or (*pins.build.cmake_flags, *r.release_flags_plus)
+        variant = variant or pins.build.expected_cpu_variant
+    if flags is None or variant is None:
+        missing = "cmake_flags" if flags is None else "expected_cpu_variant"
+        raise ConfigError(
+            f"release.toml [bench.reference.{name}] lacks {missing!r} (or release_flags_plus); add it."
+        )
+    return {"REF_CMAKE_FLAGS": " ".join(flags), "REF_CPU_VARIANT": variant}
 
 
 def reference_dir(name: str, root: Path | None = None) -> Path:
@@ -59,8 +59,9 @@ def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = N
     settings = reference_settings(pins, name)
     root = project_root()
     out = out or reference_dir(name, root)
-    inputs = build.fetch_inputs("offline", pins)
-    base_tag, base_id = baseimage.ensure_base_image("offline", pins=pins)
+    offline = pins.profile("offline")  # references are built from the offline profile's inputs
+    inputs = build.fetch_inputs(offline, pins)
+    base_tag, base_id = baseimage.ensure_base_image(offline, pins)
     # The builder's own context, assembled by its own code, so the release stages hit the cache.
     fake_root = root / "build" / "bench" / "ctxroot"
     fake_root.mkdir(parents=True, exist_ok=True)

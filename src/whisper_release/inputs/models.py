@@ -31,8 +31,7 @@ PROVIDERS = ("official", "ct2")
 
 
 def ggml_sha256_pin(pins: Pins, pin: ModelPin) -> str | None:
-    value = getattr(pin, "ggml_sha256", None) or pins.raw["models"][pin.name].get("ggml_sha256")
-    return str(value).lower() if value else None
+    return pin.ggml_sha256.lower() if pin.ggml_sha256 else None
 
 
 def model_filename(name: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from whisper_release.core.console import info, quote
 from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import load_pins, project_root
+from whisper_release.core.pins import Pins, ResolvedProfile, project_root
 
 
 @dataclass
@@ -42,7 +42,8 @@ def run_verify_suite(artifacts: Path, *, extra: list[str] | None = None) -> None
 
 
 def release(
-    profile: str = "offline",
+    profile: ResolvedProfile,
+    pins: Pins,
     *,
     out: Path = Path("dist/release_artifacts"),
     endpoint: str | None = None,
@@ -54,11 +55,10 @@ def release(
     from whisper_release.publish.push import print_report, push
     from whisper_release.publish.target import publish_config
 
-    pins = load_pins()
     times = StepTimes()
 
     t = time.monotonic()
-    artifacts = build(profile, dry_run=dry_run, out=out)  # fetches (and verifies) its inputs first
+    artifacts = build(profile, pins, dry_run=dry_run, out=out)  # fetches (and verifies) its inputs first
     times.seconds["fetch+build"] = time.monotonic() - t
     if dry_run:
         info(f"dry run: would verify {out} and push release {pins.release_version}")
@@ -75,5 +75,5 @@ def release(
     report = push(artifacts, config, version=pins.release_version, force=force,
                   create_bucket=config.create_bucket)
     times.seconds["push"] = time.monotonic() - t
-    info(f"release {pins.release_version} ({profile}) done: {times.line()}")
+    info(f"release {pins.release_version} ({profile.name}) done: {times.line()}")
     print_report(report, config, artifacts)

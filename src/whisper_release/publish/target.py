@@ -12,7 +12,7 @@ from whisper_release.s3.store import EmbeddedStore
 
 def publish_defaults(pins: Pins) -> dict[str, str]:
     pub = pins.publish
-    return {"bucket": str(pub["bucket"]), "prefix": str(pub.get("prefix", ""))}
+    return {"bucket": pub.bucket, "prefix": pub.prefix}
 
 
 def publish_config(*, config_file: str | os.PathLike[str] | None = None, endpoint: str | None = None,
