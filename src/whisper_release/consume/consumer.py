@@ -385,7 +385,9 @@ def transcribe(
 
 def _configure_pull(p: argparse.ArgumentParser) -> None:
     p.description = "Download one artifact directory of a published release, verified, into DEST."
-    p.add_argument("--release", default="latest", help="release version, or 'latest' (default)")
+    p.add_argument(
+        "--release", default="latest", help="release version, or 'latest' (default: what latest.json names)"
+    )
     p.add_argument("--model", help="model name, e.g. base")
     p.add_argument("--dest", help="target directory (default ./whisper_<model>_xeon-<version>)")
     p.add_argument("--list", action="store_true", help="list the published releases and their models")
@@ -415,7 +417,14 @@ def remote_from_env() -> Any:
 
 
 def print_listing(remote: Any, out: Any = sys.stdout) -> None:
-    from whisper_release.consume.pull import list_releases, load_manifest, manifest_digests, models_in
+    from whisper_release.consume.pull import (
+        LATEST_KEY,
+        list_releases,
+        load_manifest,
+        manifest_digests,
+        models_in,
+        read_latest,
+    )
 
     listing = list_releases(remote)
     for r in listing.complete:
@@ -425,6 +434,10 @@ def print_listing(remote: Any, out: Any = sys.stdout) -> None:
         print(f"{v}\t(incomplete: no manifest yet)\t", file=out)
     if not listing.complete and not listing.incomplete:
         info(f"no releases in {remote.where()}")
+        return
+    latest = read_latest(remote)
+    pointer = remote.where(LATEST_KEY)
+    info(f"latest: {latest.version} ({pointer})" if latest else f"latest: none ({pointer} is missing)")
 
 
 def pull_command(
