@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from whisper_release.consume import pull
-from whisper_release.core.errors import ConfigError, FetchError, VerificationError
+from whisper_release.core.errors import ConfigError, FetchError, PublishError, VerificationError
 from whisper_release.publish import push as publish
 from whisper_release.s3.store import EmbeddedStore
 
@@ -276,6 +276,27 @@ def test_latest_whose_manifest_changed_is_refused(store_config, tmp_path):
     with pytest.raises(VerificationError, match=r"latest\.json says release 1\.0\.0's manifest has sha256"):
         pull.pull(remote, "latest", "base", tmp_path / "d", progress=False)
     assert not (tmp_path / "d").exists()
+
+
+def test_an_invalid_pointer_is_replaced_only_with_force_latest(store_config, tmp_path):
+    cfg = _at(store_config, "badpointer")
+    remote = pull.remote_from_config(cfg)
+    remote.client.put_object(Bucket=cfg.bucket, Key=cfg.key("latest.json"), Body=b"<html>")
+    tree = make_release_tree(tmp_path / "t", models=("base",), size=2000)
+    with pytest.raises(PublishError, match=r"latest\.json is not a valid pointer, so it was not replaced"):
+        publish.push(tree, cfg, version="1.0.0", create_bucket=True, progress=False)
+    with pytest.raises(VerificationError, match="is not a latest-release pointer"):
+        pull.pull(remote, "latest", "base", tmp_path / "d", progress=False)
+    publish.push(tree, cfg, version="1.0.0", force_latest=True, progress=False)
+    assert pull.pull(remote, "latest", "base", tmp_path / "d", progress=False).version == "1.0.0"
+
+
+def test_a_dry_run_push_leaves_the_pointer_alone(store_config, tmp_path):
+    cfg = _at(store_config, "dry")
+    publish.push(make_release_tree(tmp_path / "t", models=("base",), size=2000), cfg, version="1.0.0",
+                 dry_run=True, progress=False)
+    remote = pull.remote_from_config(cfg)
+    assert pull.read_latest(remote) is None
 
 
 # ---- 13. the transfer manager: retries, ranged GETs, one sentence, bars only on a terminal -----

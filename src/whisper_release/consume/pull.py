@@ -366,13 +366,12 @@ def _check_dest(dest: Path, expected: dict[str, str], version: str, dirname: str
     return False
 
 
-def _describe_failure(e: BaseException) -> str:
+def _describe_failure(e: Exception, attempts: int) -> str:
     """A short reason for a failed transfer: the S3 error code or the exception's type, no URLs."""
-    inner = getattr(e, "last_exception", None)
+    inner = getattr(e, "last_exception", None)  # boto3's RetriesExceededError: every attempt broke
     if inner is not None:
-        return f"{type(inner).__name__}, retried"
-    code = _error_code(e) if isinstance(e, Exception) else type(e).__name__
-    return code
+        return f"{type(inner).__name__} on each of {attempts} attempts"
+    return _error_code(e)
 
 
 def _download_all(
@@ -414,10 +413,10 @@ def _download_all(
                     remote.bucket, key, str(tmp / name), Config=tc, Callback=bar.update
                 )
             except (ClientError, BotoCoreError, RetriesExceededError, S3TransferFailedError) as e:
+                reason = _describe_failure(e, settings.attempts)
                 raise FetchError(
-                    f"Downloading s3://{remote.bucket}/{key} failed ({_describe_failure(e)}; "
-                    f"{settings.attempts} attempts per request); {dest} was left untouched: check that the "
-                    "store is reachable and rerun the pull."
+                    f"Downloading s3://{remote.bucket}/{key} failed ({reason}); "
+                    f"{dest} was left untouched: check that the store is reachable and rerun the pull."
                 ) from None
             except OSError as e:
                 raise FetchError(
