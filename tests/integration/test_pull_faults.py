@@ -188,6 +188,17 @@ def test_force_onto_a_plain_file_leaves_no_old_copy(one_release, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
 
 
+def test_dest_in_a_folder_that_cannot_be_made_is_one_sentence(one_release, tmp_path):
+    # (root ignores permission bits, so a parent that is a plain file stands for an unwritable one)
+    cfg, _ = one_release
+    (tmp_path / "afile").write_text("x")
+    bad = _cli(cfg, "pull", "--release", "1.0.0", "--model", "base", "--dest", str(tmp_path / "afile" / "d"))
+    assert bad.returncode == ConfigError.exit_code, bad.stderr
+    assert f"Cannot create a directory in {tmp_path / 'afile'}" in bad.stderr
+    assert bad.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
 # ---- 3. manifest and SHA256SUMS disagree ------------------------------------------------------
 
 

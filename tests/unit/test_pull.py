@@ -11,6 +11,7 @@ import json
 import os
 import stat
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -228,3 +229,20 @@ def test_check_dir_detects_any_difference(tmp_path):
     assert not pull._check_dir(tmp_path, {"a": H1, "b": H2})
     (tmp_path / "extra").write_bytes(b"")
     assert not pull._check_dir(tmp_path, {"a": H1})
+
+
+def test_mkdir_claim_filled_by_someone_else_is_refused_as_existing(tmp_path, monkeypatch):
+    # The fallback's window: DEST claimed empty, then filled by another program before the rename.
+    monkeypatch.setattr(place, "_renameat2", lambda: None)
+    dest = tmp_path / "dest"
+    real_rename = os.rename
+
+    def fill_then_rename(src, dst):
+        (Path(dst) / "theirs").write_text("x")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(place.os, "rename", fill_then_rename)
+    new = _new(tmp_path)
+    with pytest.raises(FileExistsError):
+        place.place_new(new, dest)
+    assert (dest / "theirs").read_text() == "x" and (new / "f").exists()

@@ -86,11 +86,13 @@ def place_new(src: Path, dest: Path) -> None:
     os.mkdir(dest)  # FileExistsError for anything there, a dangling symlink included
     try:
         os.rename(src, dest)  # replaces only an empty directory: the claim just made
-    except OSError:
+    except OSError as e:
         try:
             os.rmdir(dest)
         except OSError:
             pass  # no longer our empty claim: someone else's, so it stays
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(errno.EEXIST, "something was put at the destination", str(dest)) from None
         raise
 
 

@@ -523,8 +523,14 @@ def pull(
         info(f"{dest_path} already holds release {version} {dirname} (every sha256 matches)")
         return PullResult(version, model, dest_path, expected, already_present=True)
 
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = place.staging_dir(dest_path)
+    try:
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = place.staging_dir(dest_path)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot create a directory in {dest_path.parent} ({e.strerror or type(e).__name__}) to pull "
+            f"{dirname} into; choose a --dest in a folder you can write to."
+        ) from None
     try:
         info(f"pulling {where} ({len(names)} files, {total / 1e6:.1f} MB) -> {dest_path}")
         got = _download_all(remote, dir_key, names, objects, tmp, dest_path, settings, progress)
