@@ -110,9 +110,13 @@ def push(c, artifacts="dist/release_artifacts", version=None, endpoint=None, con
 @_entry
 def store(c, start=False, stop=False, status=False, show_credentials=False, dry_run=False):
     """The embedded S3 store used when no endpoint is configured (data in .store/)."""
+    from whisper_release.core.pins import load_pins
+    from whisper_release.publish.target import publish_defaults
     from whisper_release.s3.store import store_command
 
-    store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run)
+    target = publish_defaults(load_pins())
+    store_command(start=start, stop=stop, status=status, show_credentials=show_credentials, dry_run=dry_run,
+                  bucket=target["bucket"], prefix=target["prefix"])
 
 
 @task(help={"release": "release version or 'latest' (the one <prefix>/latest.json names)",

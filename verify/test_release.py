@@ -41,12 +41,13 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
         )
 
 
-def test_files_sha256sums_and_manifest(
+def test_files_sha256sums_manifest_and_metadata(
     artifact: Path, artifacts: Path, model_name: str, pins: Pins, report: dict[str, Any]
 ) -> None:
     findings = integrity.check_layout(artifact, expected_files(model_name, pins.quantizations))
     findings += integrity.check_sums(artifact)
     findings += integrity.check_manifest(artifacts, artifact)
+    findings += integrity.check_metadata(artifact)
     report["files"] = {"findings": [f.as_dict() for f in findings]}
     _fail_on(findings, f"{artifact.name}: files, SHA256SUMS and manifest.json")
 

@@ -17,7 +17,8 @@ from test_publish_support import (
 )
 
 from whisper_release.core.errors import PublishError
-from whisper_release.publish.push import MANIFEST, make_client, push
+from whisper_release.publish.push import MANIFEST, push
+from whisper_release.s3.client import make_client
 
 pytestmark = pytest.mark.integration
 

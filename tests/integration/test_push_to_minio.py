@@ -13,7 +13,8 @@ import pytest
 from test_publish_support import local_files, make_artifacts, running_store, stored_files, write_sums
 
 from whisper_release.core.pins import project_root
-from whisper_release.publish.push import make_client, push
+from whisper_release.publish.push import push
+from whisper_release.s3.client import make_client
 from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration

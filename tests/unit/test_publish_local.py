@@ -106,7 +106,7 @@ def test_invalid_artifacts_fail_before_any_network(tree):
 
 
 def test_publish_config_prefers_configured_store_and_never_starts_one_on_dry_run(tmp_path, monkeypatch):
-    from whisper_release.s3.store import publish_config
+    from whisper_release.publish.target import publish_config
 
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                 "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER",

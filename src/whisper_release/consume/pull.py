@@ -31,6 +31,7 @@ from whisper_release.consume import place
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, FetchError, VerificationError
 from whisper_release.layout.artifacts import sha256_file
+from whisper_release.s3.client import make_client
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
@@ -69,8 +70,6 @@ class Remote:
 
 def remote_from_config(config: Any) -> Remote:
     """A Remote for an s3config.S3Config, with the publisher's client settings."""
-    from whisper_release.publish.push import make_client
-
     return Remote(make_client(config), config.bucket, (config.prefix or "").strip("/"))
 
 

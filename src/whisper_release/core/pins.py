@@ -13,35 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from whisper_release.core.errors import ConfigError
+from whisper_release.core.paths import project_root
+from whisper_release.layout.artifacts import HPARAM_ORDER
 
-HPARAM_ORDER = (
-    "n_vocab",
-    "n_audio_ctx",
-    "n_audio_state",
-    "n_audio_head",
-    "n_audio_layer",
-    "n_text_ctx",
-    "n_text_state",
-    "n_text_head",
-    "n_text_layer",
-    "n_mels",
-    "ftype",
-)
 # Quantization types the release can ship: the ones whisper_release.weights.ggml decodes, so that the
 # verification suite can check every element of the quantized file against its f16 source.
 QUANT_TYPES = ("q5_1", "q8_0")
-
-
-def project_root() -> Path:
-    """The repository root: $WHISPER_RELEASE_ROOT, else the folder holding release.toml above here."""
-    env = os.environ.get("WHISPER_RELEASE_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "release.toml").is_file():
-            return parent
-    return Path.cwd().resolve()
 
 
 def default_pins_path() -> Path:

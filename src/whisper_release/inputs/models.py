@@ -21,9 +21,10 @@ from typing import Any
 
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import HPARAM_ORDER, ModelPin, PackageFile, Pins
+from whisper_release.core.pins import ModelPin, PackageFile, Pins
 from whisper_release.inputs.cache import Cache, derive_key, remove_tree
 from whisper_release.inputs.download import CHUNK, RetryPolicy, download
+from whisper_release.layout.artifacts import HPARAM_ORDER
 from whisper_release.weights.convert import convert_ct2
 
 PROVIDERS = ("official", "ct2")

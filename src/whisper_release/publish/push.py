@@ -30,6 +30,7 @@ from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError, VerificationError
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.publish.pointer import update_latest
+from whisper_release.s3.client import make_client
 from whisper_release.s3.config import S3Config, shorten_key
 
 MANIFEST = "manifest.json"
@@ -150,33 +151,6 @@ def check_version(version: str) -> str:
 
 
 # ---- client ------------------------------------------------------------------------------------
-
-
-def make_client(cfg: S3Config, *, max_attempts: int = 5, connect_timeout: float = 10.0,
-                read_timeout: float = 60.0) -> Any:
-    """A boto3 S3 client configured for S3-compatible servers as well as AWS."""
-    import boto3
-    from botocore.config import Config
-
-    bc = Config(
-        region_name=cfg.region,
-        signature_version="s3v4",
-        # Path style: MinIO/SeaweedFS on an IP or localhost have no per-bucket DNS names.
-        s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        # boto3 >= 1.36 adds CRC checksums by default and several S3-compatible servers reject or
-        # mishandle them (FACTS.md; botocore#3352, s3transfer#327). Integrity is proven end to end
-        # by our sha256 metadata and read-back instead, which works on every server.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    session = boto3.session.Session()
-    return session.client(
-        "s3", endpoint_url=cfg.endpoint, aws_access_key_id=cfg.access_key,
-        aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token, config=bc,
-    )
 
 
 def _error_code(e: Exception) -> str:
@@ -517,7 +491,7 @@ def push_release(
 ) -> PushReport:
     """`invoke push`: resolve the target (configured, else the embedded store), push, print the report."""
     from whisper_release.core.pins import load_pins
-    from whisper_release.s3.store import publish_config
+    from whisper_release.publish.target import publish_config
 
     version = version or load_pins().release_version
     # Prove the artifacts before starting a store or touching the network.

@@ -53,7 +53,7 @@ def release(
 ) -> None:
     from whisper_release.build.docker import build
     from whisper_release.publish.push import print_report, push
-    from whisper_release.s3.store import publish_config
+    from whisper_release.publish.target import publish_config
 
     pins = load_pins()
     times = StepTimes()

@@ -247,13 +247,6 @@ def _read_file(path: Path) -> dict[str, Any]:
     return {k: str(v) if k != "secure" else v for k, v in table.items()}
 
 
-def _publish_defaults() -> dict[str, str]:
-    from whisper_release.core.pins import load_pins
-
-    pub = load_pins().publish
-    return {"bucket": str(pub.get("bucket", "")), "prefix": str(pub.get("prefix", ""))}
-
-
 def load_config(
     *,
     env: Mapping[str, str] | None = None,
@@ -262,6 +255,7 @@ def load_config(
     bucket: str | None = None,
     prefix: str | None = None,
     defaults: Mapping[str, str] | None = None,
+    defaults_origin: str = "the caller's defaults",
 ) -> S3Config | None:
     """The configured target, or None when nothing names a store (the caller may start the embedded one).
 
@@ -288,11 +282,16 @@ def load_config(
     if not any(k in values for k in ("endpoint", "access_key", "secret_key")):
         return None
 
-    defaults = dict(defaults) if defaults is not None else _publish_defaults()
+    defaults = dict(defaults or {})
     if bucket:
         values["bucket"], origin["bucket"] = bucket, "--bucket"
     if prefix is not None:
         values["prefix"], origin["prefix"] = prefix, "--prefix"
+    if not values.get("bucket") and not defaults.get("bucket"):
+        raise ConfigError(
+            "No bucket is configured for the S3 store: set WHISPER_RELEASE_BUCKET (or MINIO_BUCKET, or "
+            "`bucket` in the S3 config file)."
+        )
     values.setdefault("bucket", defaults.get("bucket", ""))
     values.setdefault("prefix", defaults.get("prefix", ""))
 
@@ -311,7 +310,7 @@ def load_config(
     if any(o.startswith("--") for o in origin.values()):
         kinds.append("the command line")
     for key in ("bucket", "prefix"):
-        origin.setdefault(key, "release.toml [publish]")
+        origin.setdefault(key, defaults_origin)
     return validate(
         S3Config(
             endpoint=values.get("endpoint"),
