@@ -256,6 +256,18 @@ def test_latest_moves_only_forward_unless_forced(store_config, tmp_path):
     assert _snapshot(tmp_path / "c") == _snapshot(forced / "whisper_base_xeon")
 
 
+def test_list_marks_the_release_latest_json_names(store_config, tmp_path):
+    cfg = _at(store_config, "listing")
+    for v in ("2.0.0", "1.0.0"):  # 1.0.0 lands last but is older
+        publish.push(make_release_tree(tmp_path / v, models=("base",), size=2000), cfg, version=v,
+                     progress=False)
+    listed = _cli(cfg, "pull", "--list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {r["version"]: r["latest"] for r in json.loads(listed.stdout)} == {"1.0.0": False, "2.0.0": True}
+    plain = _cli(cfg, "pull", "--list")
+    assert "latest: 2.0.0 (s3://pull-faults/listing/latest.json)" in plain.stderr
+
+
 def test_latest_without_a_pointer_is_one_sentence(store_config, tmp_path):
     cfg = _at(store_config, "nopointer")
     remote = pull.remote_from_config(cfg)
