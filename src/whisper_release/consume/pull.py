@@ -182,7 +182,7 @@ def read_latest(remote: Remote) -> Latest | None:
 
 
 def resolve_release(listing: Listing, release: str, remote: Remote, latest: Latest | None = None) -> str:
-    """The version to pull; `latest` is the one `<prefix>/latest.json` names (`latest`)."""
+    """The version to pull; `latest` is the one `<prefix>/latest.json` names."""
     if release == LATEST:
         if not listing.complete:
             raise ConfigError(f"No complete release is published in {remote.where()}; publish one first.")
