@@ -79,13 +79,15 @@ def build(c, profile="offline", dry_run=False, no_cache=False, out="dist/release
             "endpoint": "S3 endpoint (default: AWS_*/MINIO_* env, else the embedded store)",
             "config": "S3 settings file (TOML)",
             "force": "replace an existing release with different content",
+            "force_latest": "point latest.json at this release even if a newer version is latest",
             "dry_run": "plan only: nothing built, nothing uploaded"})
 @_entry
-def release(c, profile="offline", endpoint=None, config=None, force=False, dry_run=False):
+def release(c, profile="offline", endpoint=None, config=None, force=False, dry_run=False, force_latest=False):
     """Fetch, build, verify, then push; stops at the first failure with nothing published."""
     from whisper_release.publish.release import release as run_release
 
-    run_release(*_resolve(profile), endpoint=endpoint, config_file=config, force=force, dry_run=dry_run)
+    run_release(*_resolve(profile), endpoint=endpoint, config_file=config, force=force, dry_run=dry_run,
+                force_latest=force_latest)
 
 
 @task(help={"artifacts": "built release directory", "version": "release version (default: release.toml)",
@@ -95,15 +97,17 @@ def release(c, profile="offline", endpoint=None, config=None, force=False, dry_r
             "prefix": "key prefix (default: release.toml [publish])",
             "force": "replace an existing release with different content",
             "create_bucket": "create the bucket if missing (the embedded store's is always created)",
+            "force_latest": "point latest.json at this release even if a newer version is latest",
             "dry_run": "print the upload plan; contact no store"})
 @_entry
 def push(c, artifacts="dist/release_artifacts", version=None, endpoint=None, config=None, bucket=None,
-         prefix=None, force=False, create_bucket=False, dry_run=False):
+         prefix=None, force=False, create_bucket=False, dry_run=False, force_latest=False):
     """Upload built artifacts to S3, verified object by object; SHA256SUMS and the manifest go last."""
     from whisper_release.publish.push import push_release
 
     push_release(artifacts, version=version, endpoint=endpoint, config_file=config, bucket=bucket,
-                 prefix=prefix, force=force, create_bucket=create_bucket, dry_run=dry_run)
+                 prefix=prefix, force=force, create_bucket=create_bucket, dry_run=dry_run,
+                 force_latest=force_latest)
 
 
 @task(help={"start": "start the embedded S3 store (SeaweedFS on 127.0.0.1)", "stop": "stop it",
@@ -122,7 +126,7 @@ def store(c, start=False, stop=False, status=False, show_credentials=False, dry_
                   bucket=target["bucket"], prefix=target["prefix"])
 
 
-@task(help={"release": "release version or 'latest' (newest complete release)",
+@task(help={"release": "release version or 'latest' (the one <prefix>/latest.json names)",
             "model": "model name, e.g. base",
             "dest": "target directory (default ./whisper_<model>_xeon-<version>)",
             "list_": "list published releases and their models",

@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="download one verified artifact directory of a published release",
         description="Download one artifact directory of a published release, verified, into DEST.",
     )
-    p.add_argument("--release", default="latest", help="release version, or 'latest' (default)")
+    p.add_argument(
+        "--release", default="latest", help="release version, or 'latest' (default: what latest.json names)"
+    )
     p.add_argument("--model", help="model name, e.g. base")
     p.add_argument("--dest", help="target directory (default ./whisper_<model>_xeon-<version>)")
     p.add_argument("--list", action="store_true", help="list the published releases and their models")

@@ -393,10 +393,18 @@ def remote_from_env() -> Any:
 
 def print_listing(remote: Any, out: Any = sys.stdout, *, as_json: bool = False) -> None:
     """One line per release (version, publication time, models), or with `as_json` a JSON list of
-    {version, published, models, complete} for scripts."""
-    from whisper_release.consume.pull import list_releases, load_manifest, manifest_digests, models_in
+    {version, published, models, complete, latest} for scripts; which one is latest goes to stderr."""
+    from whisper_release.consume.pull import (
+        LATEST_KEY,
+        list_releases,
+        load_manifest,
+        manifest_digests,
+        models_in,
+        read_latest,
+    )
 
     listing = list_releases(remote)
+    latest = read_latest(remote) if listing.complete else None
     if as_json:
         rows = [
             {
@@ -404,11 +412,13 @@ def print_listing(remote: Any, out: Any = sys.stdout, *, as_json: bool = False) 
                 "published": r.published.isoformat(),
                 "models": models_in(manifest_digests(load_manifest(remote, r.version))),
                 "complete": True,
+                "latest": latest is not None and r.version == latest.version,
             }
             for r in listing.complete
         ]
         rows += [
-            {"version": v, "published": None, "models": [], "complete": False} for v in listing.incomplete
+            {"version": v, "published": None, "models": [], "complete": False, "latest": False}
+            for v in listing.incomplete
         ]
         print(json.dumps(rows, indent=2), file=out)
         return
@@ -419,6 +429,9 @@ def print_listing(remote: Any, out: Any = sys.stdout, *, as_json: bool = False) 
         print(f"{v}\t(incomplete: no manifest yet)\t", file=out)
     if not listing.complete and not listing.incomplete:
         info(f"no releases in {remote.where()}")
+        return
+    pointer = remote.where(LATEST_KEY)
+    info(f"latest: {latest.version} ({pointer})" if latest else f"latest: none ({pointer} is missing)")
 
 
 def pull_command(

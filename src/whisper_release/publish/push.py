@@ -37,6 +37,7 @@ from typing import Any
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError, VerificationError
 from whisper_release.layout.artifacts import sha256_file
+from whisper_release.publish.pointer import update_latest
 from whisper_release.s3.client import make_client
 from whisper_release.s3.config import S3Config, shorten_key
 
@@ -454,6 +455,7 @@ def push(
     settings: TransferSettings | None = None,
     progress: bool = True,
     on_object: Callable[[str], None] | None = None,
+    force_latest: bool = False,
 ) -> PushReport:
     """Upload the release in `artifacts_dir` as <prefix>/<version>/ (see the module docstring).
 
@@ -530,8 +532,9 @@ def push(
     report.skipped = [p.key for p in report.plan if p.action == "skip"]
     if not todo:
         info(f"release {version} is already published at {report.location}: nothing to upload")
-        return report
-    _upload_all(client, config, todo, settings, report, progress, on_object)
+    else:
+        _upload_all(client, config, todo, settings, report, progress, on_object)
+    update_latest(client, config, report, force_latest=force_latest)  # last: publish/pointer.py
     return report
 
 
@@ -655,6 +658,7 @@ def push_release(
     create_bucket: bool = False,
     dry_run: bool = False,
     store_root: str | Path | None = None,
+    force_latest: bool = False,
 ) -> PushReport:
     """`invoke push`: resolve the target (configured, else the embedded store), push, print the report."""
     from whisper_release.core.pins import load_pins
@@ -667,6 +671,6 @@ def push_release(
                          store_root=store_root, dry_run=dry_run)
     info(f"publishing to {cfg!r}")
     report = push(artifacts_dir, cfg, version=version, force=force, dry_run=dry_run,
-                  create_bucket=create_bucket)
+                  create_bucket=create_bucket, force_latest=force_latest)
     print_report(report, cfg, artifacts_dir)
     return report

@@ -50,6 +50,7 @@ def release(
     config_file: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    force_latest: bool = False,
 ) -> None:
     from whisper_release.build.docker import build
     from whisper_release.publish.push import print_report, push
@@ -73,7 +74,7 @@ def release(
     t = time.monotonic()
     config = publish_config(config_file=config_file, endpoint=endpoint)
     report = push(artifacts, config, version=pins.release_version, force=force,
-                  create_bucket=config.create_bucket)
+                  create_bucket=config.create_bucket, force_latest=force_latest)
     times.seconds["push"] = time.monotonic() - t
     info(f"release {pins.release_version} ({profile.name}) done: {times.line()}")
     print_report(report, config, artifacts)
