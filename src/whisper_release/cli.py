@@ -29,7 +29,7 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _pull(args: argparse.Namespace) -> None:
-    from whisper_release.consume.consumer import pull_command
+    from whisper_release.consume.consumer import pull_command  # each command loads only its own stack
 
     pull_command(
         args.release,
@@ -44,6 +44,7 @@ def _pull(args: argparse.Namespace) -> None:
 
 
 def _transcribe(args: argparse.Namespace) -> None:
+    # each command loads only its own stack (numpy, the binding), so --help and info stay light
     from whisper_release.consume.consumer import transcribe
     from whisper_release.core.console import info
     from whisper_release.runtime import formats
@@ -67,7 +68,7 @@ def _transcribe(args: argparse.Namespace) -> None:
 
 
 def _info(args: argparse.Namespace) -> None:
-    from whisper_release.consume.info import info_text
+    from whisper_release.consume.info import info_text  # each command loads only its own stack
 
     sys.stdout.write(info_text(args.artifact, as_json=args.json))
 

@@ -243,7 +243,7 @@ def write_charts(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display on a server
 
     made: list[Path] = []
 

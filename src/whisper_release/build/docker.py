@@ -26,8 +26,9 @@ from typing import Any
 
 from whisper_release.build import baseimage
 from whisper_release.core.console import info, quote
-from whisper_release.core.errors import BuildError
+from whisper_release.core.errors import BuildError, ReleaseError
 from whisper_release.core.pins import GithubSource, Pins, ResolvedProfile, load_pins, project_root
+from whisper_release.inputs.fetch import fetch_profile, print_report
 from whisper_release.layout import artifacts
 
 ARTIFACTS_REPO = "whisper-release/artifacts"
@@ -54,7 +55,6 @@ class BuildInputs:
 
 
 def fetch_inputs(profile: ResolvedProfile, pins: Pins) -> BuildInputs:
-    from whisper_release.inputs.fetch import fetch_profile, print_report
 
     r = fetch_profile(profile, pins)
     print_report(r, file=sys.stderr)  # a build (and a release) shows which proven inputs it used
@@ -479,9 +479,7 @@ def reproducibility(profile: ResolvedProfile, pins: Pins) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m whisper_release.build.docker reproducibility [profile]` (the nox session's entry)."""
-    import sys
 
-    from whisper_release.core.errors import ReleaseError
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "reproducibility":

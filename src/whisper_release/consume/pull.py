@@ -27,6 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import RetriesExceededError, S3TransferFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
+
 from whisper_release.consume import place
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, FetchError, VerificationError
@@ -384,10 +389,6 @@ def _download_all(
     progress: bool,
 ) -> dict[str, tuple[str, str | None]]:
     """Download each object into `tmp`; name -> (sha256 of the file, sha256 from the object's metadata)."""
-    from boto3.exceptions import RetriesExceededError, S3TransferFailedError
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-    from tqdm import tqdm
 
     tc = TransferConfig(
         multipart_threshold=settings.multipart_threshold,

@@ -34,10 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import S3UploadFailedError as Boto3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.exceptions import S3UploadFailedError
+from tqdm import tqdm
+
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError, VerificationError
+from whisper_release.core.pins import load_pins
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.publish.pointer import update_latest
+from whisper_release.publish.target import publish_config
 from whisper_release.s3.client import make_client
 from whisper_release.s3.config import S3Config, shorten_key
 
@@ -222,7 +230,6 @@ def _error_code(e: Exception) -> str:
 
 
 def _describe(e: Exception) -> str:
-    from botocore.exceptions import ClientError
 
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
@@ -235,7 +242,6 @@ def check_access(client: Any, cfg: S3Config, *, create_bucket: bool = False) -> 
 
     Returns True if the bucket was created.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
 
     where = f"the S3 store at {cfg.endpoint_display}"
     try:
@@ -412,7 +418,6 @@ def _refusal(e: BaseException) -> str | None:
     """'Code: message' when the store answered an upload with a definite no, else None (a transfer
     failure that a rerun may cure). boto3's upload_file wraps the ClientError in its own
     S3UploadFailedError, whose cause is only in __context__."""
-    from botocore.exceptions import ClientError
 
     seen: BaseException | None = e
     while seen is not None and not isinstance(seen, ClientError):
@@ -480,7 +485,6 @@ def push(
                          connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
     report.bucket_created = check_access(client, config, create_bucket=create_bucket)
     report.checksum = _checksum_for(client, config)
-    from botocore.exceptions import BotoCoreError, ClientError
 
     manifest_key = report.manifest_key
     differing: list[str] = []
@@ -546,7 +550,6 @@ def _checksum_for(client: Any, cfg: S3Config) -> str | None:
     A store that cannot say (no such API, no permission) gets none: if it then refuses an upload,
     the refusal is reported in one sentence.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         conf = client.get_object_lock_configuration(Bucket=cfg.bucket)
@@ -559,7 +562,6 @@ def _checksum_for(client: Any, cfg: S3Config) -> str | None:
 
 
 def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
 
     for key in keys:
         try:
@@ -573,11 +575,6 @@ def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport)
 
 def _upload_all(client: Any, cfg: S3Config, todo: list[PlannedObject], settings: TransferSettings,
                 report: PushReport, progress: bool, on_object: Callable[[str], None] | None) -> None:
-    from boto3.exceptions import S3UploadFailedError as Boto3UploadFailedError
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.exceptions import S3UploadFailedError
-    from tqdm import tqdm
 
     tc = TransferConfig(multipart_threshold=settings.multipart_threshold,
                         multipart_chunksize=settings.multipart_chunksize,
@@ -661,8 +658,6 @@ def push_release(
     force_latest: bool = False,
 ) -> PushReport:
     """`invoke push`: resolve the target (configured, else the embedded store), push, print the report."""
-    from whisper_release.core.pins import load_pins
-    from whisper_release.publish.target import publish_config
 
     version = version or load_pins().release_version
     # Prove the artifacts before starting a store or touching the network.

@@ -14,9 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from whisper_release.build.docker import build
 from whisper_release.core.console import info, quote
 from whisper_release.core.errors import VerificationError
 from whisper_release.core.pins import Pins, ResolvedProfile, project_root
+from whisper_release.publish.push import print_report, push
+from whisper_release.publish.target import publish_config
 
 
 @dataclass
@@ -52,9 +55,6 @@ def release(
     dry_run: bool = False,
     force_latest: bool = False,
 ) -> None:
-    from whisper_release.build.docker import build
-    from whisper_release.publish.push import print_report, push
-    from whisper_release.publish.target import publish_config
 
     times = StepTimes()
 
