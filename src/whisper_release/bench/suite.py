@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
+from whisper_release.core import settings
 from whisper_release.core.console import info, quote, which
 from whisper_release.core.errors import BuildError, ConfigError, ToolError, VerificationError
 from whisper_release.core.pins import Pins, load_pins, project_root
 from whisper_release.runtime import binding
 from whisper_release.runtime.binding import fitted_audio_ctx  # one formula for the benchmark and the product
 
-LOCK_PATH = Path(os.environ.get("WHISPER_RELEASE_CPU_LOCK", "/tmp/whisper-cpu.lock"))
 MAX_LOAD = 1.5
 MAX_FOREIGN_SHARE = 0.10
 REFERENCES = ("native", "generic")
@@ -132,8 +132,10 @@ def wait_quiet(timeout: float = 600.0, poll: float = 10.0, max_load: float | Non
 
 
 @contextlib.contextmanager
-def cpu_lock(path: Path = LOCK_PATH, timeout: float = 1800.0) -> Iterator[None]:
+def cpu_lock(path: Path | None = None, timeout: float = 1800.0) -> Iterator[None]:
     """The machine-wide exclusive CPU lock every timing run and reference build holds."""
+    path = path or settings.get("WHISPER_RELEASE_CPU_LOCK")
+    assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -467,7 +469,7 @@ class _FasterWhisperEngine:
             self.spec.model,
             device="cpu",
             compute_type=self.spec.compute_type or "int8",
-            cpu_threads=int(os.environ.get("BENCH_THREADS", "2")),
+            cpu_threads=settings.get("BENCH_THREADS"),
             num_workers=1,
         )
 
@@ -519,7 +521,7 @@ class _PyWhisperCppEngine:
 
     def load(self) -> None:
         self.models.clear()
-        self._model(0, int(os.environ.get("BENCH_THREADS", "2")))
+        self._model(0, settings.get("BENCH_THREADS"))
 
     def close(self) -> None:
         self.models.clear()
@@ -554,7 +556,7 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
     out = stdout or sys.stdout
     engine: Any = None
     clips: list[np.ndarray] = []
-    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    threads = settings.get("BENCH_THREADS")
     for line in stdin:
         req = json.loads(line)
         op = req["op"]
@@ -643,7 +645,9 @@ class Worker:
 GATE_ENV = "WHISPER_RELEASE_BENCH_GATE"
 
 
-def pytest_args(out: Path, history: Path, extra: Sequence[str] = (), gate: str | None = None) -> list[str]:
+def pytest_args(
+    out: Path, history: Path, extra: Sequence[str] = (), gate: str | float | None = None
+) -> list[str]:
     """The suite's pytest command line: JSON into `out`, every run saved in `history`, compared with
     the last saved run when there is one; `gate` (percent) fails on a slower median."""
     args = [
@@ -683,7 +687,7 @@ def run(extra: Sequence[str] = (), root: Path | None = None) -> int:
             build_reference(name)
     out = root / "dist" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    rc = int(pytest.main(pytest_args(out, out / "history", extra, os.environ.get(GATE_ENV))))
+    rc = int(pytest.main(pytest_args(out, out / "history", extra, settings.get(GATE_ENV))))
     if (out / "results.json").is_file():
         info(f"report: {bench_report.write_report(out / 'results.json', out)}")
     return rc

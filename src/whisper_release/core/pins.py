@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
 
 HPARAM_ORDER = (
@@ -34,9 +35,9 @@ QUANT_TYPES = ("q5_1", "q8_0")
 
 def project_root() -> Path:
     """The repository root: $WHISPER_RELEASE_ROOT, else the folder holding release.toml above here."""
-    env = os.environ.get("WHISPER_RELEASE_ROOT")
-    if env:
-        return Path(env).resolve()
+    env: Path | None = settings.get("WHISPER_RELEASE_ROOT")
+    if env is not None:
+        return env
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "release.toml").is_file():
@@ -103,8 +104,9 @@ class Pins:
     @property
     def index_url(self) -> str:
         for var in ("WHISPER_RELEASE_INDEX_URL", "PIP_INDEX_URL"):
-            if os.environ.get(var):
-                return os.environ[var].rstrip("/")
+            url: str | None = settings.get(var)
+            if url:
+                return url
         return str(self.raw["index"]["url"]).rstrip("/")
 
     @property

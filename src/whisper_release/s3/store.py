@@ -50,9 +50,11 @@ PORT_FLAGS = (
 
 
 def default_root() -> Path:
-    env = os.environ.get(STORE_ROOT_VAR)
-    if env:
-        return Path(env).resolve()
+    from whisper_release.core import settings
+
+    env: Path | None = settings.get(STORE_ROOT_VAR)
+    if env is not None:
+        return env
     from whisper_release.core.pins import project_root
 
     return project_root() / ".store"
