@@ -145,8 +145,11 @@ if [[ -z "$access_key" && -z "$secret_key" ]]; then
 elif [[ -z "$access_key" || -z "$secret_key" ]]; then
   die $EX_USAGE "credentials incomplete: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY)"
 fi
-key_desc="access key ${access_key:0:4}…"
-((chain)) && key_desc="credentials of the aws cli's default chain${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
+key_desc="credentials (access key ${access_key:0:4}…)" key_who="access key ${access_key:0:4}…"
+if ((chain)); then
+  key_desc="credentials of the aws cli's default chain${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
+  key_who="the aws cli's default-chain credentials${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
+fi
 release_key="${prefix:+$prefix/}$version"
 
 # ---- local artifacts --------------------------------------------------------------------------
@@ -257,7 +260,7 @@ classify() {  # map a client's error text to an exit code and a sentence
   elif grep -qiE 'NoSuchBucket|bucket.* does not exist|\(404\)|Not Found' <<<"$err"; then
     die $EX_NO_BUCKET "bucket '$bucket' does not exist at $endpoint; create it first (mc mb / aws s3 mb)"
   elif grep -qiE 'AccessDenied|Access Denied' <<<"$err"; then
-    die $EX_AUTH "the store at $endpoint denied the $key_desc access to bucket '$bucket'"
+    die $EX_AUTH "the store at $endpoint denied $key_who access to bucket '$bucket'"
   elif grep -qiE 'connect|connection|timed out|timeout|resolve' <<<"$err"; then
     die $EX_UNREACHABLE "cannot talk to $endpoint: $(tail -n1 <<<"$err")"
   fi
