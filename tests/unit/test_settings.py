@@ -91,3 +91,21 @@ def test_every_knob_is_documented() -> None:
     text = DOCS.read_text()
     missing = [name for name in settings.KNOBS if f"`{name}`" not in text]
     assert not missing, f"docs/troubleshooting.md does not list {missing}"
+
+
+def test_a_misspelt_minio_secure_is_refused_not_read_as_true(tmp_path: Path) -> None:
+    """`MINIO_SECURE=flase` used to mean https, silently."""
+    from whisper_release.s3.config import load_config
+
+    keys = {"MINIO_ENDPOINT": "minio.local:9000", "MINIO_ACCESS_KEY": "k", "MINIO_SECRET_KEY": "s"}
+    defaults = {"bucket": "whisper-releases", "prefix": ""}
+    with pytest.raises(ConfigError, match="MINIO_SECURE='flase' is not valid: expected true or false"):
+        load_config(env={**keys, "MINIO_SECURE": "flase"}, defaults=defaults)
+    cfg_file = tmp_path / "s3.toml"
+    cfg_file.write_text(
+        '[s3]\nendpoint = "minio.local:9000"\naccess_key = "k"\nsecret_key = "s"\nsecure = "flase"\n'
+    )
+    with pytest.raises(ConfigError, match=r"s3.toml has secure = 'flase': expected true or false"):
+        load_config(env={}, config_file=cfg_file, defaults=defaults)
+    cfg_file.write_text(cfg_file.read_text().replace('"flase"', "false"))
+    assert load_config(env={}, config_file=cfg_file, defaults=defaults).endpoint == "http://minio.local:9000"

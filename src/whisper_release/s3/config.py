@@ -323,8 +323,17 @@ def load_config(
     values.setdefault("prefix", defaults.get("prefix", ""))
 
     # MINIO_ENDPOINT is conventionally host:port with MINIO_SECURE saying whether TLS is on.
-    secure: bool = settings.get("MINIO_SECURE", {"MINIO_SECURE": str(file_values.get("secure", "true"))}
-                                if not env.get("MINIO_SECURE") else env)
+    if env.get("MINIO_SECURE"):
+        secure: bool = settings.get("MINIO_SECURE", env)
+    else:
+        file_secure = file_values.get("secure", True)
+        try:
+            secure = file_secure if isinstance(file_secure, bool) else bool(
+                settings.KNOBS["MINIO_SECURE"].parse(str(file_secure)))
+        except ValueError:
+            raise ConfigError(
+                f"The S3 config file {file_path} has secure = {file_secure!r}: expected true or false."
+            ) from None
     if "endpoint" in values:
         values["endpoint"] = normalize_endpoint(
             values["endpoint"], secure_default=secure, where=f"The endpoint from {origin['endpoint']}"
