@@ -108,4 +108,5 @@ def test_a_misspelt_minio_secure_is_refused_not_read_as_true(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"s3.toml has secure = 'flase': expected true or false"):
         load_config(env={}, config_file=cfg_file, defaults=defaults)
     cfg_file.write_text(cfg_file.read_text().replace('"flase"', "false"))
-    assert load_config(env={}, config_file=cfg_file, defaults=defaults).endpoint == "http://minio.local:9000"
+    cfg = load_config(env={}, config_file=cfg_file, defaults=defaults)
+    assert cfg is not None and cfg.endpoint == "http://minio.local:9000"
