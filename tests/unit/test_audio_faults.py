@@ -51,10 +51,10 @@ def test_riff_size_smaller_than_its_chunks_falls_back_to_ffmpeg(tmp_path: Path) 
     assert samples.size == 16000  # one second at 16 kHz, all of it
 
 
-@pytest.mark.parametrize("rate", [0xFFFFFFFF, 10_000_000, 1])
+@pytest.mark.parametrize("rate", [0xFFFFFFFF, 10_000_000, 10_000_001, 1])
 def test_absurd_header_rates_are_refused_before_anything_is_allocated(tmp_path: Path, rate: int) -> None:
-    """0xFFFFFFFF Hz asked numpy for a 317 GiB filter table (MemoryError); 1 Hz would make 16000
-    samples of each one."""
+    """0xFFFFFFFF Hz asked numpy for a 317 GiB filter table (MemoryError), 10_000_001 Hz (prime to
+    16 kHz) for a 4 GB one; 1 Hz would make 16000 samples of each one."""
     wav = tmp_path / "rate.wav"
     wav.write_bytes(_wav_bytes(rate=rate, n=100))
     want = f"declares a sample rate of {rate} Hz: wanted 4000 to 384000"
