@@ -31,7 +31,9 @@ Options (each also read from the environment, shown in brackets):
 
 Credentials (environment only, never on the command line):
   AWS_ACCESS_KEY_ID or MINIO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY or MINIO_SECRET_KEY,
-  AWS_DEFAULT_REGION (default us-east-1).
+  AWS_DEFAULT_REGION (default us-east-1). With neither key set, the aws cli's default chain
+  (AWS_PROFILE, ~/.aws files, SSO, container or instance role) supplies them; MinIO's client
+  needs the static keys.
 
 Client: MinIO's client given by --mc/MC_BIN (used alone: no search, no fallback; ignored with
 --client aws); else the first of mc, mcli, minio-client on PATH whose `--version` shows MinIO's
@@ -46,7 +48,10 @@ Exit codes:
 EOF
 }
 
-log() { echo "push_to_minio: $*" >&2; }
+# Userinfo of an http(s) URL (up to the last @: secrets may hold '/') never reaches the log, as in
+# whisper_release.core.redact.
+redact() { sed -E 's#(https?)://[^[:space:]'"'"'"]*@#\1://***@#g' <<<"$*"; }
+log() { echo "push_to_minio: $(redact "$*")" >&2; }
 die() { local code=$1; shift; log "error: $*"; exit "$code"; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -134,8 +139,17 @@ if [[ -n "$prefix" && ! "$prefix" =~ ^[A-Za-z0-9._+=@-]+(/[A-Za-z0-9._+=@-]+)*$ 
 fi
 [[ "$version" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] ||
   die $EX_USAGE "version '$version' is not a single path segment (set --version or WHISPER_RELEASE_VERSION)"
-if [[ -z "$access_key" || -z "$secret_key" ]]; then
+chain=0
+if [[ -z "$access_key" && -z "$secret_key" ]]; then
+  chain=1  # the aws cli's default credential chain (profile, SSO, container or instance role)
+  [[ "$client_kind" != mc ]] || die $EX_USAGE "--client mc needs static credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY), or use --client aws with a profile"
+elif [[ -z "$access_key" || -z "$secret_key" ]]; then
   die $EX_USAGE "credentials incomplete: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY)"
+fi
+key_desc="credentials (access key ${access_key:0:4}…)" key_who="access key ${access_key:0:4}…"
+if ((chain)); then
+  key_desc="credentials of the aws cli's default chain${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
+  key_who="the aws cli's default-chain credentials${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
 fi
 release_key="${prefix:+$prefix/}$version"
 
@@ -256,10 +270,11 @@ find_mc() {
 client="" kind=""
 if [[ -n "$mc_bin" ]]; then
   # An explicit choice is honoured or refused, never silently replaced by another client.
+  ((!chain)) || die $EX_USAGE "MinIO's client ($mc_bin, from --mc or MC_BIN) needs static credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use --client aws with a profile"
   is_minio_client "$mc_bin" ||
     die $EX_NO_CLIENT "$mc_bin (from --mc or MC_BIN) is not MinIO's client; give the path of MinIO's mc, or unset MC_BIN"
   client="$mc_bin" kind=mc
-elif [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
+elif [[ "$client_kind" != aws ]] && ((!chain)) && client="$(find_mc)"; then
   kind=mc
 elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)"; then
   # Whether this is really the aws cli is asked (aws --version) only if the first call fails:
@@ -289,11 +304,11 @@ if [[ $kind == mc ]]; then
   mcx() { "$client" --config-dir "$tmp/mc" --no-color --quiet "$@"; }
   target="wrpush/$bucket"
 else
-  export AWS_ACCESS_KEY_ID="$access_key" AWS_SECRET_ACCESS_KEY="$secret_key" AWS_DEFAULT_REGION="$region"
+  ((chain)) || export AWS_ACCESS_KEY_ID="$access_key" AWS_SECRET_ACCESS_KEY="$secret_key"
+  export AWS_DEFAULT_REGION="$region"
   # boto3 >= 1.36's default CRC checksums break several S3-compatible servers; our sha256 metadata
   # is the integrity proof instead.
   export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
-  unset AWS_PROFILE
   awsx() { "$client" --endpoint-url "$endpoint" "$@"; }
 fi
 
@@ -304,11 +319,11 @@ timeout 5 bash -c "exec 3<>/dev/tcp/${host//[\[\]]/}/$port" 2>/dev/null ||
 classify() {  # map a client's error text to an exit code and a sentence
   local err="$1"
   if grep -qiE 'InvalidAccessKeyId|SignatureDoesNotMatch|access key.*(not exist|does not exist)|signature.*(not match|does not match)|InvalidToken|\(403\)|Forbidden' <<<"$err"; then
-    die $EX_AUTH "the store at $endpoint rejected the credentials (access key ${access_key:0:4}…); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    die $EX_AUTH "the store at $endpoint rejected the $key_desc; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
   elif grep -qiE 'NoSuchBucket|bucket.* does not exist|\(404\)|Not Found' <<<"$err"; then
     die $EX_NO_BUCKET "bucket '$bucket' does not exist at $endpoint; create it first (mc mb / aws s3 mb)"
   elif grep -qiE 'AccessDenied|Access Denied' <<<"$err"; then
-    die $EX_AUTH "the store at $endpoint denied access key ${access_key:0:4}… access to bucket '$bucket'"
+    die $EX_AUTH "the store at $endpoint denied $key_who access to bucket '$bucket'"
   elif grep -qiE 'connect|connection|timed out|timeout|resolve' <<<"$err"; then
     die $EX_UNREACHABLE "cannot talk to $endpoint: $(tail -n1 <<<"$err")"
   fi

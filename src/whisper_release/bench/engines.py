@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError, ToolError, VerificationError
 from whisper_release.runtime import audio, binding
 from whisper_release.runtime.binding import fitted_audio_ctx  # one formula for the benchmark and the product
@@ -232,7 +233,7 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
     out = stdout or sys.stdout
     engine: Any = None
     clips: list[np.ndarray] = []
-    threads = int(os.environ.get("BENCH_THREADS", "2"))
+    threads = settings.get("BENCH_THREADS")
 
     def send(answer: dict[str, Any]) -> None:
         out.write(json.dumps(answer) + "\n")

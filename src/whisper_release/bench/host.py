@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from whisper_release.core import settings
 from whisper_release.core.console import info
 from whisper_release.core.errors import ToolError
 from whisper_release.core.pins import Pins, load_pins
 
-LOCK_PATH = Path(os.environ.get("WHISPER_RELEASE_CPU_LOCK", "/tmp/whisper-cpu.lock"))
 MAX_LOAD = 1.5
 # A timing during which other processes took more than this share of the CPUs is disturbed: `bench tune`
 # discards and retries such a round, the report flags such a measurement.
@@ -114,8 +114,10 @@ def wait_quiet(timeout: float = 600.0, poll: float = 10.0, max_load: float | Non
 
 
 @contextlib.contextmanager
-def cpu_lock(path: Path = LOCK_PATH, timeout: float = 1800.0) -> Iterator[None]:
+def cpu_lock(path: Path | None = None, timeout: float = 1800.0) -> Iterator[None]:
     """The machine-wide exclusive CPU lock every timing run and reference build holds."""
+    path = path or settings.get("WHISPER_RELEASE_CPU_LOCK")
+    assert path is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:

@@ -17,6 +17,7 @@ from whisper_release.bench import report as bench_report
 from whisper_release.bench.engines import CT2_AVX2_ENV, DecodeOptions, EngineSpec
 from whisper_release.bench.genmodel import generated_model
 from whisper_release.bench.references import REFERENCES, build_reference, reference_dir
+from whisper_release.core import settings
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import Pins, load_pins, project_root
@@ -252,7 +253,9 @@ def ct2_model_dir(name: str, pins: Pins | None = None) -> Path:
 GATE_ENV = "WHISPER_RELEASE_BENCH_GATE"
 
 
-def pytest_args(out: Path, history: Path, extra: Sequence[str] = (), gate: str | None = None) -> list[str]:
+def pytest_args(
+    out: Path, history: Path, extra: Sequence[str] = (), gate: str | float | None = None
+) -> list[str]:
     """The suite's pytest command line: JSON into `out`, every run saved in `history`, compared with
     the last saved run when there is one; `gate` (percent) fails on a slower median."""
     args = [
@@ -291,7 +294,7 @@ def run(extra: Sequence[str] = (), root: Path | None = None) -> int:
             build_reference(name)
     out = root / "dist" / "bench"
     out.mkdir(parents=True, exist_ok=True)
-    rc = int(pytest.main(pytest_args(out, out / "history", extra, os.environ.get(GATE_ENV))))
+    rc = int(pytest.main(pytest_args(out, out / "history", extra, settings.get(GATE_ENV))))
     if (out / "results.json").is_file():
         info(f"report: {bench_report.write_report(out / 'results.json', out)}")
     return rc

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +73,9 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
         except ReleaseError as wav_error:
             # Python's wave module reads integer PCM only; ffmpeg, when present, also reads float
             # and compressed WAV. If it fails too, the WAV reader's message says more.
-            if shutil.which("ffmpeg") is None:
+            from whisper_release.runtime.audio import SampleRateError
+
+            if shutil.which("ffmpeg") is None or isinstance(wav_error, SampleRateError):
                 raise
             try:
                 samples = _decode_ffmpeg(p)
@@ -110,7 +112,9 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
         "-v",
         "error",
         "-i",
-        str(path),
+        # The file protocol, always: a file named `-` would otherwise be stdin, and `concat:x` or
+        # `http://...` another protocol.
+        "file:" + str(path),
         "-map",
         "0:a:0",
         "-f",
@@ -124,7 +128,7 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
         "-",
     ]
     info(f"+ {quote(cmd)}")
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode != 0:
         why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise AudioError(
@@ -326,17 +330,30 @@ class Transcriber:
         )
 
 
+def _create_exclusive(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file of a random name, opened O_EXCL with mode 0666 so that the kernel applies the umask."""
+    for _ in range(100):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename: readers never see half a file."""
+    """Write `text` to a temp file beside `path`, then rename: readers never see half a file.
+
+    The file gets 0666 less the umask, like any file the user's tools create (mkstemp's 0600 would
+    hide it from a group; a fixed 0644 would show it to everyone despite a umask of 027)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    fd, tmp = _create_exclusive(out.parent, f".{out.name}.", ".partial")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -6,15 +6,16 @@ without reading any pin.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from whisper_release.core import settings
 
 
 def project_root() -> Path:
     """The repository root: $WHISPER_RELEASE_ROOT, else the folder holding release.toml above here."""
-    env = os.environ.get("WHISPER_RELEASE_ROOT")
-    if env:
-        return Path(env).resolve()
+    env: Path | None = settings.get("WHISPER_RELEASE_ROOT")
+    if env is not None:
+        return env
     here = Path(__file__).resolve()
     for parent in here.parents:
         if (parent / "release.toml").is_file():

@@ -22,6 +22,7 @@ from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dat
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
+from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
 from whisper_release.core.paths import project_root
 from whisper_release.layout.artifacts import HPARAM_ORDER
@@ -326,8 +327,9 @@ class Pins:
     @property
     def index_url(self) -> str:
         for var in ("WHISPER_RELEASE_INDEX_URL", "PIP_INDEX_URL"):
-            if os.environ.get(var):
-                return os.environ[var].rstrip("/")
+            url: str | None = settings.get(var)
+            if url:
+                return url.rstrip("/")
         return self.index.url.rstrip("/")
 
     def source_provider(self, name: str) -> SourceProvider:

@@ -230,8 +230,9 @@ def convert_dir(
     src_dir: str | os.PathLike[str], dst: str | os.PathLike[str], tokenizer: str | None = None
 ) -> ConvertResult:
     """`convert --from DIR --to FILE`: the assets from $WHISPER_RELEASE_ASSETS, else fetched and verified."""
-    env = os.environ.get(ASSETS_ENV)
-    assets = Path(env) if env else fetch_assets(load_pins())
+    from whisper_release.core import settings
+
+    assets = settings.get(ASSETS_ENV) or fetch_assets(load_pins())
     return convert_ct2_dir(src_dir, dst, tokenizer=tokenizer, assets_dir=assets)
 
 

@@ -30,6 +30,7 @@ def make_client(cfg: S3Config, *, max_attempts: int = 5, connect_timeout: float 
     )
     session = boto3.session.Session()
     return session.client(
-        "s3", endpoint_url=cfg.endpoint, aws_access_key_id=cfg.access_key,
-        aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token, config=bc,
+        # No static keys (None, not ""): boto3's default chain resolves and refreshes them.
+        "s3", endpoint_url=cfg.endpoint, aws_access_key_id=cfg.access_key or None,
+        aws_secret_access_key=cfg.secret_key or None, aws_session_token=cfg.session_token, config=bc,
     )

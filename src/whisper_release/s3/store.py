@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core import settings
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, ToolError
 from whisper_release.core.paths import project_root
@@ -52,9 +53,9 @@ PORT_FLAGS = (
 
 
 def default_root() -> Path:
-    env = os.environ.get(STORE_ROOT_VAR)
-    if env:
-        return Path(env).resolve()
+    env: Path | None = settings.get(STORE_ROOT_VAR)
+    if env is not None:
+        return env
     return project_root() / ".store"
 
 
