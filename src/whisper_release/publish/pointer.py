@@ -21,10 +21,11 @@ from typing import Any
 
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError
+from whisper_release.layout import artifacts as layout
 from whisper_release.s3.config import S3Config
 
 LATEST_KEY = "latest.json"
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
 # A pointer is small; anything longer is not one (the shell publisher applies the same bound).
 MAX_POINTER_BYTES = 64 << 10
 # Exactly the bytes pointer_bytes() writes for a version push accepts and a lowercase sha256.
