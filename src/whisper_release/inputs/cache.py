@@ -5,26 +5,42 @@ Layout under the root ($WHISPER_RELEASE_CACHE, else $XDG_CACHE_HOME/whisper-rele
 
     blobs/sha256/<hex>            downloaded files pinned by sha256 (wheels, sdists)
     blobs/sha1/<hex>              downloaded files pinned only by SHA-1
+    locks/<kind>-<key>.lock       one fcntl lock per item (see below)
     items/<kind>/<key>/           derived items (verified source tree, assets, converted model);
                                   <key> comes from the pinned hashes, and the item's VERIFIED
                                   marker is written last, so a half-made item is never trusted
     tmp/                          work in progress; anything here is garbage after a crash
 
-Everything enters by temp + rename inside the root (same file system, so the rename is atomic).
+Everything enters by temp + rename inside the root (same file system, so the rename is atomic),
+and leaves the same way: an item is first renamed into tmp/, then deleted, so a crash mid-delete
+leaves no half-deleted item under a marker.
+
+Nothing is trusted on its marker alone: every use re-checks the content (sha256 of blobs and
+models, the git tree hash of the source tree; FACTS-sized costs, measured: 0.12-0.16 s for the
+1,791-file tree, 0.47 s for base's 148 MB f16 model, 0.1 s for a 70 MB wheel).
+
+Several runs may share one cache. Each item has a lock file (locks/<kind>-<key>.lock, fcntl):
+a run holds it shared while it uses the item, and exclusive while it checks, makes, replaces or
+deletes it, so no run deletes or replaces an item another run is using (it waits instead).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from whisper_release.core.console import info
 
 MARKER = "VERIFIED"
 
@@ -60,6 +76,28 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+@dataclass
+class _ItemLock:
+    """One open lock file per item and process: every Cache object of a process shares it, so a
+    process never waits for its own shared hold (flock locks belong to the open file)."""
+
+    fd: int
+    depth: int = 0
+    thread_lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+_REGISTRY: dict[Path, _ItemLock] = {}
+_REGISTRY_GUARD = threading.Lock()
+
+
+def release_all() -> None:
+    """Stop using every cached item this process locked (another run may then replace it)."""
+    with _REGISTRY_GUARD:
+        for lock in _REGISTRY.values():
+            os.close(lock.fd)
+        _REGISTRY.clear()
+
+
 class Cache:
     def __init__(self, root: Path | None = None) -> None:
         self.root = Path(root) if root else cache_root()
@@ -71,15 +109,61 @@ class Cache:
         return self.root / "blobs" / algo / digest.lower()
 
     def has_blob(self, algo: str, digest: str, size: int | None = None) -> Path | None:
-        """The cached blob if present and of the right size. A blob is only ever renamed into
-        place after its hash was checked, so the size is the cheap re-check on reuse."""
+        """The cached blob if present, of the right size and hashing to its name: a file changed
+        in place after it was verified is dropped (the unlink is atomic; a reader with the file
+        open keeps reading the old bytes)."""
         p = self.blob_path(algo, digest)
         if not p.is_file():
             return None
-        if size is not None and p.stat().st_size != size:
+        if (size is not None and p.stat().st_size != size) or file_digest(p, algo) != digest.lower():
+            info(f"cached file {p} no longer matches its {algo}; removing it and fetching again")
             p.unlink(missing_ok=True)
             return None
         return p
+
+    # ---- locks -------------------------------------------------------------------------
+    def _lock(self, kind: str, key: str) -> _ItemLock:
+        path = (self.root / "locks" / f"{kind}-{key}.lock").resolve()
+        with _REGISTRY_GUARD:
+            lock = _REGISTRY.get(path)
+            if lock is None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Lock files are never deleted: deleting one would let two runs lock different files.
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                lock = _REGISTRY[path] = _ItemLock(fd)
+            return lock
+
+    @contextlib.contextmanager
+    def exclusive(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the item's lock alone (waiting for runs that use it) while checking, making or
+        removing it; afterwards this process keeps it shared: it is using the item until
+        `release_all` (or its exit), and no other run may delete or replace it meanwhile."""
+        lock = self._lock(kind, key)
+        with lock.thread_lock:
+            if lock.depth == 0:
+                try:
+                    fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    info(f"waiting for another whisper-release run using the cached {kind} {key}")
+                    fcntl.flock(lock.fd, fcntl.LOCK_EX)
+            lock.depth += 1
+            try:
+                yield
+            finally:
+                lock.depth -= 1
+                if lock.depth == 0:
+                    fcntl.flock(lock.fd, fcntl.LOCK_SH)
+
+    def _remove_item(self, item: Path) -> None:
+        """Rename the item out of items/ first (atomic), then delete it: a crash mid-delete leaves
+        only garbage in tmp/, never a half-deleted tree under its marker."""
+        if not item.exists() and not item.is_symlink():
+            return
+        base = self.root / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        trash = Path(tempfile.mkdtemp(prefix="removed-", dir=base))
+        os.rename(item, trash / "item")
+        remove_tree(trash)
 
     # ---- derived items -----------------------------------------------------------------
     def item_path(self, kind: str, key: str) -> Path:
@@ -101,11 +185,12 @@ class Cache:
         marker = self.read_marker(item)
         if marker is not None and all(marker.get(k) == v for k, v in expect.items()):
             return item
-        remove_tree(item)
+        self._remove_item(item)
         return None
 
     def discard(self, kind: str, key: str) -> None:
-        remove_tree(self.item_path(kind, key))
+        """Delete an item (call inside `exclusive(kind, key)`)."""
+        self._remove_item(self.item_path(kind, key))
 
     @contextlib.contextmanager
     def tmp_dir(self, label: str = "work") -> Iterator[Path]:
@@ -119,18 +204,20 @@ class Cache:
             remove_tree(d)
 
     def commit_item(self, staging: Path, kind: str, key: str, marker: dict[str, Any]) -> Path:
-        """Write the marker into `staging` (last), then rename it to the item's place."""
+        """Write the marker into `staging` (last), then rename it to the item's place; an item
+        already there is replaced only once no other run uses it."""
         (staging / MARKER).write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         final = self.item_path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():
-            # Another fetch may have finished the same item meanwhile: a verified one stays put
-            # (someone may be reading it); anything else makes way.
-            if self.read_marker(final) == marker:
-                remove_tree(staging)
-                return final
-            remove_tree(final)
-        os.rename(staging, final)
+        with self.exclusive(kind, key):
+            if final.exists():
+                # Another fetch may have finished the same item meanwhile: a verified one stays
+                # put; anything else makes way.
+                if self.read_marker(final) == marker:
+                    remove_tree(staging)
+                    return final
+                self._remove_item(final)
+            os.rename(staging, final)
         return final
 
 

@@ -38,6 +38,9 @@ class Record:
     status: str  # cached | downloaded | converted | would download | would convert
     path: str
     sha256: str | None = None
+    # What this run computed from the bytes it hands on (not the pin): "tree <git tree hash>" for
+    # the source, "sha256 <hex>" for files; None only on dry runs.
+    verified: str | None = None
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Fetcher:
         self.policy = RetryPolicy.from_env()
         self.records: list[Record] = []
         self._seen: set[str] = set()
+        self.verified_tree: str | None = None
 
     def _record(self, rec: Record) -> None:
         if rec.item not in self._seen:
@@ -79,9 +83,10 @@ class _Fetcher:
     def package_file(self, pkg: PackageFile) -> Path:
         label = f"{pkg.name} {pkg.version}"
         pin = f"sha256 {pkg.sha256[:12]}"
-        hit = self.cache.has_blob("sha256", pkg.sha256, pkg.size)
+        hit = self.cache.has_blob("sha256", pkg.sha256, pkg.size)  # re-hashed on every use
         if hit is not None:
-            self._record(Record(label, "index", pin, hit.stat().st_size, "cached", str(hit), pkg.sha256))
+            self._record(Record(label, "index", pin, hit.stat().st_size, "cached", str(hit), pkg.sha256,
+                                f"sha256 {pkg.sha256}"))
             return hit
         dest = self.cache.blob_path("sha256", pkg.sha256)
         if self.dry_run:
@@ -89,11 +94,16 @@ class _Fetcher:
             return dest
         url = index.resolve(self.pins.index_url, pkg, self.policy)
         download(url, dest, what=pkg.filename, size=pkg.size, sha256=pkg.sha256, policy=self.policy)
-        self._record(Record(label, "index", pin, dest.stat().st_size, "downloaded", str(dest), pkg.sha256))
+        self._record(Record(label, "index", pin, dest.stat().st_size, "downloaded", str(dest), pkg.sha256,
+                            f"sha256 {pkg.sha256}"))
         return dest
 
     # ---- assets ----------------------------------------------------------------------------
     def assets(self) -> Path:
+        with self.cache.exclusive("assets", self.pins.assets.sha256):
+            return self._assets()
+
+    def _assets(self) -> Path:
         raw = self.pins.assets_raw
         pkg = self.pins.assets
         members = {Path(raw[k]).name: raw[k] for k in ASSET_KEYS}
@@ -143,13 +153,19 @@ class _Fetcher:
     # ---- source ----------------------------------------------------------------------------
     def source(self, provider: str) -> Path:
         conf = self.pins.source_provider(provider)  # unknown provider -> ConfigError
+        with self.cache.exclusive("source", source_key(self.pins)):
+            return self._source(provider, conf)
+
+    def _source(self, provider: str, conf: dict[str, Any]) -> Path:
         tree = source_key(self.pins)
         label = f"{self.pins.source['name']} {self.pins.source['version']} source"
         pin = f"tree {tree[:12]}"
         hit = cached_source(self.cache, self.pins)
         if hit is not None:
-            self._record(Record(label, provider, pin, None, "cached", str(hit)))
-            return hit
+            path, got = hit
+            self.verified_tree = got
+            self._record(Record(label, provider, pin, None, "cached", str(path), verified=f"tree {got}"))
+            return path
         if self.dry_run:
             if provider == "pypi-sdist":
                 self.package_file(
@@ -159,15 +175,22 @@ class _Fetcher:
                 )
             self._record(Record(label, provider, pin, None, "would download", ""))
             return self.cache.item_path("source", tree) / SOURCE_DIR_NAME
-        path, _marker = fetch_source_tree(
+        path, marker = fetch_source_tree(
             self.cache, self.pins, provider, fetch_package_file=self.package_file, policy=self.policy
         )
-        self._record(Record(label, provider, pin, None, "downloaded", str(path)))
+        self.verified_tree = str(marker["tree"])
+        self._record(
+            Record(label, provider, pin, None, "downloaded", str(path), verified=f"tree {marker['tree']}")
+        )
         return path
 
     # ---- models ----------------------------------------------------------------------------
     def model(self, name: str) -> Path:
         pin = self.pins.model(name)  # unknown model -> ConfigError
+        with self.cache.exclusive("model", model_key(self.pins, pin)):
+            return self._model(name, pin)
+
+    def _model(self, name: str, pin: Any) -> Path:
         key = model_key(self.pins, pin)
         label = f"model {name} (ggml f16)"
         if pin.provider == "official" and pin.sha1:
@@ -188,6 +211,7 @@ class _Fetcher:
                     "cached",
                     str(path),
                     marker.get("sha256"),
+                    None if self.dry_run else f"sha256 {marker.get('sha256')}",
                 )
             )
             return path
@@ -209,7 +233,8 @@ class _Fetcher:
         )
         status = "downloaded" if pin.provider == "official" else "converted"
         self._record(
-            Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"])
+            Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"],
+                   f"sha256 {marker['sha256']}")
         )
         return path
 
@@ -267,7 +292,8 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
             "name": src["name"],
             "version": src["version"],
             "commit": src.get("commit"),
-            "tree": src["tree"],
+            # The hash computed from the tree this run hands on (equal to the pin, or fetch failed).
+            "tree": f.verified_tree if f.verified_tree is not None else src["tree"],
             "provider": prof.source,
             **{
                 k: v
