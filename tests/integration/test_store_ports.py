@@ -1,12 +1,15 @@
 """Every port of the embedded SeaweedFS refuses an unauthenticated write (issue 13 item 7): real
-HTTP requests to the real server's master, volume and filer ports; its run files are private; a
-pid recycled to another user's process does not count as the server."""
+HTTP requests to the real server's master, volume and filer ports, real HTTP/2 and TLS handshakes
+on its gRPC ports; its run files are private; a pid recycled to another user's process does not
+count as the server."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
 import time
@@ -97,6 +100,49 @@ def test_run_files_and_sockets_are_private(store) -> None:
     assert present, "weed created none of its unix sockets"
     # Connecting to a unix socket needs write permission on it.
     assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in present), present
+
+
+GRPC_FLAGS = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc")
+# An HTTP/2 client preface and an empty SETTINGS frame: how every plaintext gRPC call begins.
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def _plaintext_h2_reply(port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(H2_PREFACE)
+        try:
+            return s.recv(64)
+        except (ConnectionResetError, TimeoutError):
+            return b""
+
+
+def _tls_call(port: int, ca: Path, cert: Path | None, key: Path | None) -> bytes:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    if cert and key:
+        ctx.load_cert_chain(str(cert), str(key))
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+        s.sendall(H2_PREFACE)
+        return s.recv(64)
+
+
+def test_grpc_ports_take_no_call_without_the_stores_client_certificate(store) -> None:
+    s, _cfg, _client = store
+    ports = _ports(s)
+    pki = s.run_dir / "pki"
+    for flag in GRPC_FLAGS:
+        # Plaintext gRPC (what any local user's client sends by default) gets no HTTP/2 SETTINGS back.
+        reply = _plaintext_h2_reply(ports[flag])
+        assert reply[3:4] != b"\x04", f"{flag} answered plaintext HTTP/2: {reply!r}"
+        # TLS without a client certificate from the store's CA is refused...
+        with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+            _tls_call(ports[flag], pki / "ca.crt", None, None)
+        # ...and with it the port speaks gRPC's HTTP/2: the refusal above is the certificate's doing.
+        reply = _tls_call(ports[flag], pki / "ca.crt", pki / "node.crt", pki / "node.key")
+        assert reply[3:4] == b"\x04", flag
+    assert all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in pki.glob("*.key"))
 
 
 def _other_users_weed() -> subprocess.Popen[bytes] | int:

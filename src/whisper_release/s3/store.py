@@ -115,14 +115,57 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def _security_toml() -> str:
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "client")
+
+
+def _make_pki(run_dir: Path) -> None:
+    """A throwaway CA and one certificate for every gRPC endpoint and client of this server (mTLS):
+    the gRPC ports take no call without a certificate from this CA, whose key never leaves run/."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ToolError(
+            "The embedded S3 store needs 'openssl' to make the certificates that close its gRPC ports to "
+            "other local users; install it (Debian: apt-get install openssl)."
+        )
+    pki = run_dir / "pki"
+    pki.mkdir(mode=0o700, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (pki / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                 "extendedKeyUsage=serverAuth,clientAuth\n")
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+         "-subj", "/CN=whisper-release embedded store CA"],
+        [openssl, "req", *ec, "-keyout", "node.key", "-out", "node.csr",
+         "-subj", "/CN=whisper-release-store"],
+        [openssl, "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "node.crt", "-days", "3650", "-extfile", "ext.cnf"],
+    ]
+    old_umask = os.umask(0o077)
+    try:
+        for cmd in steps:
+            proc = subprocess.run(cmd, cwd=pki, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise ToolError(
+                    f"openssl failed making the embedded store's certificates ({' '.join(cmd[1:3])}, exit "
+                    f"{proc.returncode}): {proc.stderr.strip()[-300:]}"
+                )
+    finally:
+        os.umask(old_umask)
+
+
+def _security_toml(run_dir: Path) -> str:
     """SeaweedFS's security.toml (read from weed's working directory, run/): fresh JWT signing keys
     each start, so the volume server takes reads and writes only with a token the master signed,
-    and the filer only with one the S3 gateway signed. Nothing else needs the keys."""
+    and the filer only with one the S3 gateway signed; mutual TLS on every gRPC port."""
     keys = {name: secrets.token_urlsafe(32) for name in
             ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")}
     body = "".join(f'[{name}]\nkey = "{key}"\nexpires_after_seconds = 10\n\n' for name, key in keys.items())
-    return body + "[access]\nui = false\n\n[filer.expose_directory_metadata]\nenabled = false\n"
+    body += "[access]\nui = false\n\n[filer.expose_directory_metadata]\nenabled = false\n\n"
+    pki = run_dir / "pki"
+    body += f'[grpc]\nca = "{pki / "ca.crt"}"\n\n'
+    for comp in GRPC_COMPONENTS:
+        body += f'[grpc.{comp}]\ncert = "{pki / "node.crt"}"\nkey = "{pki / "node.key"}"\n\n'
+    return body
 
 
 def _pid_alive(pid: int) -> bool:
@@ -303,7 +346,8 @@ class EmbeddedStore:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}
         _write_private(s3_json, json.dumps(identity, indent=2) + "\n")
-        _write_private(self.run_dir / "security.toml", _security_toml())
+        _make_pki(self.run_dir)
+        _write_private(self.run_dir / "security.toml", _security_toml(self.run_dir))
         cmd = [
             weed, "server",
             f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
