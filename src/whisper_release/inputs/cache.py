@@ -20,8 +20,9 @@ models, the git tree hash of the source tree; FACTS-sized costs, measured: 0.12-
 1,791-file tree, 0.47 s for base's 148 MB f16 model, 0.1 s for a 70 MB wheel).
 
 Several runs may share one cache. Each item has a lock file (locks/<kind>-<key>.lock, fcntl):
-a run holds it shared while it uses the item, and exclusive while it checks, makes, replaces or
-deletes it, so no run deletes or replaces an item another run is using (it waits instead).
+a run holds it shared from its first look at the item until it exits (checking and using need
+nothing more), and exclusive only to delete or replace it, so no run deletes or replaces an item
+another run is using (it waits instead), and runs that only use items never wait for each other.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class _ItemLock:
     process never waits for its own shared hold (flock locks belong to the open file)."""
 
     fd: int
-    depth: int = 0
+    mode: int = 0  # 0 (none), fcntl.LOCK_SH or fcntl.LOCK_EX
+    depth: int = 0  # nesting of exclusive sections
     thread_lock: threading.RLock = field(default_factory=threading.RLock)
 
 
@@ -133,19 +135,29 @@ class Cache:
                 lock = _REGISTRY[path] = _ItemLock(fd)
             return lock
 
-    @contextlib.contextmanager
-    def exclusive(self, kind: str, key: str) -> Iterator[None]:
-        """Hold the item's lock alone (waiting for runs that use it) while checking, making or
-        removing it; afterwards this process keeps it shared: it is using the item until
-        `release_all` (or its exit), and no other run may delete or replace it meanwhile."""
+    def use(self, kind: str, key: str) -> None:
+        """Hold the item's lock shared from now until `release_all` (or this process's exit): this
+        run uses the item, so no other run deletes or replaces it meanwhile. Checking a cached item
+        needs only this; runs that merely use an item never wait for each other."""
         lock = self._lock(kind, key)
         with lock.thread_lock:
-            if lock.depth == 0:
+            if lock.mode == 0:
+                fcntl.flock(lock.fd, fcntl.LOCK_SH)  # waits only while another run changes the item
+                lock.mode = fcntl.LOCK_SH
+
+    @contextlib.contextmanager
+    def exclusive(self, kind: str, key: str) -> Iterator[None]:
+        """Hold the item's lock alone while deleting or replacing it: waits (and says so) until no
+        other run uses it. Afterwards this run keeps it shared, as `use`."""
+        lock = self._lock(kind, key)
+        with lock.thread_lock:
+            if lock.depth == 0 and lock.mode != fcntl.LOCK_EX:
                 try:
                     fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     info(f"waiting for another whisper-release run using the cached {kind} {key}")
                     fcntl.flock(lock.fd, fcntl.LOCK_EX)
+                lock.mode = fcntl.LOCK_EX
             lock.depth += 1
             try:
                 yield
@@ -153,6 +165,7 @@ class Cache:
                 lock.depth -= 1
                 if lock.depth == 0:
                     fcntl.flock(lock.fd, fcntl.LOCK_SH)
+                    lock.mode = fcntl.LOCK_SH
 
     def _remove_item(self, item: Path) -> None:
         """Rename the item out of items/ first (atomic), then delete it: a crash mid-delete leaves
@@ -182,15 +195,24 @@ class Cache:
         item = self.item_path(kind, key)
         if not item.exists():
             return None
-        marker = self.read_marker(item)
-        if marker is not None and all(marker.get(k) == v for k, v in expect.items()):
+        self.use(kind, key)
+
+        def matches() -> bool:
+            marker = self.read_marker(item)
+            return marker is not None and all(marker.get(k) == v for k, v in expect.items())
+
+        if matches():
             return item
-        self._remove_item(item)
+        with self.exclusive(kind, key):
+            if matches():  # another run replaced it while this one waited
+                return item
+            self._remove_item(item)
         return None
 
     def discard(self, kind: str, key: str) -> None:
-        """Delete an item (call inside `exclusive(kind, key)`)."""
-        self._remove_item(self.item_path(kind, key))
+        """Delete an item once no other run uses it."""
+        with self.exclusive(kind, key):
+            self._remove_item(self.item_path(kind, key))
 
     @contextlib.contextmanager
     def tmp_dir(self, label: str = "work") -> Iterator[Path]:
@@ -209,15 +231,23 @@ class Cache:
         (staging / MARKER).write_text(json.dumps(marker, sort_keys=True, indent=1) + "\n", encoding="utf-8")
         final = self.item_path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        with self.exclusive(kind, key):
-            if final.exists():
-                # Another fetch may have finished the same item meanwhile: a verified one stays
-                # put; anything else makes way.
-                if self.read_marker(final) == marker:
-                    remove_tree(staging)
-                    return final
+        self.use(kind, key)
+        if self.read_marker(final) == marker:
+            # Another run finished the same item meanwhile: it stays put (it may be in use).
+            remove_tree(staging)
+            return final
+        if final.exists() or final.is_symlink():
+            with self.exclusive(kind, key):  # replacing: only once no other run uses it
                 self._remove_item(final)
-            os.rename(staging, final)
+                os.rename(staging, final)
+            return final
+        try:
+            os.rename(staging, final)  # nothing there: nothing anyone uses is replaced
+        except OSError:
+            # Another run renamed its copy in first: theirs is as good if its marker is the same.
+            if self.read_marker(final) != marker:
+                raise
+            remove_tree(staging)
         return final
 
 

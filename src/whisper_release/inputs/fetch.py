@@ -100,8 +100,8 @@ class _Fetcher:
 
     # ---- assets ----------------------------------------------------------------------------
     def assets(self) -> Path:
-        with self.cache.exclusive("assets", self.pins.assets.sha256):
-            return self._assets()
+        self.cache.use("assets", self.pins.assets.sha256)
+        return self._assets()
 
     def _assets(self) -> Path:
         raw = self.pins.assets_raw
@@ -153,8 +153,8 @@ class _Fetcher:
     # ---- source ----------------------------------------------------------------------------
     def source(self, provider: str) -> Path:
         conf = self.pins.source_provider(provider)  # unknown provider -> ConfigError
-        with self.cache.exclusive("source", source_key(self.pins)):
-            return self._source(provider, conf)
+        self.cache.use("source", source_key(self.pins))
+        return self._source(provider, conf)
 
     def _source(self, provider: str, conf: dict[str, Any]) -> Path:
         tree = source_key(self.pins)
@@ -187,8 +187,8 @@ class _Fetcher:
     # ---- models ----------------------------------------------------------------------------
     def model(self, name: str) -> Path:
         pin = self.pins.model(name)  # unknown model -> ConfigError
-        with self.cache.exclusive("model", model_key(self.pins, pin)):
-            return self._model(name, pin)
+        self.cache.use("model", model_key(self.pins, pin))
+        return self._model(name, pin)
 
     def _model(self, name: str, pin: Any) -> Path:
         key = model_key(self.pins, pin)

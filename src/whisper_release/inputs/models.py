@@ -126,8 +126,8 @@ def cached_model(
 ) -> tuple[Path, dict[str, Any]] | None:
     """The cached model and its marker, re-hashed against both when `rehash`; a damaged one is removed."""
     key = model_key(pins, pin)
-    with cache.exclusive("model", key):
-        return _cached_model(cache, pins, pin, key, rehash)
+    cache.use("model", key)
+    return _cached_model(cache, pins, pin, key, rehash)
 
 
 def _cached_model(

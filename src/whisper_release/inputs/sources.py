@@ -83,17 +83,17 @@ def cached_source(cache: Cache, pins: Pins) -> tuple[Path, str] | None:
     trusted (a file changed inside the tree would pass it): the tree is hashed again on every use,
     0.12-0.16 s for the pinned 1,791 files, and a tree that no longer matches is removed."""
     want = source_key(pins)
-    with cache.exclusive("source", want):
-        item = cache.has_item("source", want, {"tree": want})
-        if item is None:
-            return None
-        tree = item / SOURCE_DIR_NAME
-        got = tree_hash(tree) if tree.is_dir() else "(missing)"
-        if got != want:
-            info(f"cached source tree {tree} hashes to {got}, not the pinned {want}; removing it and "
-                 "fetching again")
-            cache.discard("source", want)
-            return None
+    cache.use("source", want)
+    item = cache.has_item("source", want, {"tree": want})
+    if item is None:
+        return None
+    tree = item / SOURCE_DIR_NAME
+    got = tree_hash(tree) if tree.is_dir() else "(missing)"
+    if got != want:
+        info(f"cached source tree {tree} hashes to {got}, not the pinned {want}; removing it and "
+             "fetching again")
+        cache.discard("source", want)
+        return None
     return tree, got
 
 
