@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from whisper_release.core.errors import ConfigError
 from whisper_release.publish.push import make_client
 from whisper_release.s3.store import EmbeddedStore
 
@@ -175,3 +176,27 @@ def test_stale_pid_now_owned_by_another_user_is_not_running(tmp_path: Path) -> N
         if not isinstance(other, int):
             other.kill()
             other.wait()
+
+
+def _weed_processes_of(root: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"weed") and any(str(root).encode() in a for a in cmd):
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_bad_bucket_is_refused_before_a_server_is_left_running(tmp_path: Path) -> None:
+    s = EmbeddedStore(tmp_path / "store", bucket="b", prefix="p")
+    try:
+        with pytest.raises(ConfigError, match="bucket .* name 'b' is 1 characters long"):
+            s.start()
+        assert _weed_processes_of(s.root) == []
+    finally:
+        for pid in _weed_processes_of(s.root):  # an orphan of the old code: stop it
+            os.killpg(pid, 9)

@@ -327,6 +327,7 @@ class EmbeddedStore:
 
     def _spawn(self, creds: dict[str, str], timeout: float) -> S3Config:
         weed = weed_binary()
+        self._config(None, creds)  # a bad bucket or prefix is refused before a server is left running
         data_dir = self.root / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         ports_file = self.run_dir / "ports.json"
@@ -367,8 +368,8 @@ class EmbeddedStore:
                if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")}
         info(f"starting the embedded S3 store (SeaweedFS) in {self.root}, log {self.log_path}")
         with open(self.log_path, "ab") as log:
-            # umask 077: weed's unix sockets (/tmp/seaweedfs-*.sock, unauthenticated gRPC) and data
-            # files are this user's only; connecting to a unix socket needs write permission on it.
+            # umask 077: weed's unix sockets (/tmp/seaweedfs-*.sock, its components' local gRPC) and
+            # data files are this user's only; connecting to a unix socket needs write permission.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                                     cwd=self.run_dir, start_new_session=True, umask=0o077)
         self._proc = proc
