@@ -36,6 +36,7 @@ def _values(**over: object) -> dict[str, object]:
         build=build,
         glibc="2.34",
         glibcxx="GLIBCXX_3.4.30",
+        licences="| component | version | licence | shipped as | licence text |",
     )
     kw.update(over)
     return readme.readme_values(**kw)

@@ -507,3 +507,26 @@ def _transcribe_cmd(args: argparse.Namespace) -> int:
     else:
         info(f"wrote {args.output}")
     return 0
+
+
+def artifact_info(path: str | os.PathLike[str]) -> str:
+    """What `whisper-release info DIR` prints: the SBOM's components and licences."""
+    from whisper_release.layout.sbom import SbomError, sbom_summary
+
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"Artifact directory {d} does not exist; pass a whisper_<model>_xeon directory.")
+    try:
+        return sbom_summary(d)
+    except SbomError as e:
+        raise VerificationError(str(e)) from None
+
+
+def _configure_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", help="a whisper_<model>_xeon directory (pulled or built)")
+
+
+@command("info", _configure_info)
+def _info_cmd(args: argparse.Namespace) -> int:
+    sys.stdout.write(artifact_info(args.artifact))
+    return 0

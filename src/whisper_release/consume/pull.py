@@ -272,7 +272,7 @@ def _download(remote: Remote, key: str, out: Path, bar: Any) -> tuple[str, str |
 def _check_dir(path: Path, files: dict[str, str]) -> bool:
     """True when `path` holds exactly `files` with those digests (a previous identical pull)."""
     try:
-        present = {p.name for p in path.iterdir()}
+        present = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()}
     except OSError:
         return False
     if present != set(files):
@@ -328,6 +328,10 @@ def pull(
     # the same digest, and nothing the manifest lists for this model may be missing.
     in_manifest = {name.split("/", 1)[1]: d for name, d in listed.items() if name.startswith(dirname + "/")}
     findings: list[str] = []
+    for name in sorted(expected):
+        # Names may hold a subdirectory (licenses/...), never a way out of the destination.
+        if name.startswith("/") or ".." in name.split("/"):
+            findings.append(f"{name!r} in {SUMS} is not a path inside the artifact directory")
     for name, digest in sorted(expected.items()):
         if name not in in_manifest:
             if name == SUMS:
@@ -372,6 +376,7 @@ def pull(
         bad: list[str] = []
         with _progress(total, dirname, progress) as bar:
             for name in sorted(expected):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # licenses/...
                 got, meta = _download(remote, f"{dir_key}/{name}", tmp / name, bar)
                 if got != expected[name]:
                     bad.append(f"{name} has sha256 {got[:12]}…, expected {expected[name][:12]}…")

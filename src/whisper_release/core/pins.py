@@ -129,6 +129,19 @@ class Pins:
     def assets_raw(self) -> dict[str, Any]:
         return dict(self.raw["assets"])
 
+    @property
+    def sbom_tools(self) -> tuple[PackageFile, ...]:
+        """The wheels the organizer stage writes the SBOM with ([[sbom.tool]])."""
+        tools = self.raw.get("sbom", {}).get("tool", [])
+        return tuple(
+            PackageFile(t["name"], t["version"], t["filename"], t["sha256"], t.get("size")) for t in tools
+        )
+
+    @property
+    def sbom_debian(self) -> dict[str, str]:
+        """Debian package -> licence expression, for the builder image's packages the SBOM records."""
+        return {str(k): str(v) for k, v in self.raw.get("sbom", {}).get("debian", {}).items()}
+
     def profile(self, name: str) -> Profile:
         profiles = self.raw["profiles"]
         if name not in profiles:

@@ -96,6 +96,7 @@ def readme_values(
     build: Mapping[str, Any],
     glibc: str,
     glibcxx: str,
+    licences: str,
 ) -> dict[str, object]:
     """Everything the template needs, from the build description (build.json) and measured facts."""
     flags = [str(f) for f in build["required_cpu_flags"]]
@@ -129,4 +130,5 @@ def readme_values(
         "cpu_flags": ", ".join(f.upper().replace("_", ".") for f in flags),
         "cpu_flags_regex": "|".join(flags),
         "cpu_flags_count": len(flags),
+        "licences": licences,
     }
