@@ -13,7 +13,6 @@ the serial number is a UUID derived from the SBOM's content, so the same inputs 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import tarfile
@@ -361,7 +360,7 @@ def artifact_parts(
 
     # the shipped files
     input_of = {
-        "libwhisper.so": (whisper_ref, "MIT" if not src_license else src_license, (WHISPER_CPP_TEXT,)),
+        "libwhisper.so": (whisper_ref, src_license, (WHISPER_CPP_TEXT,)),
         "libgomp.so.1": ("input:deb:libgomp1", str(deb.get("libgomp1", "")), (LIBGOMP_TEXT, GPL3_TEXT)),
     }
     dir_name = d.name
@@ -642,7 +641,3 @@ def sbom_summary(directory: str | Path) -> str:
         lines.append(f"  {lic}: {where}")
     return "\n".join(lines) + "\n"
 
-
-def canonical(text: str) -> str:
-    """Re-serialise JSON canonically (sorted keys): for comparing two SBOMs by content."""
-    return json.dumps(json.load(io.StringIO(text)), sort_keys=True, indent=2)
