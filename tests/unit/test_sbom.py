@@ -184,3 +184,23 @@ def test_info_on_a_directory_without_sbom_fails_with_exit_4(
         err
         == f"error: {tmp_path / sbom.SBOM} is missing: this artifact has no SBOM; pull or build it again.\n"
     )
+
+
+def test_an_official_model_is_recorded_by_url_and_sha1(
+    build_dirs: dict[str, Path],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    desc = json.loads(build_dirs["build_json"].read_text())
+    url = "https://huggingface.co/ggerganov/whisper.cpp/resolve/main/ggml-base.bin"
+    desc["inputs"]["models"]["base"] = {"provider": "official", "url": url, "sha1": "4" * 40}
+    build_dirs["build_json"].write_text(json.dumps(desc))
+    out = tmp_path / "ra"
+    artifacts.organize(out=out, epoch=1704067200, **build_dirs)
+    d = out / "whisper_base_xeon"
+    assert check_sbom(d) == []
+    (model,) = [c for c in _sbom(d)["components"] if c["type"] == "machine-learning-model"]
+    assert {"alg": "SHA-1", "content": "4" * 40} in model["hashes"]
+    assert model["purl"].startswith("pkg:generic/ggml-base.bin?checksum=sha1:" + "4" * 40)
+    # The weights' licence text still comes from the openai-whisper sdist; nothing was converted.
+    (assets,) = [c for c in _sbom(d)["components"] if c["name"] == "openai-whisper"]
+    assert assets["description"] == "the weights' licence text"

@@ -313,22 +313,28 @@ def artifact_parts(
             )
         )
     assets = sb["assets"]
-    if m_in.get("provider", m_build.get("provider")) == "ct2":
-        ref = f"input:pypi:{assets['package']}"
-        m_deps.append(ref)
-        parts.append(
-            Part(
-                ref,
-                str(assets["package"]),
-                "library",
-                str(assets["version"]),
-                _pypi(str(assets["package"]), str(assets["version"])),
-                sha256=str(assets["sha256"]),
-                license=str(assets["license"]),
-                texts=(WEIGHTS_TEXT,),
-                description="mel filters and tokenizer for the conversion, and the weights' licence text",
-            )
+    # Always an input: the weights' licence text comes from it; the conversion also uses its assets.
+    converted = m_in.get("provider", m_build.get("provider")) == "ct2"
+    assets_ref = f"input:pypi:{assets['package']}"
+    if converted:
+        m_deps.append(assets_ref)
+    parts.append(
+        Part(
+            assets_ref,
+            str(assets["package"]),
+            "library",
+            str(assets["version"]),
+            _pypi(str(assets["package"]), str(assets["version"])),
+            sha256=str(assets["sha256"]),
+            license=str(assets["license"]),
+            texts=(WEIGHTS_TEXT,),
+            description=(
+                "mel filters and tokenizer for the conversion, and the weights' licence text"
+                if converted
+                else "the weights' licence text"
+            ),
         )
+    )
     official = (
         (
             "generic",
