@@ -20,6 +20,8 @@ FROM builder AS organizer
 # ARGs are per stage: the manifest and the normalised mtimes need the epoch here too.
 ARG SOURCE_DATE_EPOCH
 COPY packaging/ /packaging/
+# The SBOM writer (verified pure-Python wheels, unpacked by organize.sh) and the weights' licence source.
+COPY sbom/ /inputs/sbom/
 COPY build.json /inputs/build.json
 RUN ["/bin/bash", "/packaging/organize.sh"]
 

@@ -15,7 +15,7 @@ from conftest import run_worker
 from whisper_release.core.pins import Pins
 from whisper_release.layout.artifacts import LIBRARIES, expected_files
 from whisper_release.runtime import cpu
-from whisper_release.verify import integrity, wer
+from whisper_release.verify import integrity, sbom, wer
 from whisper_release.verify.integrity import Finding, format_findings
 from whisper_release.weights import ggml
 
@@ -50,6 +50,12 @@ def test_files_sha256sums_manifest_and_metadata(
     findings += integrity.check_metadata(artifact)
     report["files"] = {"findings": [f.as_dict() for f in findings]}
     _fail_on(findings, f"{artifact.name}: files, SHA256SUMS and manifest.json")
+
+
+def test_sbom_lists_every_file_and_licence(artifact: Path, report: dict[str, Any]) -> None:
+    findings = sbom.check_sbom(artifact)
+    report["sbom"] = {"findings": [f.as_dict() for f in findings]}
+    _fail_on(findings, f"{artifact.name}: {artifact.name}/sbom.cdx.json against the files and licence texts")
 
 
 def test_isa_audit_of_every_library(artifact: Path, report: dict[str, Any]) -> None:

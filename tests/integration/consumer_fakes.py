@@ -18,6 +18,8 @@ FILES = (
     "libggml-cpu.so.0",
     "libgomp.so.1",
     "README.md",
+    "sbom.cdx.json",
+    "licenses/GPL-3",  # artifacts hold a subdirectory: pull must recreate it
 )
 
 
@@ -32,6 +34,7 @@ def make_release_tree(root: Path, models=("base", "tiny.en"), size: int = 300_00
         lines = []
         for name in names:
             data = os.urandom(size if name.endswith(".bin") else 4096)
+            (d / name).parent.mkdir(exist_ok=True)
             (d / name).write_bytes(data)
             digest = hashlib.sha256(data).hexdigest()
             lines.append(f"{digest}  {name}\n")

@@ -70,7 +70,8 @@ def test_layout_and_sha256sums(dist: Path, models: tuple[str, ...]) -> None:
             [sha256sum, "-c", "--strict", "SHA256SUMS"], cwd=d, capture_output=True, text=True
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        for p in d.iterdir():
+        for rel in artifacts.relative_files(d):
+            p = d / rel
             assert p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o644
 
 
@@ -156,9 +157,9 @@ def test_readme_reports_real_sizes_and_glibc(dist: Path, models: tuple[str, ...]
     for m in models:
         d = dist / artifacts.model_dir_name(m)
         text = (d / "README.md").read_text()
-        for p in d.iterdir():
-            if p.name not in ("README.md", "SHA256SUMS"):
-                assert re.search(rf"{re.escape(p.name)}\s+{p.stat().st_size:,} bytes", text), p.name
+        for rel in artifacts.relative_files(d):
+            if rel not in ("README.md", "SHA256SUMS", artifacts.SBOM):
+                assert re.search(rf"{re.escape(rel)}\s+{(d / rel).stat().st_size:,} bytes", text), rel
         glibc, _ = artifacts.min_runtime(d / lib for lib in artifacts.LIBRARIES)
         assert re.search(rf"glibc {re.escape(glibc)} or\s+newer", text)
 

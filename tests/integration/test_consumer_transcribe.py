@@ -96,7 +96,10 @@ def pulled(artifacts, model, store_env, tmp_path_factory) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(dest)
     src = artifacts / f"whisper_{model}_xeon"
-    assert {p.name: p.read_bytes() for p in dest.iterdir()} == {p.name: p.read_bytes() for p in src.iterdir()}
+    def files(d: Path) -> dict[str, bytes]:
+        return {p.relative_to(d).as_posix(): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+    assert files(dest) == files(src)  # licenses/ included
     return dest
 
 

@@ -208,3 +208,37 @@ def test_edited_sha256sums(copy: tuple[Path, Path], tmp_path: Path) -> None:
     out = _verify(root, tmp_path, "files")
     assert f"{lib}: sha256: wanted {fake} (SHA256SUMS), got {real}" in out
     assert f"{sums}: sha256: wanted " in out and "(manifest.json)" in out
+
+
+def test_removed_licence_text(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    root, d = copy
+    gone = d / "licenses" / "GPL-3"
+    gone.unlink()
+    out = _verify(root, tmp_path, "sbom")
+    sbom = d / "sbom.cdx.json"
+    assert f"{gone}: file listed in sbom.cdx.json: wanted present, got missing" in out
+    libgomp = "libgomp.so.1 (GPL-3.0-or-later WITH GCC-exception-3.1)"
+    assert f"{gone}: licence text of {libgomp}: wanted present, got missing" in out
+    assert (
+        f"{sbom}: licence text of GPL-3.0-or-later (named by g++-12, gcc-12, libgomp.so.1, libgomp1): "
+        "wanted a text shipped in the artifact, got none (licenses/GPL-3 missing)"
+    ) in out
+
+
+def test_library_differing_from_its_sbom_entry(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    """A library replaced, with SHA256SUMS and the manifest rewritten to match: only the SBOM still
+    records the built bytes, so only its check may fail, and it names the library."""
+    root, d = copy
+    lib = d / "libggml-base.so.0"
+    built = _sha(lib)
+    with lib.open("ab") as f:
+        f.write(b"\0")
+    now = _sha(lib)
+    sums = d / "SHA256SUMS"
+    sums_before = _sha(sums)
+    sums.write_text(sums.read_text().replace(built, now))
+    manifest = root / "manifest.json"
+    manifest.write_text(manifest.read_text().replace(built, now).replace(sums_before, _sha(sums)))
+    out = _verify(root, tmp_path, "files or sbom")
+    assert f"{lib}: sha256: wanted {built} (sbom.cdx.json), got {now}" in out
+    assert "_ test_files_sha256sums_and_manifest[" not in out, out

@@ -70,7 +70,42 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
             "tag": "whisper-release/builder-base:bookworm-0123456789ab",
             "id": "sha256:" + "c" * 64,
         },
-        "inputs": {"note": "unit test"},
+        "inputs": {
+            "source": {
+                "package": "pywhispercpp",
+                "version": "1.5.1",
+                "filename": "p.tar.gz",
+                "sha256": "d" * 64,
+            },
+            "models": {
+                "tiny.en": {
+                    "provider": "ct2",
+                    "packages": [{"name": "m-tiny", "version": "1", "sha256": "e" * 64}],
+                },
+                "base": {
+                    "provider": "ct2",
+                    "packages": [{"name": "m-base", "version": "2", "sha256": "f" * 64}],
+                },
+            },
+        },
+        "sbom": {
+            "source_repository": "github.com/ggml-org/whisper.cpp",
+            "source_license": "MIT",
+            "model_licenses": {"tiny.en": "MIT", "base": "MIT"},
+            "assets": {
+                "package": "openai-whisper",
+                "version": "20250625",
+                "filename": "openai_whisper-20250625.tar.gz",
+                "sha256": _assets_sdist(tmp_path / "sbom"),
+                "license": "MIT",
+                "license_file": "openai_whisper-20250625/LICENSE",
+            },
+            "debian": dict(pins.sbom.debian),
+            "tools": [
+                {"name": t.name, "version": t.version, "filename": t.filename, "sha256": t.sha256}
+                for t in pins.sbom_tools
+            ],
+        },
     }
     build_json = tmp_path / "build.json"
     build_json.write_text(json.dumps(build))
@@ -79,13 +114,51 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
         "compiler=g++ (Debian 12.2.0-14) 12.2.0\ncmake=cmake version 3.25.1\n"
         "cpu_variant=-msse4.2;-mf16c;-mfma;-mbmi2;-mavx;-mavx2\n"
     )
+    source = tmp_path / "source"
+    (source / "ggml").mkdir(parents=True)
+    (source / "LICENSE").write_text("MIT License\n\nCopyright (c) 2023-2026 The ggml authors\n")
+    (source / "ggml" / "CMakeLists.txt").write_text(
+        "set(GGML_VERSION_MAJOR 0)\nset(GGML_VERSION_MINOR 13)\nset(GGML_VERSION_PATCH 1)\n"
+    )
+    share = tmp_path / "share"
+    (share / "doc" / "libgomp1").mkdir(parents=True)
+    (share / "doc" / "libgomp1" / "copyright").write_text("GCC RUNTIME LIBRARY EXCEPTION\n")
+    (share / "common-licenses").mkdir()
+    (share / "common-licenses" / "GPL-3").write_text("GNU GENERAL PUBLIC LICENSE Version 3\n")
+    dpkg = tmp_path / "dpkg.tsv"
+    dpkg.write_text(
+        "".join(f"{n}\t12.2.0-14+deb12u1\tamd64\tgcc-12\n" for n in pins.sbom.debian) + "zlib1g\t1\tamd64\t\n"
+    )
+    os_release = tmp_path / "os-release"
+    os_release.write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nVERSION_ID="12"\nID=debian\n')
     return {
         "lib_dir": lib_dir,
         "models_dir": models_dir,
         "build_json": build_json,
         "toolchain": toolchain,
         "template": project_root() / "packaging" / "README.template.md",
+        "source_dir": source,
+        "share_dir": share,
+        "sbom_inputs": tmp_path / "sbom",
+        "dpkg": dpkg,
+        "os_release": os_release,
     }
+
+
+def _assets_sdist(d: Path) -> str:
+    """A small stand-in for the openai-whisper sdist holding its LICENSE; returns its sha256."""
+    import hashlib
+    import io
+    import tarfile
+
+    d.mkdir()
+    path = d / "openai_whisper-20250625.tar.gz"
+    data = b"MIT License\n\nCopyright (c) 2022 OpenAI\n"
+    with tarfile.open(path, "w:gz") as tf:
+        info = tarfile.TarInfo("openai_whisper-20250625/LICENSE")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _organize(dirs: dict[str, Path], out: Path) -> Path:
@@ -102,8 +175,10 @@ def test_layout_matches_the_contract(build_dirs: dict[str, Path], tmp_path: Path
     ]
     for m in ("tiny.en", "base"):
         d = out / artifacts.model_dir_name(m)
-        assert sorted(p.name for p in d.iterdir()) == list(artifacts.expected_files(m, QUANTS))
-        for p in d.iterdir():
+        assert artifacts.relative_files(d) == list(artifacts.expected_files(m, QUANTS))
+        for p in d.rglob("*"):
+            if p.is_dir():
+                continue
             assert p.is_file() and not p.is_symlink()
             st = p.stat()
             assert (st.st_mode & 0o777, int(st.st_mtime)) == (0o644, 1704067200)
@@ -233,11 +308,11 @@ def test_script_mode_runs_standalone(build_dirs: dict[str, Path], tmp_path: Path
     d = tmp_path / "packaging"
     d.mkdir()
     src = Path(artifacts.__file__).parent
-    for name in ("artifacts.py", "readme.py"):
+    for name in ("artifacts.py", "readme.py", "sbom.py"):
         shutil.copy(src / name, d / name)
     out = tmp_path / "release_artifacts"
     cmd = [sys.executable, "-E", "-s", str(d / "artifacts.py"), "--epoch", "1704067200", "--out", str(out)]
-    for k in ("lib_dir", "models_dir", "toolchain", "build_json", "template"):
+    for k in build_dirs:
         cmd += ["--" + k.replace("_", "-"), str(build_dirs[k])]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,11 @@ def inputs(tmp_path: Path) -> build.BuildInputs:
     for m in ("tiny.en", "base"):
         models[m] = tmp_path / f"{m}-f16.bin"
         models[m].write_bytes(m.encode() * 100)
-    return build.BuildInputs(load_pins().profile("offline"), src, models, {"source": {"tree": "x"}})
+    sbom_files = {"t-1-py3-none-any.whl": tmp_path / "t.whl", "openai_whisper-1.tar.gz": tmp_path / "a.tgz"}
+    for path in sbom_files.values():
+        path.write_bytes(path.name.encode())
+    prof = load_pins().profile("offline")
+    return build.BuildInputs(prof, src, models, {"source": {"tree": "x"}}, sbom_files)
 
 
 def test_build_args_come_from_the_pins() -> None:
@@ -92,12 +96,18 @@ def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tm
         "build.json",
         "models",
         "packaging",
+        "sbom",
         "source",
     ]
+    # The SBOM writer's wheels and the weights' licence source, hardlinked like every input.
+    wheel = ctx / "sbom" / "wheels" / "t-1-py3-none-any.whl"
+    assert wheel.stat().st_ino == (tmp_path / "t.whl").stat().st_ino
+    assert (ctx / "sbom" / "openai_whisper-1.tar.gz").read_bytes() == b"a.tgz"
     assert {p.name for p in (ctx / "packaging").iterdir()} >= {
         "compile.sh",
         "artifacts.py",
         "readme.py",
+        "sbom.py",
         "README.template.md",
     }
     # Hardlinks, not copies: assembling the context costs no disk space.
@@ -111,6 +121,8 @@ def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tm
     assert desc["base_image"]["id"] == "sha256:" + "d" * 64
     assert desc["source"]["tree"] == pins.source.tree
     assert desc["inputs"] == {"source": {"tree": "x"}}
+    assert desc["sbom"]["assets"]["license_file"] == pins.assets.license_file
+    assert [t["name"] for t in desc["sbom"]["tools"]][0] == "cyclonedx-python-lib"
     # A second assembly replaces the first whole; no temp dirs are left behind.
     inputs2 = dataclasses.replace(
         inputs, models={"tiny.en": inputs.models["tiny.en"], "base": inputs.models["base"]}

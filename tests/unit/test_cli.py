@@ -12,7 +12,10 @@ from pathlib import Path
 from test_consumer import _artifact
 
 from whisper_release import cli
+from whisper_release.consume import info
 from whisper_release.core.errors import VerificationError
+from whisper_release.layout.artifacts import METADATA
+from whisper_release.layout.sbom import SBOM
 
 
 def test_version_is_the_package_metadata(capsys) -> None:
@@ -44,9 +47,11 @@ def test_the_library_never_imports_the_entry_point() -> None:
 
 def test_info_prints_artifact_json_as_text_and_json(tmp_path: Path, capsys) -> None:
     d = _artifact(tmp_path)
-    assert cli.main(["info", str(d)]) == 0
-    out = capsys.readouterr().out
+    # The text's artifact.json part; its SBOM part is tests/unit/test_sbom.py's (on a real layout).
+    out = info.format_info(json.loads((d / METADATA).read_text()))
     assert "ggml-base-q5_1.bin" in out and "(primary)" in out and "avx, avx2, fma, sse4_2" in out
+    assert cli.main(["info", str(d)]) == VerificationError.exit_code  # this fake artifact has no SBOM
+    assert f"{d / SBOM} is missing" in capsys.readouterr().err
     assert cli.main(["info", str(d), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["name"] == "base"
     (d / "artifact.json").write_text("{}")

@@ -167,3 +167,17 @@ def test_store_command_refuses_start_and_stop_together(tmp_path):
 
     with pytest.raises(ConfigError, match="both --start and --stop"):
         store_command(start=True, stop=True, root=tmp_path)
+
+
+def test_scan_checks_files_below_an_artifact_directory_against_its_sums(tree):
+    base = tree / "whisper_base_xeon"
+    (base / "licenses").mkdir()
+    text = base / "licenses" / "GPL-3"
+    text.write_text("GNU GENERAL PUBLIC LICENSE\n")
+    sums = base / "SHA256SUMS"
+    sums.write_text(sums.read_text() + f"{hashlib.sha256(text.read_bytes()).hexdigest()}  licenses/GPL-3\n")
+    _manifest(tree)  # the build lists it as a subject too
+    assert "whisper_base_xeon/licenses/GPL-3" in [o.relpath for o in scan_artifacts(tree)]
+    (base / "licenses" / "extra").write_text("not listed")
+    with pytest.raises(VerificationError, match="whisper_base_xeon/licenses/extra is not listed"):
+        scan_artifacts(tree)

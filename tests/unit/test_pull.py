@@ -29,6 +29,10 @@ def test_parse_sums_reads_sha256sum_output_including_binary_marker():
     assert pull.parse_sums(text, "X") == {"libwhisper.so": H1, "ggml-base-q5_1.bin": H2}
 
 
+def test_parse_sums_reads_a_licence_text_in_a_subdirectory():
+    assert pull.parse_sums(f"{H1}  licenses/GPL-3\n", "X") == {"licenses/GPL-3": H1}
+
+
 @pytest.mark.parametrize(
     "text,needle",
     [
@@ -36,7 +40,9 @@ def test_parse_sums_reads_sha256sum_output_including_binary_marker():
         (f"{H1[:-1]}  a\n", "line 1"),
         ("zz" * 32 + "  a\n", "line 1"),
         (f"{H1}  ../evil\n", "unsafe"),
-        (f"{H1}  sub/dir\n", "unsafe"),
+        (f"{H1}  sub/../../evil\n", "unsafe"),
+        (f"{H1}  /etc/passwd\n", "unsafe"),
+        (f"{H1}  sub//dir\n", "unsafe"),
         (f"{H1}  a\n{H2}  a\n", "repeated"),
     ],
 )

@@ -36,7 +36,10 @@ def _values(**over: object) -> dict[str, object]:
         "SHA256SUMS": None,
     }
     meta.update(over)
-    return readme.readme_values(meta=meta, dir_name="whisper_base_xeon", sizes=sizes)
+    return readme.readme_values(
+        meta=meta, dir_name="whisper_base_xeon", sizes=sizes,
+        licences="| component | version | licence | shipped as | licence text |",
+    )
 
 
 def test_template_renders_every_placeholder() -> None:

@@ -26,9 +26,9 @@ from typing import Any
 
 from whisper_release.build import baseimage
 from whisper_release.core.console import info, quote
-from whisper_release.core.errors import BuildError, ReleaseError
+from whisper_release.core.errors import BuildError, ConfigError, ReleaseError
 from whisper_release.core.pins import GithubSource, Pins, ResolvedProfile, load_pins, project_root
-from whisper_release.inputs.fetch import fetch_profile, print_report
+from whisper_release.inputs.fetch import fetch_package_file, fetch_profile, print_report
 from whisper_release.layout import artifacts
 
 ARTIFACTS_REPO = "whisper-release/artifacts"
@@ -36,7 +36,8 @@ ARTIFACTS_REPO = "whisper-release/artifacts"
 OUTPUT_STAGE = "output"
 # Files of the repository that enter the build context, relative to the project root.
 _PACKAGING = ("compile.sh", "quantize.sh", "organize.sh", "README.template.md")
-_LIBRARY_SCRIPTS = ("artifacts.py", "readme.py")  # run by the organizer with the image's python3
+# Run by the organizer with the image's python3.
+_LIBRARY_SCRIPTS = ("artifacts.py", "readme.py", "sbom.py")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _TAIL_LINES = 25
 _BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
@@ -52,13 +53,20 @@ class BuildInputs:
     source_dir: Path
     models: Mapping[str, Path]
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    # Verified package files the organizer writes the SBOM with: the [[sbom.tool]] wheels and the
+    # [assets] sdist (the weights' licence text), by file name.
+    sbom_files: Mapping[str, Path] = field(default_factory=dict)
 
 
 def fetch_inputs(profile: ResolvedProfile, pins: Pins) -> BuildInputs:
-
     r = fetch_profile(profile, pins)
     print_report(r, file=sys.stderr)  # a build (and a release) shows which proven inputs it used
-    return BuildInputs(profile, Path(r.source_dir), {k: Path(v) for k, v in r.models.items()}, r.provenance())
+    sbom_files = {
+        pkg.filename: fetch_package_file(pins, pkg) for pkg in (*pins.sbom_tools, pins.assets.package_file)
+    }
+    return BuildInputs(
+        profile, Path(r.source_dir), {k: Path(v) for k, v in r.models.items()}, r.provenance(), sbom_files
+    )
 
 
 def artifact_tag(profile: ResolvedProfile) -> str:
@@ -129,6 +137,33 @@ def build_description(
             "recipe": baseimage.recipe_for(profile).as_dict(),
         },
         "inputs": stable_provenance(inputs.provenance),
+        "sbom": sbom_description(pins, inputs),
+    }
+
+
+def sbom_description(pins: Pins, inputs: BuildInputs) -> dict[str, Any]:
+    """build.json's `sbom`: the pins the organizer's SBOM needs beyond the build facts."""
+    src, assets = pins.source, pins.assets
+    missing = [] if assets.license and assets.license_file else ["[assets] license and license_file"]
+    missing += [f"[models.{n}] license" for n in sorted(inputs.models) if not pins.model(n).license]
+    if missing or not pins.sbom.tool or not pins.sbom.debian:
+        raise ConfigError(
+            f"release.toml lacks what the SBOM needs ({', '.join(missing) or '[sbom] tool or debian'}); "
+            "restore them from git."
+        )
+    return {
+        "source_repository": src.repository,
+        "source_license": src.license,
+        "model_licenses": {n: pins.model(n).license for n in sorted(inputs.models)},
+        "assets": {
+            "package": assets.package, "version": assets.version, "filename": assets.filename,
+            "sha256": assets.sha256, "license": assets.license, "license_file": assets.license_file,
+        },
+        "debian": dict(pins.sbom.debian),
+        "tools": [
+            {"name": t.name, "version": t.version, "filename": t.filename, "sha256": t.sha256}
+            for t in pins.sbom_tools
+        ],
     }
 
 
@@ -198,6 +233,10 @@ def assemble_context(
         for name in sorted(inputs.models):
             _link_or_copy(inputs.models[name], tmp / "models" / f"{name}.bin")
             digests[name] = artifacts.sha256_file(inputs.models[name])
+        (tmp / "sbom" / "wheels").mkdir(parents=True)
+        for filename, path in sorted(inputs.sbom_files.items()):
+            where = "wheels" if filename.endswith(".whl") else "."
+            _link_or_copy(path, tmp / "sbom" / where / filename)
         desc = build_description(pins, inputs, base_tag, base_id, digests)
         (tmp / "build.json").write_text(artifacts.canonical_json(desc), encoding="utf-8")
         old = None

@@ -22,10 +22,23 @@ from typing import Any
 
 import numpy as np
 
+from whisper_release.consume.pull import (
+    LATEST_KEY,
+    list_releases,
+    load_manifest,
+    manifest_digests,
+    models_in,
+    pull,
+    read_latest,
+    remote_from_config,
+)
 from whisper_release.core.console import info, quote
 from whisper_release.core.errors import ConfigError, ReleaseError, ToolError, VerificationError
 from whisper_release.layout import artifacts as layout
-from whisper_release.runtime import formats
+from whisper_release.runtime import audio, binding, formats
+from whisper_release.runtime.binding import fitted_audio_ctx
+from whisper_release.s3.config import load_config
+from whisper_release.s3.store import EmbeddedStore
 
 SAMPLE_RATE = 16_000
 LIBRARY = "libwhisper.so"
@@ -73,9 +86,7 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
         except ReleaseError as wav_error:
             # Python's wave module reads integer PCM only; ffmpeg, when present, also reads float
             # and compressed WAV. If it fails too, the WAV reader's message says more.
-            from whisper_release.runtime.audio import SampleRateError
-
-            if shutil.which("ffmpeg") is None or isinstance(wav_error, SampleRateError):
+            if shutil.which("ffmpeg") is None or isinstance(wav_error, audio.SampleRateError):
                 raise
             try:
                 samples = _decode_ffmpeg(p)
@@ -87,7 +98,6 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
 
 
 def _decode_wav(path: Path) -> np.ndarray:
-    from whisper_release.runtime import audio
 
     try:
         return np.ascontiguousarray(audio.read_wav(path), dtype=np.float32)
@@ -286,7 +296,6 @@ class Transcriber:
         audio_ctx: str | int | None = None,
         quant: str | None = None,
     ) -> None:
-        from whisper_release.runtime import binding
 
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {threads}.")
@@ -320,7 +329,6 @@ class Transcriber:
 
     def audio_ctx_for(self, samples: np.ndarray) -> int:
         if self.audio_ctx == AUDIO_CTX_AUTO:
-            from whisper_release.runtime.binding import fitted_audio_ctx
 
             return fitted_audio_ctx(int(samples.size))
         return int(self.audio_ctx)
@@ -411,9 +419,6 @@ def transcribe(
 def remote_from_env() -> Any:
     """The configured store (environment or $WHISPER_RELEASE_S3_CONFIG), else the embedded one if it
     is running; pulling never starts a store, since an empty new one has nothing to pull."""
-    from whisper_release.consume.pull import remote_from_config
-    from whisper_release.s3.config import load_config
-    from whisper_release.s3.store import EmbeddedStore
 
     config = load_config()
     if config is None:
@@ -431,14 +436,6 @@ def remote_from_env() -> Any:
 def print_listing(remote: Any, out: Any = sys.stdout, *, as_json: bool = False) -> None:
     """One line per release (version, publication time, models), or with `as_json` a JSON list of
     {version, published, models, complete, latest} for scripts; which one is latest goes to stderr."""
-    from whisper_release.consume.pull import (
-        LATEST_KEY,
-        list_releases,
-        load_manifest,
-        manifest_digests,
-        models_in,
-        read_latest,
-    )
 
     listing = list_releases(remote)
     latest = read_latest(remote) if listing.complete else None
@@ -483,7 +480,6 @@ def pull_command(
     dry_run: bool = False,
 ) -> None:
     """What `whisper-release pull` and `invoke pull` do: list, or pull and print the directory."""
-    from whisper_release.consume.pull import pull
 
     remote = remote_from_env()
     if list_only:

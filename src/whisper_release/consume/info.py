@@ -9,6 +9,7 @@ from typing import Any
 
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.layout import artifacts as layout
+from whisper_release.layout import sbom
 from whisper_release.layout.readme import human_size
 
 
@@ -46,5 +47,12 @@ def format_info(meta: dict[str, Any]) -> str:
 
 
 def info_text(path: str | os.PathLike[str], *, as_json: bool = False) -> str:
+    """artifact.json as text (then the SBOM's components and licences), or the file itself as JSON."""
     meta = artifact_info(path)
-    return json.dumps(meta, indent=2, sort_keys=True) + "\n" if as_json else format_info(meta)
+    if as_json:
+        return json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    try:
+        components = sbom.sbom_summary(Path(path))
+    except sbom.SbomError as e:
+        raise VerificationError(str(e)) from None
+    return format_info(meta) + "\n" + components

@@ -288,8 +288,8 @@ def parse_sums(text: str, where: str) -> dict[str, str]:
     if bad:
         n, line = bad[0]
         raise VerificationError(
-            f"{where} line {n} is not '<sha256>  <file>' naming a plain file once (an unsafe or repeated "
-            f"name counts): {line[:80]!r}; republish the release."
+            f"{where} line {n} is not '<sha256>  <file>' naming a file once, inside the directory (an "
+            f"unsafe or repeated name counts): {line[:80]!r}; republish the release."
         )
     if not sums:
         raise VerificationError(f"{where} lists no files; republish the release.")
@@ -318,7 +318,7 @@ class DownloadSettings:
 def _check_dir(path: Path, files: dict[str, str]) -> bool:
     """True when `path` holds exactly `files` with those digests (a previous identical pull)."""
     try:
-        present = {p.name for p in path.iterdir()}
+        present = {p.relative_to(path).as_posix() for p in path.rglob("*") if not p.is_dir()}
     except OSError:
         return False
     if present != set(files):
@@ -390,6 +390,7 @@ def _download_all(
             try:
                 head = remote.client.head_object(Bucket=remote.bucket, Key=key)
                 meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}.get("sha256")
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # licenses/...
                 remote.client.download_file(
                     remote.bucket, key, str(tmp / name), Config=tc, Callback=bar.update
                 )

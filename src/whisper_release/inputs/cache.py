@@ -41,13 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core import settings
 from whisper_release.core.console import info
 
 MARKER = "VERIFIED"
 
 
 def cache_root() -> Path:
-    from whisper_release.core import settings
 
     env: Path | None = settings.get("WHISPER_RELEASE_CACHE")
     if env is not None:

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core import settings
 from whisper_release.core.errors import VerificationError
 from whisper_release.core.pins import (
     ModelPin,
@@ -258,7 +259,6 @@ def convert_dir(
     src_dir: str | os.PathLike[str], dst: str | os.PathLike[str], tokenizer: str | None = None
 ) -> ConvertResult:
     """`convert --from DIR --to FILE`: the assets from $WHISPER_RELEASE_ASSETS, else fetched and verified."""
-    from whisper_release.core import settings
 
     assets = settings.get(ASSETS_ENV) or fetch_assets(load_pins())
     return convert_ct2_dir(src_dir, dst, tokenizer=tokenizer, assets_dir=assets)

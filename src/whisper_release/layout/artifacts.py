@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from whisper_release.layout import readme
-except ImportError:  # run as a script inside the image, readme.py beside this file
+    from whisper_release.layout import readme, sbom
+except ImportError:  # run as a script inside the image, readme.py and sbom.py beside this file
     import readme  # type: ignore[no-redef]
+    import sbom  # type: ignore[no-redef]
 
 # What every per-model directory ships besides the model, in load order (libwhisper first).
 LIBRARIES = ("libwhisper.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0", "libgomp.so.1")
 README = "README.md"
 SUMS = "SHA256SUMS"
+SBOM = sbom.SBOM
 MANIFEST = "manifest.json"
 # Machine-readable facts of one artifact directory (schema below): what pull, transcribe and the
 # examples read instead of the README's prose.
@@ -98,7 +100,16 @@ def model_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def expected_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted((*LIBRARIES, *model_files(model, quantize), METADATA, README, SUMS)))
+    """Every file of one artifact directory, as paths relative to it (licence texts in licenses/)."""
+    return tuple(sorted(
+        (*LIBRARIES, *model_files(model, quantize), *sbom.LICENSE_TEXTS, METADATA, README, SBOM, SUMS)
+    ))
+
+
+def relative_files(directory: Path) -> list[str]:
+    """Every entry under `directory` that is not a directory (symlinks included, so callers can
+    refuse them), as sorted posix paths relative to it."""
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*") if not p.is_dir())
 
 
 def sha256_file(path: Path) -> str:
@@ -110,18 +121,21 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256sums_text(directory: Path) -> str:
-    """`sha256sum` format (two spaces, text mode) over every file but SHA256SUMS, sorted by name."""
+    """`sha256sum` format (two spaces, text mode) over every file but SHA256SUMS, sorted by relative
+    path (licenses/... included, so `sha256sum -c` run inside the directory checks them too)."""
     lines = []
-    for p in sorted(directory.iterdir(), key=lambda p: p.name):
-        if p.name == SUMS:
+    for rel in relative_files(directory):
+        p = directory / rel
+        if rel == SUMS:
             continue
         if not p.is_file() or p.is_symlink():
             raise LayoutError(f"{p} is not a regular file; artifacts hold only real files.")
-        lines.append(f"{sha256_file(p)}  {p.name}\n")
+        lines.append(f"{sha256_file(p)}  {rel}\n")
     return "".join(lines)
 
 
-_SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *]([^/\\]+)")
+# A name is a path relative to the artifact directory (licenses/GPL-3): no way out of it.
+_SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *]((?:[^/\\\s][^/\\]*/)*[^/\\\s][^/\\]*)")
 
 
 def read_sha256sums(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
@@ -134,7 +148,7 @@ def read_sha256sums(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
         if not line.strip():
             continue
         m = _SUMS_LINE.fullmatch(line)
-        if not m or m.group(2) in out or m.group(2) in (".", ".."):
+        if not m or m.group(2) in out or any(part in (".", "..") for part in m.group(2).split("/")):
             bad.append((n, line))
             continue
         out[m.group(2)] = m.group(1)
@@ -378,10 +392,18 @@ def normalise(root: Path, epoch: int) -> None:
 
 
 def lay_out_model(
-    out: Path, model: str, models_dir: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
+    out: Path,
+    model: str,
+    models_dir: Path,
+    lib_dir: Path,
+    template: str,
+    build: Mapping[str, Any],
+    license_texts: Mapping[str, bytes],
+    facts: sbom.BuildFacts,
 ) -> Path:
     """One whisper_<model>_xeon/ directory: libraries, one model file per quantization type
-    (from models_dir), artifact.json, the README rendered from it, SHA256SUMS."""
+    (from models_dir), licence texts, artifact.json, the README rendered from it, the SBOM, then
+    SHA256SUMS over all of them."""
     names = model_files(model, build["quantize"])
     for name in names:
         if not (models_dir / name).is_file():
@@ -399,25 +421,42 @@ def lay_out_model(
         shutil.copyfile(src, d / lib, follow_symlinks=True)
     for name in names:
         shutil.copyfile(models_dir / name, d / name)
+    (d / sbom.LICENSE_DIR).mkdir()
+    for rel in sbom.LICENSE_TEXTS:
+        (d / rel).write_bytes(license_texts[rel])
     glibc, glibcxx = min_runtime(d / lib for lib in LIBRARIES)
     meta = metadata(d, model, build, glibc, glibcxx)
     (d / METADATA).write_text(canonical_json(meta), encoding="utf-8")
-    sizes: dict[str, int | None] = {p.name: p.stat().st_size for p in d.iterdir()}
+    sizes: dict[str, int | None] = {rel: (d / rel).stat().st_size for rel in relative_files(d)}
     sizes[README] = None
+    sizes[SBOM] = None
     sizes[SUMS] = None
-    values = readme.readme_values(meta=meta, dir_name=d.name, sizes=sizes)
+    # The README's licence table comes from the same components as the SBOM (README itself aside).
+    _root, parts = sbom.artifact_parts(d, model=model, model_files=names, build=build, facts=facts)
+    values = readme.readme_values(
+        meta=meta, dir_name=d.name, sizes=sizes, licences=sbom.licence_table(parts)
+    )
     (d / README).write_text(readme.render(template, values), encoding="utf-8")
+    root, parts = sbom.artifact_parts(d, model=model, model_files=names, build=build, facts=facts)
+    tools = sbom.tool_parts(build["sbom"]["tools"])
+    (d / SBOM).write_text(
+        sbom.render_sbom(root, parts, tools, int(build["source_date_epoch"])), encoding="utf-8"
+    )
     (d / SUMS).write_text(sha256sums_text(d), encoding="utf-8")
     return d
 
 
 def subjects(root: Path) -> list[dict[str, object]]:
-    """Every artifact file under root (the manifest excluded) with its sha256, sorted by path."""
+    """Every artifact file under root (the manifest excluded) with its sha256, sorted by path; each
+    directory's SBOM also carries its media type, which is how the manifest references the SBOMs."""
     out: list[dict[str, object]] = []
     for p in sorted(root.rglob("*"), key=lambda p: p.relative_to(root).as_posix()):
         rel = p.relative_to(root).as_posix()
         if p.is_file() and rel != MANIFEST:
-            out.append({"name": rel, "digest": {"sha256": sha256_file(p)}})
+            subject: dict[str, object] = {"name": rel, "digest": {"sha256": sha256_file(p)}}
+            if p.name == SBOM and p.parent.parent == root:
+                subject["mediaType"] = sbom.MEDIA_TYPE
+            out.append(subject)
     return out
 
 
@@ -499,15 +538,37 @@ def organize(
     template: Path,
     out: Path,
     epoch: int,
+    source_dir: Path,
+    share_dir: Path,
+    sbom_inputs: Path,
+    dpkg: Path,
+    os_release: Path,
 ) -> None:
-    """The organizer stage: every per-model directory, then manifest.json, then normalised modes/mtimes."""
+    """The organizer stage: every per-model directory, then manifest.json, then normalised modes/mtimes.
+
+    source_dir is the verified whisper.cpp tree, share_dir the builder image's /usr/share (Debian's
+    licence texts), sbom_inputs the verified openai-whisper sdist (the weights' licence), dpkg the
+    image's `dpkg-query -W` table and os_release its /etc/os-release (the SBOM's Debian purls).
+    """
     build = json.loads(build_json.read_text(encoding="utf-8"))
     tpl = template.read_text(encoding="utf-8")
     if out.exists():
         raise LayoutError(f"{out} already exists; the organizer writes a fresh tree.")
+    assets = build["sbom"]["assets"]
+    texts = sbom.license_text_sources(
+        source_dir=source_dir,
+        share_dir=share_dir,
+        assets_sdist=sbom_inputs / str(assets["filename"]),
+        assets=assets,
+    )
+    facts = sbom.BuildFacts(
+        packages=sbom.parse_dpkg(dpkg.read_text(encoding="utf-8")),
+        distro=sbom.parse_os_release(os_release.read_text(encoding="utf-8")),
+        ggml_version=sbom.ggml_version(source_dir),
+    )
     out.mkdir(parents=True)
     for model in sorted(build["models"]):
-        lay_out_model(out, model, models_dir, lib_dir, tpl, build)
+        lay_out_model(out, model, models_dir, lib_dir, tpl, build, texts, facts)
     stmt = statement(out, build, parse_toolchain(toolchain.read_text(encoding="utf-8")))
     (out / MANIFEST).write_text(canonical_json(stmt), encoding="utf-8")
     normalise(out, epoch)
@@ -519,11 +580,15 @@ def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str])
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         return [f"{manifest_path}: missing"]
-    listed = {s["name"]: s["digest"]["sha256"] for s in json.loads(manifest_path.read_text())["subject"]}
+    stmt_subjects = json.loads(manifest_path.read_text())["subject"]
+    listed = {s["name"]: s["digest"]["sha256"] for s in stmt_subjects}
+    media = {s["name"]: s.get("mediaType") for s in stmt_subjects}
     for model in models:
         d = root / model_dir_name(model)
         want = set(expected_files(model, quantize))
-        got = {p.name for p in d.iterdir()} if d.is_dir() else set()
+        got = set(relative_files(d)) if d.is_dir() else set()
+        if media.get(f"{d.name}/{SBOM}") != sbom.MEDIA_TYPE:
+            findings.append(f"{root / MANIFEST}: subject {d.name}/{SBOM} lacks mediaType {sbom.MEDIA_TYPE}")
         if got != want:
             findings.append(f"{d}: files {sorted(got)}, wanted {sorted(want)}")
             continue
@@ -550,6 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--template", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--epoch", type=int, required=True)
+    ap.add_argument("--source-dir", type=Path, required=True, help="the verified whisper.cpp tree")
+    ap.add_argument("--share-dir", type=Path, default=Path("/usr/share"), help="Debian's licence texts")
+    ap.add_argument("--sbom-inputs", type=Path, required=True, help="holds the openai-whisper sdist")
+    ap.add_argument("--dpkg", type=Path, required=True, help="`dpkg-query -W` table of the image")
+    ap.add_argument("--os-release", type=Path, default=Path("/etc/os-release"))
     a = ap.parse_args(argv)
     try:
         organize(
@@ -560,8 +630,13 @@ def main(argv: list[str] | None = None) -> int:
             template=a.template,
             out=a.out,
             epoch=a.epoch,
+            source_dir=a.source_dir,
+            share_dir=a.share_dir,
+            sbom_inputs=a.sbom_inputs,
+            dpkg=a.dpkg,
+            os_release=a.os_release,
         )
-    except (LayoutError, readme.TemplateError) as e:
+    except (LayoutError, readme.TemplateError, sbom.SbomError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -88,7 +88,7 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 
 def readme_values(
-    *, meta: Mapping[str, Any], dir_name: str, sizes: Mapping[str, int | None]
+    *, meta: Mapping[str, Any], dir_name: str, sizes: Mapping[str, int | None], licences: str
 ) -> dict[str, object]:
     """Everything the template needs, from the directory's artifact.json (one source of facts) and
     the sizes of its files."""
@@ -126,4 +126,5 @@ def readme_values(
         "cpu_flags": ", ".join(f.upper().replace("_", ".") for f in flags),
         "cpu_flags_regex": "|".join(flags),
         "cpu_flags_count": len(flags),
+        "licences": licences,
     }

@@ -167,8 +167,9 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
             objects.append(LocalObject(rel, path, path.stat().st_size, sha256_file(path)))
     by_dir: dict[str, dict[str, LocalObject]] = {}
     for o in objects:
-        parent = Path(o.relpath).parent.as_posix()
-        by_dir.setdefault(parent, {})[Path(o.relpath).name] = o
+        # Keyed by the artifact directory: its SHA256SUMS also lists files below it (licenses/...).
+        top, sep, rest = o.relpath.partition("/")
+        by_dir.setdefault(top if sep else ".", {})[rest or top] = o
     for d, files in sorted(by_dir.items()):
         if d == ".":
             continue

@@ -28,6 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import boto3
+import botocore.exceptions
+
 from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
 from whisper_release.core.redact import redact_url
@@ -365,8 +368,6 @@ def load_config(
 def resolve_chain(cfg: S3Config, env: Mapping[str, str] | None = None) -> S3Config:
     """`cfg` (no static keys) after proving boto3's default chain yields credentials; ConfigError if
     it finds none. The keys are not copied into `cfg`: clients resolve (and refresh) them again."""
-    import boto3
-    import botocore.exceptions
 
     env = os.environ if env is None else env
     profile = env.get("AWS_PROFILE") or None

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -433,7 +434,6 @@ class EmbeddedStore:
         """Volumes on disk the volume server has not loaded yet: reads of older objects fail until
         it has (it registers them with the master in the same heartbeat). The master's HTTP status
         page is off (-disableHttp); the volume server's /status is read-only and needs no token."""
-        import urllib.request
 
         state = self._state()
         if not state:

@@ -17,7 +17,7 @@ import numpy as np
 from whisper_release.core.errors import VerificationError
 from whisper_release.core.pins import ModelPin
 from whisper_release.layout import artifacts as layout
-from whisper_release.layout.artifacts import HPARAM_ORDER, sha256_file
+from whisper_release.layout.artifacts import HPARAM_ORDER, relative_files, sha256_file
 from whisper_release.weights import ggml
 
 SUMS = layout.SUMS
@@ -329,7 +329,7 @@ def check_sums(artifact_dir: Path) -> list[Finding]:
     entries, findings = parse_sums(sums_path)
     if not sums_path.is_file():
         return findings
-    present = {p.name for p in artifact_dir.iterdir() if p.is_file() and p.name != SUMS}
+    present = {n for n in relative_files(artifact_dir) if n != SUMS and (artifact_dir / n).is_file()}
     for name in sorted(entries.keys() - present):
         findings.append(Finding(str(artifact_dir / name), "file listed in SHA256SUMS", "present", "missing"))
     for name in sorted(present - entries.keys()):
@@ -344,7 +344,7 @@ def check_sums(artifact_dir: Path) -> list[Finding]:
 def check_layout(artifact_dir: Path, expected: Iterable[str]) -> list[Finding]:
     """The directory holds exactly the release contract's files, each a regular file."""
     want = set(expected)
-    got = {p.name for p in artifact_dir.iterdir()} if artifact_dir.is_dir() else set()
+    got = set(relative_files(artifact_dir)) if artifact_dir.is_dir() else set()
     findings = [
         Finding(str(artifact_dir / n), "shipped file", "present", "missing") for n in sorted(want - got)
     ]
@@ -397,7 +397,9 @@ def check_manifest(root: Path, artifact_dir: Path) -> list[Finding]:
         return findings
     prefix = artifact_dir.name + "/"
     mine = {k[len(prefix) :]: v for k, v in subjects.items() if k.startswith(prefix)}
-    present = {p.name for p in artifact_dir.iterdir() if p.is_file()} if artifact_dir.is_dir() else set()
+    present = set()
+    if artifact_dir.is_dir():
+        present = {n for n in relative_files(artifact_dir) if (artifact_dir / n).is_file()}
     manifest = str(root / MANIFEST)
     for name in sorted(mine.keys() - present):
         findings.append(Finding(str(artifact_dir / name), "manifest subject", "present", "missing"))

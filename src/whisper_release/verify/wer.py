@@ -20,6 +20,7 @@ from typing import Any
 
 from whisper_release.core.console import run, which
 from whisper_release.core.errors import ToolError, VerificationError
+from whisper_release.inputs.cache import cache_root
 from whisper_release.runtime import audio
 
 VOICES = ("en-us", "en-gb")
@@ -58,7 +59,7 @@ class WerResult:
 
 @lru_cache(maxsize=1)
 def _normalizer() -> Any:
-    from whisper_normalizer.english import EnglishTextNormalizer
+    from whisper_normalizer.english import EnglishTextNormalizer  # the verify extra only
 
     return EnglishTextNormalizer()
 
@@ -69,7 +70,7 @@ def normalize(text: str) -> str:
 
 def corpus_wer(references: Sequence[str], hypotheses: Sequence[str]) -> WerResult:
     """Corpus-level WER of normalised hypotheses against normalised references."""
-    import jiwer
+    import jiwer  # the verify extra only (constraints/wer.txt pins it)
 
     if len(references) != len(hypotheses):
         raise VerificationError(
@@ -120,7 +121,6 @@ def espeak_version() -> str:
 
 
 def default_cache_dir() -> Path:
-    from whisper_release.inputs.cache import cache_root
 
     return cache_root() / "clips"
 
