@@ -37,7 +37,7 @@ def _inner_imports(path: Path) -> list[tuple[int, str, bool]]:
         if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
         for body in (n.body for n in ast.walk(fn) if hasattr(n, "body") and isinstance(n.body, list)):
-            run: list[ast.stmt] = []
+            run: list[ast.Import | ast.ImportFrom] = []
             for stmt in [*body, None]:
                 if isinstance(stmt, ast.Import | ast.ImportFrom):
                     run.append(stmt)
