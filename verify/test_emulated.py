@@ -123,18 +123,35 @@ def test_emulated_haswell_transcribes_like_native(
     )
 
 
-@pytest.mark.parametrize("cpu_model", ["SandyBridge", "Nehalem"])
+@pytest.mark.parametrize(
+    ("cpu_model", "audio_kind"),
+    [("SandyBridge", "clip"), ("Nehalem", "clip"), ("SandyBridge", "undecodable")],
+)
 def test_older_cpu_is_refused_with_the_cpu_error(
-    artifact: Path, qemu: str, short_clip: Path, cpu_model: str, report: dict[str, Any]
+    artifact: Path,
+    qemu: str,
+    short_clip: Path,
+    cpu_model: str,
+    audio_kind: str,
+    report: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
-    cmd = [qemu, "-cpu", cpu_model, *_console_script(), "transcribe", str(short_clip), "--artifact",
+    # With bytes no decoder accepts, exit 9 (not 4) proves the CPU is checked before audio is decoded.
+    clip = short_clip
+    if audio_kind == "undecodable":
+        clip = tmp_path / "not-audio.wav"
+        clip.write_bytes(b"RIFF\xff\xff\xff\xffWAVEjunk" * 4)
+    cmd = [qemu, "-cpu", cpu_model, *_console_script(), "transcribe", str(clip), "--artifact",
            str(artifact)]  # fmt: skip
     t0 = time.monotonic()
     proc = subprocess.run(
         cmd, capture_output=True, text=True, env=clean_env(), timeout=REFUSAL_TIMEOUT
     )
     took = time.monotonic() - t0
-    report.setdefault("emulated", {})[cpu_model] = {"exit": proc.returncode, "seconds": round(took, 1)}
+    report.setdefault("emulated", {})[f"{cpu_model}-{audio_kind}"] = {
+        "exit": proc.returncode,
+        "seconds": round(took, 1),
+    }
     err = "\n".join(line for line in proc.stderr.splitlines() if "TCG doesn't support" not in line)
     where = " ".join(cmd)
     assert proc.returncode >= 0, f"{where}: killed by signal {-proc.returncode}, wanted CpuError:\n{err}"
