@@ -193,7 +193,7 @@ class LibraryAudit:
 
 
 def _feature_names() -> dict[int, str]:
-    from iced_x86 import CpuidFeature
+    from iced_x86 import CpuidFeature  # the verify extra: imported only when an audit runs
 
     return {v: k for k, v in vars(CpuidFeature).items() if not k.startswith("_") and isinstance(v, int)}
 
@@ -203,6 +203,8 @@ def audit_library(
 ) -> LibraryAudit:
     """Decode every executable section of the ELF `path` and check each instruction's CPUID
     features against `allowed_features(flags)`."""
+    # The verify extra (iced-x86, pyelftools): imported only when an audit runs, so the rest of the
+    # verify layer stays importable without them.
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
     from iced_x86 import Code, Decoder
