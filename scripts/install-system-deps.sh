@@ -6,13 +6,14 @@ set -euo pipefail
 # One package per line: why it is needed.
 packages=(
   debootstrap     # builder base image from Debian's packages (no registry to pull from)
-  binutils        # objdump/readelf: ISA audit of shipped libraries
+  binutils        # objdump/readelf: tests read the built libraries (dynamic section, versions)
   gcc             # C probe of whisper.h struct sizes
   espeak-ng       # synthesised English clips for the WER set
   curl            # shell publisher and diagnostics
   ffmpeg          # the consumer decodes non-WAV audio with it (and its tests encode FLAC)
   openssl         # the embedded store makes its gRPC mTLS certificates with it
   mc              # GNU Midnight Commander, the real program push_to_minio.sh must refuse as "mc"
+  qemu-user       # qemu-x86_64 -cpu Haswell|SandyBridge|Nehalem: verify runs the artifacts on emulated CPUs
 )
 
 missing=()

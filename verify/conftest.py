@@ -210,8 +210,10 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     lines = [head, "-" * len(head)]
     for model, m in sorted(data["models"].items()):
         isa = m.get("isa", {})
+        # iced-x86 feature names (whisper_release.verify.isa): AVX512* and AMX_* summed per family.
         tot = {
-            k: sum(lib["counts"].get(k, 0) for lib in isa.values()) for k in ("avx2", "fma", "avx512", "amx")
+            k: sum(n for lib in isa.values() for f, n in lib["features"].items() if f.startswith(prefix))
+            for k, prefix in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512", "AVX512"), ("amx", "AMX_"))
         }
         w = m.get("wer", {})
         nums = m.get("numerics", {})

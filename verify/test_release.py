@@ -13,9 +13,9 @@ import pytest
 from conftest import run_worker
 
 from whisper_release.core.pins import Pins
-from whisper_release.layout.artifacts import LIBRARIES, expected_files
+from whisper_release.layout.artifacts import expected_files
 from whisper_release.runtime import cpu
-from whisper_release.verify import integrity, sbom, wer
+from whisper_release.verify import integrity, isa, sbom, wer
 from whisper_release.verify.integrity import Finding, format_findings
 from whisper_release.weights import ggml
 
@@ -34,7 +34,7 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
     missing = cpu.missing_flags(required)
     if missing:
         pytest.fail(
-            f"This host lacks {', '.join(missing)} (from /proc/cpuinfo), which the release needs "
+            f"This host lacks {', '.join(missing)} (from CPUID), which the release needs "
             f"(wanted all of {', '.join(required)}); run the verification on a Haswell-class or newer "
             f"x86-64 CPU.",
             pytrace=False,
@@ -58,43 +58,39 @@ def test_sbom_lists_every_file_and_licence(artifact: Path, report: dict[str, Any
     _fail_on(findings, f"{artifact.name}: {artifact.name}/sbom.cdx.json against the files and licence texts")
 
 
-def test_isa_audit_of_every_library(artifact: Path, report: dict[str, Any]) -> None:
-    libs = sorted(
-        {
-            *(artifact / n for n in LIBRARIES if (artifact / n).exists()),
-            *(p for p in artifact.iterdir() if ".so" in p.name),
-        }
-    )
+def test_isa_audit_of_every_library(artifact: Path, pins: Pins, report: dict[str, Any]) -> None:
+    """Every instruction of every shipped ELF, decoded, against the x86-64 baseline plus release.toml
+    [build].required_cpu_flags and what they imply (whisper_release.verify.isa)."""
+    flags = list(pins.build.required_cpu_flags)
+    libs = isa.shipped_libraries(artifact)
     findings: list[Finding] = []
-    counts = {}
+    audits = {}
     for lib in libs:
-        c = cpu.audit_isa(lib)
-        counts[lib.name] = c.as_dict()
-        for ext, n in c.forbidden.items():
+        a = isa.audit_library(lib, flags, must_use=isa.must_use(lib))
+        audits[lib.name] = a.as_dict()
+        for v in a.examples:
             findings.append(
                 Finding(
                     str(lib),
-                    f"{ext} instructions",
-                    "0",
-                    f"{n} (e.g. {'; '.join(c.examples[ext])})",
+                    f"instruction at offset {v.offset:#x} ({v.function})",
+                    f"only features of {v.allowed}",
+                    f"`{v.instruction}`, which needs {v.feature}",
                     REBUILD_ISA,
                 )
             )
-        if lib.name.startswith("libggml-cpu"):
-            for ext in ("avx2", "fma"):
-                if c[ext] == 0:
-                    findings.append(
-                        Finding(
-                            str(lib),
-                            f"{ext} instructions",
-                            "at least 1 (the AVX2+FMA kernels)",
-                            "0: a scalar build",
-                            REBUILD_ISA,
-                        )
-                    )
-    if not any(lib.name.startswith("libggml-cpu") for lib in libs):
+        for feat, n in a.violations.items():
+            shown = sum(1 for v in a.examples if v.feature == feat)
+            if n > shown:
+                more = f"{n} ({n - shown} more not listed)"
+                findings.append(Finding(str(lib), f"{feat} instructions", "0", more, REBUILD_ISA))
+        findings += [
+            Finding(str(lib), f"{f} instructions", "at least 1 (the AVX2+FMA kernels)", "0: a scalar build",
+                    REBUILD_ISA)
+            for f in a.missing
+        ]  # fmt: skip
+    if not any(lib.name.startswith(isa.CPU_BACKEND_PREFIX) for lib in libs):
         findings.append(Finding(str(artifact / "libggml-cpu.so.0"), "ggml CPU backend", "present", "missing"))
-    report["isa"] = counts
+    report["isa"] = audits
     _fail_on(findings, f"{artifact.name}: instruction-set audit")
 
 

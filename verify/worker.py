@@ -1,7 +1,8 @@
 """Runs in a fresh interpreter with no LD_LIBRARY_PATH: loads the shipped libwhisper with ctypes,
 reports what the library says about itself, loads one model and transcribes the clips.
 
-Input (stdin, JSON): {"lib_dir", "required_flags", "model", "clips": [{"name", "path"}], "threads"}.
+Input (stdin, JSON): {"lib_dir", "required_flags", "model", "clips": [{"name", "path"}], "threads"},
+optionally "audio_ctx" and "max_tokens" (kept tiny for runs on an emulated CPU).
 Output (stdout, JSON): {"version", "system_info", "hparams", "model_type", "segments": {name: [...]}}
 or {"error": "..."} with the error's exit code. A separate process is the point: whatever the
 library needs must come from its own directory ($ORIGIN), not from this test process.
@@ -28,7 +29,13 @@ def main() -> int:
                 segments = {}
                 for clip in job.get("clips", []):
                     pcm = audio.read_wav(clip["path"])
-                    segs = ctx.transcribe(pcm, threads=int(job.get("threads", 2)), beam=job.get("beam"))
+                    segs = ctx.transcribe(
+                        pcm,
+                        threads=int(job.get("threads", 2)),
+                        beam=job.get("beam"),
+                        audio_ctx=job.get("audio_ctx"),
+                        max_tokens=job.get("max_tokens"),
+                    )
                     segments[clip["name"]] = [[s.t0, s.t1, s.text] for s in segs]
                 out["segments"] = segments
     except ReleaseError as e:

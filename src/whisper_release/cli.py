@@ -73,6 +73,12 @@ def _info(args: argparse.Namespace) -> None:
     sys.stdout.write(info_text(args.artifact, as_json=args.json))
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from whisper_release.verify.isa import audit_command  # iced-x86 and pyelftools: the verify extra
+
+    audit_command(args.artifact, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="whisper-release",
@@ -143,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("artifact", help="a whisper_<model>_xeon directory")
     p.add_argument("--json", action="store_true", help="print artifact.json itself (shape-checked)")
     p.set_defaults(run=_info)
+
+    p = sub.add_parser(
+        "audit",
+        help="check every instruction of an artifact's libraries against its CPU floor",
+        description="Decode every instruction of every shipped library and check its CPU features "
+        "against the artifact's required_cpu_flags; exit non-zero on any violation.",
+    )
+    p.add_argument("artifact", help="a whisper_<model>_xeon directory, or a directory of them")
+    p.add_argument("--json", action="store_true", help="print the per-library counts as JSON")
+    p.set_defaults(run=_audit)
     return parser
 
 

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "whisper_release"
 MAX_LINES = 700
 # Optional or heavy third-party modules a function may import where it needs them (each an extra's).
 OPTIONAL = {"faster_whisper", "ctranslate2", "pywhispercpp", "matplotlib", "pytest", "jiwer",
-            "whisper_normalizer", "cyclonedx", "packageurl"}
+            "whisper_normalizer", "cyclonedx", "packageurl", "iced_x86", "elftools"}
 
 
 def _modules() -> list[Path]:

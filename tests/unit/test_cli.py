@@ -32,7 +32,7 @@ def test_version_is_the_package_metadata(capsys) -> None:
 def test_every_sub_command_has_a_summary() -> None:
     sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     summaries = {c.dest: c.help for c in sub._choices_actions}
-    assert set(summaries) == {"convert", "pull", "transcribe", "info"}
+    assert set(summaries) == {"convert", "pull", "transcribe", "info", "audit"}
     assert all(summaries.values()), summaries
 
 

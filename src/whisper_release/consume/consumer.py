@@ -274,8 +274,9 @@ def audio_ctx_setting(value: str | int | None) -> str | int:
     )
 
 
-# Module-level so tests can point the CPU check at a recorded cpuinfo of an older CPU.
-CPUINFO: Path = Path("/proc/cpuinfo")
+# None: the CPU check reads CPUID. Module-level so tests can describe an older CPU with a
+# cpuinfo-format file instead.
+CPUINFO: Path | None = None
 
 
 class Transcriber:

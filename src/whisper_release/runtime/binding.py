@@ -2,7 +2,7 @@
 
 `whisper_full` takes `struct whisper_full_params` BY VALUE, so every field, nested struct and
 callback slot below mirrors the header in order and type; tests compare each offset with a C probe
-compiled against the verified header. The host's CPU flags are checked before the library is
+compiled against the verified header. The CPU's flags (from CPUID) are checked before the library is
 loaded: a missing AVX2 must be a Python error, never a SIGILL.
 """
 
@@ -265,10 +265,16 @@ class Whisper:
         beam: int | None = None,
         language: str = "en",
         audio_ctx: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[Segment]:
         with self.open(model_path) as ctx:
             return ctx.transcribe(
-                pcm_f32_16k, threads=threads, beam=beam, language=language, audio_ctx=audio_ctx
+                pcm_f32_16k,
+                threads=threads,
+                beam=beam,
+                language=language,
+                audio_ctx=audio_ctx,
+                max_tokens=max_tokens,
             )
 
 
@@ -334,9 +340,11 @@ class Context:
         beam: int | None = None,
         language: str = "en",
         audio_ctx: int | None = None,
+        max_tokens: int | None = None,
     ) -> list[Segment]:
         """`audio_ctx`: encoder frames to compute (None or 0: the full window; see
-        `fitted_audio_ctx` for the measured choice for short clips)."""
+        `fitted_audio_ctx` for the measured choice for short clips). `max_tokens`: a cap on the
+        tokens decoded per segment (None or 0: no cap), which bounds the decoder's work."""
         pcm = np.ascontiguousarray(pcm_f32_16k, dtype=np.float32)
         if pcm.ndim != 1 or pcm.size == 0:
             raise VerificationError(
@@ -368,6 +376,11 @@ class Context:
         if beam:
             params.beam_search.beam_size = int(beam)
         params.audio_ctx = int(audio_ctx or 0)
+        if max_tokens is not None and max_tokens < 0:
+            raise ConfigError(
+                f"max_tokens for {self.model_path.name} must be 0 (no cap) or more, got {max_tokens}."
+            )
+        params.max_tokens = int(max_tokens or 0)
         rc = lib.whisper_full(h, params, pcm.ctypes.data_as(POINTER(c_float)), int(pcm.size))
         if rc != 0:
             tail = "; ".join(self.whisper.recent_log()[-3:])
@@ -404,10 +417,11 @@ def load(
     lib_dir: str | os.PathLike[str],
     *,
     required_flags: Sequence[str],
-    cpuinfo: str | os.PathLike[str] = cpu.CPUINFO,
+    cpuinfo: str | os.PathLike[str] | None = None,
 ) -> Whisper:
     """Load `lib_dir/libwhisper.so` (its ggml libraries resolve through its $ORIGIN rpath), after
-    checking this CPU has `required_flags` (the artifact's artifact.json states them)."""
+    checking with CPUID that this CPU has `required_flags` (the artifact's artifact.json states
+    them). `cpuinfo`: a file in /proc/cpuinfo's format to check instead (tests describe another CPU)."""
     cpu.require_flags(list(required_flags), f"the whisper.cpp build in {lib_dir}", cpuinfo)
     path = (Path(lib_dir) / LIBRARY).resolve()
     with _load_lock:

@@ -1,35 +1,190 @@
-"""What the host CPU offers, and what instruction-set extensions a shipped library really uses.
+"""What the host CPU offers, read from CPUID itself.
 
-The library side reads the machine code itself (objdump disassembly), not ELF notes or compiler
-flags: a note can be missing or lie, a stray `-march=native` object cannot hide from a disassembly.
+The host side executes CPUID and XGETBV: /proc/cpuinfo describes the host kernel's CPU, which is
+not the CPU a program sees under an emulator (qemu-user) or some sandboxes, and it would let a
+binary die of SIGILL after minutes of work instead of refusing at once (FACTS.md, 2026-12-01).
+The instruction-level audit of shipped libraries is whisper_release.verify.isa.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
-import re
-import subprocess
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from whisper_release.core.console import which
-from whisper_release.core.errors import CpuError, ToolError
+from whisper_release.core.errors import CpuError
 
 CPUINFO = Path("/proc/cpuinfo")
 
-# Extensions whose presence in a shipped library is a defect for the Haswell-class target.
-FORBIDDEN = ("avx512", "amx", "avx_vnni")
+# (leaf, subleaf, register, bit) -> flag name as /proc/cpuinfo spells it (Intel SDM vol. 2A, CPUID).
+CPUID_FLAGS: dict[tuple[int, int, str, int], str] = {
+    (1, 0, "edx", 0): "fpu",
+    (1, 0, "edx", 4): "tsc",
+    (1, 0, "edx", 8): "cx8",
+    (1, 0, "edx", 15): "cmov",
+    (1, 0, "edx", 23): "mmx",
+    (1, 0, "edx", 24): "fxsr",
+    (1, 0, "edx", 25): "sse",
+    (1, 0, "edx", 26): "sse2",
+    (1, 0, "ecx", 0): "pni",
+    (1, 0, "ecx", 1): "pclmulqdq",
+    (1, 0, "ecx", 9): "ssse3",
+    (1, 0, "ecx", 12): "fma",
+    (1, 0, "ecx", 13): "cx16",
+    (1, 0, "ecx", 19): "sse4_1",
+    (1, 0, "ecx", 20): "sse4_2",
+    (1, 0, "ecx", 22): "movbe",
+    (1, 0, "ecx", 23): "popcnt",
+    (1, 0, "ecx", 25): "aes",
+    (1, 0, "ecx", 26): "xsave",
+    (1, 0, "ecx", 28): "avx",
+    (1, 0, "ecx", 29): "f16c",
+    (1, 0, "ecx", 30): "rdrand",
+    (7, 0, "ebx", 3): "bmi1",
+    (7, 0, "ebx", 5): "avx2",
+    (7, 0, "ebx", 8): "bmi2",
+    (7, 0, "ebx", 16): "avx512f",
+    (7, 0, "ebx", 17): "avx512dq",
+    (7, 0, "ebx", 18): "rdseed",
+    (7, 0, "ebx", 19): "adx",
+    (7, 0, "ebx", 21): "avx512ifma",
+    (7, 0, "ebx", 28): "avx512cd",
+    (7, 0, "ebx", 29): "sha_ni",
+    (7, 0, "ebx", 30): "avx512bw",
+    (7, 0, "ebx", 31): "avx512vl",
+    (7, 0, "ecx", 1): "avx512vbmi",
+    (7, 0, "ecx", 6): "avx512_vbmi2",
+    (7, 0, "ecx", 8): "gfni",
+    (7, 0, "ecx", 9): "vaes",
+    (7, 0, "ecx", 10): "vpclmulqdq",
+    (7, 0, "ecx", 11): "avx512_vnni",
+    (7, 0, "ecx", 12): "avx512_bitalg",
+    (7, 0, "ecx", 14): "avx512_vpopcntdq",
+    (7, 0, "edx", 22): "amx_bf16",
+    (7, 0, "edx", 23): "avx512_fp16",
+    (7, 0, "edx", 24): "amx_tile",
+    (7, 0, "edx", 25): "amx_int8",
+    (7, 1, "eax", 4): "avx_vnni",
+    (7, 1, "eax", 5): "avx512_bf16",
+    (0x80000001, 0, "ecx", 0): "lahf_lm",
+    (0x80000001, 0, "ecx", 5): "abm",
+    (0x80000001, 0, "edx", 11): "syscall",
+    (0x80000001, 0, "edx", 29): "lm",
+}
+_OSXSAVE = (1, 0, "ecx", 27)
+# XCR0 state components the OS must enable before the registers of an extension may be used:
+# SSE|AVX (YMM), plus opmask|ZMM_Hi256|Hi16_ZMM for AVX-512, plus TILECFG|TILEDATA for AMX.
+XCR0_YMM = 0x6
+XCR0_ZMM = 0xE6
+XCR0_TILE = 0x60000
+# Flags whose instructions touch YMM/ZMM/tile state: Linux hides them from /proc/cpuinfo when XCR0
+# lacks the state, and so does this probe.
+_NEEDS_YMM = {"avx", "avx2", "fma", "f16c", "vaes", "vpclmulqdq", "avx_vnni"}
+_NEEDS_TILE = {"amx_tile", "amx_int8", "amx_bf16"}
+
+# x86-64 machine code, System V ABI. cpuid(leaf=edi, subleaf=esi, out=rdx -> u32[4] eax,ebx,ecx,edx):
+#   push rbx; mov r8,rdx; mov eax,edi; mov ecx,esi; cpuid;
+#   mov [r8],eax; mov [r8+4],ebx; mov [r8+8],ecx; mov [r8+12],edx; pop rbx; ret
+_CPUID_CODE = bytes.fromhex("53 4989d0 89f8 89f1 0fa2 418900 41895804 41894808 4189500c 5b c3")
+# xgetbv(xcr=edi) -> u64: mov ecx,edi; xgetbv; shl rdx,32; or rax,rdx; ret
+_XGETBV_CODE = bytes.fromhex("89f9 0f01d0 48c1e220 4809d0 c3")
+
+_PROT_READ, _PROT_WRITE, _PROT_EXEC = 1, 2, 4
+_MAP_PRIVATE, _MAP_ANONYMOUS = 0x02, 0x20
+_probe_lock = threading.Lock()
+_probe: tuple[object, object] | None = None
 
 
-def host_flags(cpuinfo: str | os.PathLike[str] = CPUINFO) -> set[str]:
-    """The feature flags the kernel reports for the first CPU (all cores of a server agree)."""
+def _machine_code() -> tuple[object, object]:
+    """The two probe functions, in one anonymous page made executable only after it is written
+    (never writable and executable at once). The page is kept for the life of the process."""
+    global _probe
+    with _probe_lock:
+        if _probe is not None:
+            return _probe
+        if os.uname().machine != "x86_64":
+            raise CpuError(
+                f"This machine is {os.uname().machine}, not x86-64: the release's libraries are x86-64 "
+                f"code; run them on an x86-64 server."
+            )
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_long]  # fmt: skip
+        libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        size = 4096
+        page = libc.mmap(None, size, _PROT_READ | _PROT_WRITE, _MAP_PRIVATE | _MAP_ANONYMOUS, -1, 0)
+        if page in (None, ctypes.c_void_p(-1).value):
+            raise CpuError(
+                f"Cannot map a page for the CPUID probe ({os.strerror(ctypes.get_errno())}); "
+                f"the CPU check needs anonymous memory."
+            )
+        ctypes.memmove(page, _CPUID_CODE, len(_CPUID_CODE))
+        ctypes.memmove(page + 64, _XGETBV_CODE, len(_XGETBV_CODE))
+        if libc.mprotect(page, size, _PROT_READ | _PROT_EXEC) != 0:
+            raise CpuError(
+                f"Cannot make the CPUID probe's page executable ({os.strerror(ctypes.get_errno())}): "
+                f"a policy forbids executable anonymous memory here; allow it for this process."
+            )
+        u32 = ctypes.c_uint32
+        cpuid = ctypes.CFUNCTYPE(None, u32, u32, ctypes.POINTER(u32))(page)
+        xgetbv = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint32)(page + 64)
+        _probe = (cpuid, xgetbv)
+        return _probe
+
+
+def cpuid(leaf: int, subleaf: int = 0) -> dict[str, int]:
+    """The CPUID instruction's eax, ebx, ecx and edx for one leaf and subleaf."""
+    fn, _ = _machine_code()
+    out = (ctypes.c_uint32 * 4)()
+    fn(leaf, subleaf, out)  # type: ignore[operator]
+    return dict(zip(("eax", "ebx", "ecx", "edx"), (int(v) for v in out), strict=True))
+
+
+def xgetbv(xcr: int = 0) -> int:
+    """XCR0 by default: which register states the OS saves (only valid when CPUID says OSXSAVE)."""
+    _, fn = _machine_code()
+    return int(fn(xcr))  # type: ignore[operator]
+
+
+def cpuid_flags() -> set[str]:
+    """This CPU's flags from CPUID, named as in /proc/cpuinfo, counting an AVX/AVX-512/AMX flag
+    only when the OS has enabled its register state in XCR0 (as Linux does for /proc/cpuinfo)."""
+    regs: dict[tuple[int, int], dict[str, int]] = {}
+    max_basic = cpuid(0)["eax"]
+    max_ext = cpuid(0x80000000)["eax"]
+
+    def bit(leaf: int, sub: int, reg: str, n: int) -> bool:
+        if leaf > (max_ext if leaf >= 0x80000000 else max_basic):
+            return False
+        if (leaf, sub) not in regs:
+            regs[(leaf, sub)] = cpuid(leaf, sub)
+        return bool(regs[(leaf, sub)][reg] >> n & 1)
+
+    flags = {name for key, name in CPUID_FLAGS.items() if bit(*key)}
+    xcr0 = xgetbv(0) if bit(*_OSXSAVE) else 0
+    if xcr0 & XCR0_YMM != XCR0_YMM:
+        flags -= _NEEDS_YMM
+    if xcr0 & XCR0_ZMM != XCR0_ZMM:
+        flags -= {f for f in flags if f.startswith("avx512")}
+    if xcr0 & XCR0_TILE != XCR0_TILE:
+        flags -= _NEEDS_TILE
+    return flags
+
+
+def host_flags(cpuinfo: str | os.PathLike[str] | None = None) -> set[str]:
+    """This CPU's feature flags: from CPUID (the default), or from a cpuinfo-format file, which tests
+    use to describe another CPU."""
+    if cpuinfo is None:
+        return cpuid_flags()
     path = Path(cpuinfo)
     try:
         text = path.read_text(encoding="ascii", errors="replace")
     except OSError as e:
         raise CpuError(
-            f"Cannot read CPU flags from {path} ({e.strerror}); this check needs Linux's /proc."
+            f"Cannot read CPU flags from {path} ({e.strerror}); pass a file in /proc/cpuinfo's format."
         ) from None
     for line in text.splitlines():
         key, sep, value = line.partition(":")
@@ -38,147 +193,33 @@ def host_flags(cpuinfo: str | os.PathLike[str] = CPUINFO) -> set[str]:
     raise CpuError(f"{path} has no 'flags' line; cannot tell which instruction sets this CPU has.")
 
 
-def missing_flags(required: Iterable[str], cpuinfo: str | os.PathLike[str] = CPUINFO) -> list[str]:
-    """Required flags this host lacks, in the order given."""
+def _unknown(required: Iterable[str], cpuinfo: str | os.PathLike[str] | None) -> list[str]:
+    known = set(CPUID_FLAGS.values())
+    return [f for f in required if cpuinfo is None and f not in known]
+
+
+def missing_flags(required: Iterable[str], cpuinfo: str | os.PathLike[str] | None = None) -> list[str]:
+    """Required flags this CPU lacks, in the order given."""
+    required = list(required)
+    unknown = _unknown(required, cpuinfo)
+    if unknown:
+        raise CpuError(
+            f"The CPU check cannot read {', '.join(unknown)} from CPUID: wanted flags from "
+            f"whisper_release.runtime.cpu.CPUID_FLAGS; add the flag's CPUID bit there."
+        )
     have = host_flags(cpuinfo)
     return [f for f in required if f not in have]
 
 
-def require_flags(required: Iterable[str], what: str, cpuinfo: str | os.PathLike[str] = CPUINFO) -> None:
+def require_flags(
+    required: Iterable[str], what: str, cpuinfo: str | os.PathLike[str] | None = None
+) -> None:
     """Raise CpuError naming every missing flag, so nothing ever dies of SIGILL instead."""
     required = list(required)
     missing = missing_flags(required, cpuinfo)
     if missing:
+        source = "CPUID" if cpuinfo is None else str(Path(cpuinfo))
         raise CpuError(
-            f"This CPU lacks {', '.join(missing)} (from {Path(cpuinfo)}), which {what} needs "
+            f"This CPU lacks {', '.join(missing)} (from {source}), which {what} needs "
             f"(wanted all of {', '.join(required)}); run it on a Haswell-class or newer x86-64 server."
         )
-
-
-@dataclass
-class IsaCounts:
-    """Instruction counts per extension in one library's executable sections."""
-
-    path: str
-    total: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
-    # A few offending instructions per forbidden extension, "address: text", for findings.
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def __getitem__(self, ext: str) -> int:
-        return self.counts.get(ext, 0)
-
-    @property
-    def forbidden(self) -> dict[str, int]:
-        return {ext: self[ext] for ext in FORBIDDEN if self[ext]}
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "path": self.path,
-            "total": self.total,
-            "counts": dict(self.counts),
-            "examples": self.examples,
-        }
-
-
-# Legacy prefixes that may legally precede a VEX/EVEX prefix (address size, segment overrides).
-_PASS_PREFIXES = {0x67, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65}
-_EVEX_REGS = re.compile(
-    r"%zmm\d|%k[0-7]\b|%[xy]mm(?:1[6-9]|2\d|3[01])\b|\{1to\d+\}|\{(?:rn|rd|ru|rz)?-?sae\}"
-)
-_AMX = re.compile(r"^(?:tile\w+|tdp\w+|tcmmi?\w+|ldtilecfg|sttilecfg)$")
-_FMA = re.compile(r"^v(?:fn?m(?:add|sub)|fmaddsub|fmsubadd)\d{3}[ps][sdh]$")
-_F16C = {"vcvtph2ps", "vcvtps2ph"}
-# AVX2 beyond "vp* on ymm": these also exist on xmm or have no ymm operand in the name's shape.
-_AVX2_ALWAYS = re.compile(
-    r"^(?:vperm2i128|vinserti128|vextracti128|vbroadcasti128|vpbroadcast[bwdq]|vbroadcasts[sd]"
-    r"|vpgather\w+|vgather\w+|vps[lr]lv[dq]|vpsravd|vpmaskmov[dq]|vpblendd|vperm[dq]|vpermps)$"
-)
-# vp-mnemonics that AVX (not AVX2) already allows on ymm.
-_AVX1_VP = re.compile(r"^(?:vptest|vpermil\w+|vperm2f128)$")
-_VNNI = re.compile(r"^vpdp[bw]\w+$")
-
-
-def _classify(raw: str, text: str) -> list[str]:
-    """Extensions one instruction belongs to (an instruction may count for several)."""
-    try:
-        codes = [int(b, 16) for b in raw.split()]
-    except ValueError:
-        return []
-    i = 0
-    while i < len(codes) and codes[i] in _PASS_PREFIXES:
-        i += 1
-    lead = codes[i] if i < len(codes) else -1
-    # In 64-bit mode 0x62 can only start an EVEX prefix (BOUND is invalid there).
-    evex = lead == 0x62
-    vex = lead in (0xC4, 0xC5)
-    mnemonic, _, operands = text.partition(" ")
-    if mnemonic.startswith("{"):  # "{vex} vpdpbusd ...", "{evex} ..." pseudo-prefixes
-        mnemonic, _, operands = operands.strip().partition(" ")
-    exts: list[str] = []
-    if evex or _EVEX_REGS.search(operands):
-        exts.append("avx512")
-    if _AMX.match(mnemonic):
-        exts.append("amx")
-    if vex and not evex:
-        if _VNNI.match(mnemonic):
-            exts.append("avx_vnni")
-        elif _FMA.match(mnemonic):
-            exts.append("fma")
-        elif mnemonic in _F16C:
-            exts.append("f16c")
-        elif _AVX2_ALWAYS.match(mnemonic) or (
-            mnemonic.startswith("vp") and "%ymm" in operands and not _AVX1_VP.match(mnemonic)
-        ):
-            exts.append("avx2")
-        elif not _AMX.match(mnemonic) and mnemonic.startswith("v"):
-            exts.append("avx")
-    return exts
-
-
-def audit_isa(so_path: str | os.PathLike[str], *, max_examples: int = 3) -> IsaCounts:
-    """Disassemble every executable section of `so_path` and count instructions per extension.
-
-    objdump's output is streamed line by line: a libggml-cpu disassembly is tens of MB of text.
-    """
-    path = Path(so_path)
-    if not path.is_file():
-        raise ToolError(f"Cannot audit {path}: the file does not exist.")
-    objdump = which("objdump", "Install binutils (scripts/install-system-deps.sh).")
-    result = IsaCounts(str(path))
-    cmd = [objdump, "-d", "-w", str(path)]
-    env = dict(os.environ, LC_ALL="C")
-    with subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-        errors="replace",
-        bufsize=1 << 20,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            # Instruction lines: "  addr:\t<hex bytes>\t<mnemonic operands>"
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) < 3 or not parts[0].rstrip().endswith(":"):
-                continue
-            text = parts[2].strip()
-            if not text or text == "(bad)":
-                continue
-            result.total += 1
-            # Fast path: only vector, mask and tile instructions can belong to a counted extension.
-            if text[0] not in "vkt{" and not text.startswith(("ldtilecfg", "sttilecfg")):
-                continue
-            for ext in _classify(parts[1], text):
-                result.counts[ext] = result.counts.get(ext, 0) + 1
-                if ext in FORBIDDEN:
-                    ex = result.examples.setdefault(ext, [])
-                    if len(ex) < max_examples:
-                        ex.append(f"{parts[0].strip()} {text}")
-        stderr = proc.stderr.read() if proc.stderr else ""
-    if proc.returncode != 0:
-        raise ToolError(f"objdump failed on {path} (exit {proc.returncode}): {stderr.strip()[:300]}")
-    if result.total == 0:
-        raise ToolError(f"objdump found no instructions in {path}: wanted a shared library with code.")
-    return result
