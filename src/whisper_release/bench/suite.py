@@ -1088,7 +1088,7 @@ def tune(
     clips = (
         [wer.Clip("jfk", source / s["path"], s["reference"])]
         if quick
-        else wer.sample_set(source / s["path"], s["reference"], root / "verify" / "clips.txt")
+        else wer.all_clips(wer.pinned_wer_sets(pins, source, root / "verify" / "clips.txt"))
     )
     threads = int(pins.raw.get("bench", {}).get("threads", 2))
     from whisper_release.inputs.fetch import fetch_model
