@@ -26,7 +26,7 @@ RUN ["/bin/bash", "/packaging/organize.sh"]
 FROM scratch AS output
 COPY --from=organizer /release_artifacts /release_artifacts
 
-# ---- reference builds for the benchmark (whisper_release.bench.suite; not part of the release) ----------
+# ---- reference builds for the benchmark (whisper_release.bench.references; not part of the release) -----
 # The same verified source and compile script as the builder, other CMake flags: one stage for every
 # [bench.reference.<name>] of release.toml (`native`: the ceiling on the build host, `generic`: what
 # AVX2+FMA buys, `llamafile`: the release flags plus ggml's tinyBLAS kernels), chosen by build args.

@@ -6,10 +6,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: release test system-deps venv clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml constraints/wer.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints/wer.txt -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed

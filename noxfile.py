@@ -8,9 +8,13 @@ nox.options.sessions = ["unit"]
 nox.options.reuse_existing_virtualenvs = True
 
 
-def _install(session: nox.Session) -> None:
+# Exact versions of the WER stack, so the verify gates cannot drift with a new release of it.
+CONSTRAINTS = ("-c", "constraints/wer.txt")
+
+
+def _install(session: nox.Session, extra: str = "dev") -> None:
     # dev, not just test: the doc-check and the workflow test run invoke and nox as documented.
-    session.install("-e", ".[dev]")
+    session.install(*CONSTRAINTS, "-e", f".[{extra}]")
 
 
 @nox.session
@@ -27,6 +31,7 @@ LINT_PATHS = ["src", "tests", "verify", "benchmarks", "docs/examples", "tasks.py
 
 def _lint(session: nox.Session) -> None:
     session.run("ruff", "check", *LINT_PATHS)
+    session.run("lint-imports")  # the layers of pyproject.toml [tool.importlinter]
     session.run("mypy", "src", "tasks.py", "noxfile.py")
     session.run("mypy", "tests")
     session.run("mypy", "verify")
@@ -35,17 +40,19 @@ def _lint(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint rules of pyproject.toml) and mypy over the library, tests, verify/ and entry points."""
-    session.install("-e", ".[dev]")
+    """ruff, mypy and import-linter (the layers in pyproject.toml) over the library, tests, entry points."""
+    _install(session)
     _lint(session)
 
 
 @nox.session(default=False)
 def docs(session: nox.Session) -> None:
-    """Doc-check: runs the fast commands of docs/ and README.md for real, checks every other one names
-    a real task, session, option or script (tests/unit/test_docs.py), then the documented error texts
-    that need built artifacts (tests/integration/test_docs_errors.py)."""
-    session.install("-e", ".[dev]")
+    """Doc-check: every command and error text of docs/ and README.md, run or resolved.
+
+    The fast commands run for real, every other one must name a real task, session, option or script
+    (tests/unit/test_docs.py); then the documented error texts that need built artifacts
+    (tests/integration/test_docs_errors.py)."""
+    _install(session)
     session.run("pytest", "tests/unit/test_docs.py", "-p", "no:cacheprovider")
     session.run(
         "pytest", "tests/integration/test_docs_errors.py", "-p", "no:cacheprovider",
@@ -71,8 +78,10 @@ def reproducibility(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def verify(session: nox.Session) -> None:
-    """Acceptance suite on dist/release_artifacts (or --artifacts DIR): ISA audit, clean ctypes load,
-    q5_1 integrity and numerics, WER gates; prints a summary and writes dist/verify-report.json."""
+    """Acceptance suite on the built artifacts (dist/release_artifacts, or --artifacts DIR).
+
+    ISA audit, clean ctypes load, artifact.json, integrity and numerics of each quantized file, WER
+    gates; prints a summary and writes dist/verify-report.json."""
     _install(session)
     session.run("pytest", "verify", "-p", "no:cacheprovider", *session.posargs)
 
@@ -80,16 +89,18 @@ def verify(session: nox.Session) -> None:
 @nox.session(default=False)
 def build(session: nox.Session) -> None:
     """The offline docker build into dist/release_artifacts (fetches and verifies inputs first)."""
-    session.install("-e", ".[dev]")
+    _install(session)
     session.run("invoke", "build", *(session.posargs or ["--profile", "offline"]))
 
 
 @nox.session(default=False)
 def ci(session: nox.Session) -> None:
-    """Everything CI runs (.ci/run -> make test): lint and types, unit tests, the real offline build, the
-    verification suite on what was built, then the integration tests (S3, shell publisher,
-    consumer, corruption). Any skip fails the run when CI is set (whisper_release.testing)."""
-    session.install("-e", ".[dev]")
+    """Everything CI runs (.ci/run -> make test): lint, unit, offline build, verify, integration.
+
+    Lint and types, unit tests, the real offline build, the verification suite on what was built,
+    then the integration tests (S3, shell publisher, consumer, corruption). Any skip fails the run
+    when CI is set (whisper_release.testing)."""
+    _install(session)
     _lint(session)
     session.run("pytest", "tests/unit", "-p", "no:cacheprovider")
     session.run("invoke", "build", "--profile", "offline")
@@ -101,9 +112,11 @@ def ci(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def benchmark(session: nox.Session) -> None:
-    """Benchmarks (benchmarks/, pytest-benchmark) of the artifacts vs the native and generic reference
-    builds, faster-whisper and pywhispercpp; holds the CPU lock and refuses to run beside a build.
+    """Benchmarks of the artifacts vs reference builds and peer engines (pytest-benchmark, saved JSON).
+
+    The native and generic reference builds, faster-whisper and pywhispercpp; holds the CPU lock and
+    refuses to run beside a build.
     Writes dist/bench/ (results JSON, report.md, PNG charts). Posargs go to pytest (e.g. --bench-quick);
     WHISPER_RELEASE_BENCH_GATE=15 fails on a >15% median regression vs the last saved run."""
-    session.install("-e", ".[bench]")
-    session.run("python", "-m", "whisper_release.bench.suite", "run", *session.posargs)
+    _install(session, "bench")
+    session.run("python", "-m", "whisper_release.bench", "run", *session.posargs)

@@ -1,5 +1,5 @@
 """The benchmark suite's fixtures: a quiet host (CPU lock held for the whole session), the sample
-set, and one worker process per engine configuration (whisper_release.bench.suite)."""
+set, and one worker process per engine configuration (whisper_release.bench.engines)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from whisper_release.bench import suite as bench
-from whisper_release.core.pins import Pins, load_pins, project_root
-from whisper_release.inputs.fetch import fetch_source
+from whisper_release.bench import host
+from whisper_release.bench.engines import EngineSpec, Worker
+from whisper_release.bench.matrix import OPS, Config, bench_threads, matrix, resolve_model, sample_clips
+from whisper_release.core.pins import Pins, load_pins
 from whisper_release.verify import wer
 
 pytest_plugins = ["whisper_release.testing"]
@@ -25,10 +26,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--bench-models", default="tiny.en,base", help="real models, smallest first")
     g.addoption("--bench-generated", default=None, help="generated models (default: release.toml [bench])")
     g.addoption("--bench-rounds", type=int, default=2, help="timed rounds per benchmark")
-    g.addoption("--bench-max-load", type=float, default=bench.MAX_LOAD, help="refuse above this load")
+    g.addoption("--bench-max-load", type=float, default=host.MAX_LOAD, help="refuse above this load")
 
 
-def _matrix(config: pytest.Config) -> list[bench.Config]:
+def _matrix(config: pytest.Config) -> list[Config]:
     pins = load_pins()
     generated = config.getoption("--bench-generated")
     if generated is not None:
@@ -36,10 +37,8 @@ def _matrix(config: pytest.Config) -> list[bench.Config]:
     elif config.getoption("--bench-quick"):
         gen = []
     else:
-        gen = list(pins.raw.get("bench", {}).get("generated_models", []))
-    return bench.matrix(
-        pins, models=[m for m in config.getoption("--bench-models").split(",") if m], generated=gen
-    )
+        gen = list(pins.bench.generated_models)
+    return matrix(pins, models=[m for m in config.getoption("--bench-models").split(",") if m], generated=gen)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -62,7 +61,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def key(item: pytest.Item) -> tuple[str, int]:
         cs = getattr(item, "callspec", None)
         cfg = cs.params["case"][0].id if cs else ""
-        return (cfg, bench.OPS.index(item.name.split("[")[0].removeprefix("test_")) if cs else 0)
+        return (cfg, OPS.index(item.name.split("[")[0].removeprefix("test_")) if cs else 0)
 
     order = {}
     for i, it in enumerate(items):
@@ -78,24 +77,19 @@ def pins() -> Pins:
 
 @pytest.fixture(scope="session")
 def threads(pins: Pins) -> int:
-    return int(pins.raw.get("bench", {}).get("threads", 2))
+    return bench_threads(pins)
 
 
 @pytest.fixture(scope="session")
 def clips(pins: Pins, request: pytest.FixtureRequest) -> list[wer.Clip]:
-    source = fetch_source(pins, pins.profile("offline").source)
-    sample = pins.sample
-    if request.config.getoption("--bench-quick"):
-        return [wer.Clip("jfk", source / sample["path"], sample["reference"])]
-    # The verify suite's WER sets (real speech, synthetic, jfk), pooled: the WER column covers all.
-    return wer.all_clips(wer.pinned_wer_sets(pins, source, project_root() / "verify" / "clips.txt"))
+    return sample_clips(pins, quick=request.config.getoption("--bench-quick"))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def quiet_host(request: pytest.FixtureRequest, threads: int, pins: Pins) -> Iterator[dict[str, Any]]:
     """The CPU lock for the whole session, taken only once nothing builds and the load is low."""
-    with bench.quiet_host(max_load=request.config.getoption("--bench-max-load")):
-        env = bench.environment(threads, pins)
+    with host.quiet_host(max_load=request.config.getoption("--bench-max-load")):
+        env = host.environment(threads, pins)
         request.config.stash[ENV_KEY] = env
         yield env
 
@@ -108,22 +102,20 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 @pytest.fixture(autouse=True)
 def _no_build_started(quiet_host: dict[str, Any]) -> None:
     # A build that started after the session began would triple what follows: refuse at once.
-    bench.check_quiet(max_load=None)
+    host.check_quiet(max_load=None)
 
 
 class _Workers:
     def __init__(self, pins: Pins, threads: int) -> None:
         self.pins, self.threads = pins, threads
-        self.current: tuple[str, bench.Worker] | None = None
+        self.current: tuple[str, Worker] | None = None
 
-    def get(self, cfg: bench.Config, clips: list[wer.Clip]) -> bench.Worker:
+    def get(self, cfg: Config, clips: list[wer.Clip]) -> Worker:
         if self.current and self.current[0] == cfg.id:
             return self.current[1]
         self.close()
-        spec = bench.EngineSpec(
-            **{**cfg.spec.__dict__, "model": bench.resolve_model(cfg.spec.model, self.pins)}
-        )
-        w = bench.Worker(spec, self.threads)
+        spec = EngineSpec(**{**cfg.spec.__dict__, "model": resolve_model(cfg.spec.model, self.pins)})
+        w = Worker(spec, self.threads)
         w.call("audio", paths=[str(c.path) for c in clips])
         self.current = (cfg.id, w)
         return w

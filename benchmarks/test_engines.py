@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from whisper_release.bench import suite as bench
+from whisper_release.bench.engines import DecodeOptions
+from whisper_release.bench.host import CpuMonitor
+from whisper_release.bench.matrix import Config, clip_seconds
 from whisper_release.verify import wer
 
 
-def _info(benchmark: Any, cfg: bench.Config, op: str, env: dict[str, Any], **extra: Any) -> None:
+def _info(benchmark: Any, cfg: Config, op: str, env: dict[str, Any], **extra: Any) -> None:
     benchmark.group = f"{op}:{cfg.model}" + (f":{extra['decode']}" if "decode" in extra else "")
     benchmark.extra_info.update(
         {
@@ -31,16 +33,19 @@ def _info(benchmark: Any, cfg: bench.Config, op: str, env: dict[str, Any], **ext
     )
 
 
+def _time_call(benchmark: Any, cfg: Config, w: Any, op: str, rounds: int, env: dict[str, Any]) -> None:
+    """Time one worker call (`load` or `encode`) after a warm-up round, with others' CPU share."""
+    with CpuMonitor([w.proc.pid]) as mon:
+        benchmark.pedantic(lambda: w.call(op), rounds=rounds, warmup_rounds=1)
+    _info(benchmark, cfg, op, env, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+
+
 def test_load(
     benchmark: Any, case: Any, workers: Any, clips: list[wer.Clip], quiet_host: dict, request: Any
 ) -> None:
     cfg, _ = case
     w = workers.get(cfg, clips)
-    with bench.CpuMonitor([w.proc.pid]) as mon:
-        benchmark.pedantic(
-            lambda: w.call("load"), rounds=request.config.getoption("--bench-rounds") + 1, warmup_rounds=1
-        )
-    _info(benchmark, cfg, "load", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+    _time_call(benchmark, cfg, w, "load", request.config.getoption("--bench-rounds") + 1, quiet_host)
 
 
 def test_encode(
@@ -49,11 +54,7 @@ def test_encode(
     cfg, _ = case
     w = workers.get(cfg, clips)
     w.call("load")
-    with bench.CpuMonitor([w.proc.pid]) as mon:
-        benchmark.pedantic(
-            lambda: w.call("encode"), rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1
-        )
-    _info(benchmark, cfg, "encode", quiet_host, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+    _time_call(benchmark, cfg, w, "encode", request.config.getoption("--bench-rounds"), quiet_host)
 
 
 def test_transcribe(
@@ -63,17 +64,17 @@ def test_transcribe(
     w = workers.get(cfg, clips)
     if "load" not in cfg.ops:
         w.call("load")
-    opts = bench.DecodeOptions(**{**cfg.decode_options(decode).__dict__})
+    opts = DecodeOptions(**{**cfg.decode_options(decode).__dict__})
     texts: list[str] = []
 
     def run() -> None:
         texts[:] = w.call("transcribe", opts=opts.__dict__)
 
     # Warm-up: the whole set once (caches, thread pools, the beam decoders' buffers).
-    with bench.CpuMonitor([w.proc.pid]) as mon:
+    with CpuMonitor([w.proc.pid]) as mon:
         benchmark.pedantic(run, rounds=request.config.getoption("--bench-rounds"), warmup_rounds=1)
     result = wer.corpus_wer([c.reference for c in clips], texts)
-    audio_s = sum(bench.clip_seconds(c.path) for c in clips)
+    audio_s = sum(clip_seconds(c.path) for c in clips)
     _info(
         benchmark,
         cfg,
@@ -90,6 +91,6 @@ def test_transcribe(
     )
     assert texts and all(isinstance(t, str) for t in texts)
     # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.
-    ceilings = request.getfixturevalue("pins").verify["wer_ceiling"].values()  # one table per WER set
+    ceilings = request.getfixturevalue("pins").verify.wer_ceiling.values()  # one table per WER set
     ceiling = max(float(c.get(cfg.model, 1.0)) for c in ceilings)
     assert result.wer <= ceiling + 0.10, f"{cfg.id} {decode}: WER {result.wer:.3f} on the sample set"

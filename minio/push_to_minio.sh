@@ -24,13 +24,16 @@ Options (each also read from the environment, shown in brackets):
   -c, --client KIND     auto (default), mc or aws
   -m, --mc PATH         MinIO's client to use, by path or command name   [MC_BIN]
   -r, --retries N       attempts per object before giving up (default 4; backoff 1, 2, 4... s)
-  -f, --force           replace a published release whose manifest differs
+  -f, --force           replace a published release whose manifest differs (objects the
+                        tree does not have are deleted)
   -n, --dry-run         check the local files and settings, print the plan, contact nothing
   -h, --help            this text
 
 Credentials (environment only, never on the command line):
   AWS_ACCESS_KEY_ID or MINIO_ACCESS_KEY, AWS_SECRET_ACCESS_KEY or MINIO_SECRET_KEY,
-  AWS_DEFAULT_REGION (default us-east-1).
+  AWS_DEFAULT_REGION (default us-east-1). With neither key set, the aws cli's default chain
+  (AWS_PROFILE, ~/.aws files, SSO, container or instance role) supplies them; MinIO's client
+  needs the static keys.
 
 Client: MinIO's client given by --mc/MC_BIN (used alone: no search, no fallback; ignored with
 --client aws); else the first of mc, mcli, minio-client on PATH whose `--version` shows MinIO's
@@ -45,7 +48,10 @@ Exit codes:
 EOF
 }
 
-log() { echo "push_to_minio: $*" >&2; }
+# Userinfo of an http(s) URL (up to the last @: secrets may hold '/') never reaches the log, as in
+# whisper_release.core.redact.
+redact() { sed -E 's#(https?)://[^[:space:]'"'"'"]*@#\1://***@#g' <<<"$*"; }
+log() { echo "push_to_minio: $(redact "$*")" >&2; }
 die() { local code=$1; shift; log "error: $*"; exit "$code"; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -133,8 +139,17 @@ if [[ -n "$prefix" && ! "$prefix" =~ ^[A-Za-z0-9._+=@-]+(/[A-Za-z0-9._+=@-]+)*$ 
 fi
 [[ "$version" =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]] ||
   die $EX_USAGE "version '$version' is not a single path segment (set --version or WHISPER_RELEASE_VERSION)"
-if [[ -z "$access_key" || -z "$secret_key" ]]; then
+chain=0
+if [[ -z "$access_key" && -z "$secret_key" ]]; then
+  chain=1  # the aws cli's default credential chain (profile, SSO, container or instance role)
+  [[ "$client_kind" != mc ]] || die $EX_USAGE "--client mc needs static credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY), or use --client aws with a profile"
+elif [[ -z "$access_key" || -z "$secret_key" ]]; then
   die $EX_USAGE "credentials incomplete: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or MINIO_ACCESS_KEY/MINIO_SECRET_KEY)"
+fi
+key_desc="credentials (access key ${access_key:0:4}…)" key_who="access key ${access_key:0:4}…"
+if ((chain)); then
+  key_desc="credentials of the aws cli's default chain${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
+  key_who="the aws cli's default-chain credentials${AWS_PROFILE:+ (profile $AWS_PROFILE)}"
 fi
 release_key="${prefix:+$prefix/}$version"
 
@@ -163,6 +178,68 @@ done < <(find "$artifacts" -mindepth 1 -maxdepth 1 -type d -print0 | sort -z)
 while IFS= read -r -d '' f; do data_files+=("${f#"$artifacts"/}"); done \
   < <(find "$artifacts" -mindepth 1 -maxdepth 1 -type f ! -name manifest.json -print0 | sort -z)
 plan=("${data_files[@]}" "${sums_files[@]}" manifest.json)
+
+# manifest.json's subjects must name exactly these files with the hashes SHA256SUMS proved: pull
+# trusts both, so a release where they disagree must not leave this machine. No jq or Python on
+# such hosts: a small JSON scanner in awk reads the subject list (name, digest.sha256) per entry.
+manifest_subjects() {  # name<TAB>sha256 per subject of the manifest given as $1
+  awk '
+    { text = text $0 "\n" }
+    function value(s) {
+      if (!(depth >= 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects"))) return
+      if (depth == 3 && (keyat[3] == "name" || keyat[3] == "path")) name = s
+      if (depth == 3 && keyat[3] == "sha256") sha = s
+      if (depth == 4 && keyat[3] == "digest" && keyat[4] == "sha256") sha = s
+    }
+    END {
+      n = length(text); depth = 0
+      for (i = 1; i <= n; i++) {
+        c = substr(text, i, 1)
+        if (c == "\"") {
+          s = ""
+          for (i++; i <= n && (c = substr(text, i, 1)) != "\""; i++) {
+            if (c == "\\") { i++; c = substr(text, i, 1) }
+            s = s c
+          }
+          if (ctype[depth] == "o" && wantkey[depth]) { keyat[depth] = s; wantkey[depth] = 0 } else value(s)
+        } else if (c == "{" || c == "[") {
+          depth++; ctype[depth] = (c == "{") ? "o" : "a"; wantkey[depth] = 1; keyat[depth] = ""
+          if (depth == 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects")) { name = ""; sha = "" }
+        } else if (c == "}" || c == "]") {
+          if (depth == 3 && ctype[2] == "a" && (keyat[1] == "subject" || keyat[1] == "subjects")) print name "\t" sha
+          depth--
+        } else if (c == ",") {
+          if (ctype[depth] == "o") wantkey[depth] = 1
+        }
+      }
+    }' "$1"
+}
+declare -A want_sha=()
+for rel in "${sums_files[@]}"; do
+  while read -r sum name; do want_sha["${rel%/SHA256SUMS}/${name#\*}"]="$sum"; done <"$artifacts/$rel"
+  want_sha["$rel"]="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+done
+for rel in "${data_files[@]}"; do
+  [[ -n "${want_sha[$rel]:-}" ]] || want_sha["$rel"]="$(sha256sum "$artifacts/$rel" | cut -d' ' -f1)"
+done
+subjects="$(manifest_subjects "$artifacts/manifest.json")"
+[[ -n "$subjects" ]] || die $EX_LOCAL "$artifacts/manifest.json has no 'subject' list of files and sha256 digests (pull refuses such a release); rebuild"
+findings=()
+declare -A listed=()
+while IFS=$'\t' read -r name sum; do
+  name="${name#./}"; listed["$name"]=1
+  if [[ -z "${want_sha[$name]:-}" ]]; then findings+=("manifest.json lists $name, which is not in the tree")
+  elif [[ "${sum,,}" != "${want_sha[$name]}" ]]; then
+    findings+=("manifest.json gives $name sha256 ${sum:0:12}…, the tree's SHA256SUMS and file ${want_sha[$name]:0:12}…")
+  fi
+done <<<"$subjects"
+for rel in "${data_files[@]}" "${sums_files[@]}"; do
+  [[ -n "${listed[$rel]:-}" ]] || findings+=("$rel is in the tree but not among manifest.json's subjects")
+done
+if ((${#findings[@]})); then
+  msg="$(printf '%s; ' "${findings[@]:0:5}")"
+  die $EX_LOCAL "$artifacts/manifest.json and the SHA256SUMS files beside it disagree (${#findings[@]} finding(s): ${msg%; }); rebuild the artifacts, nothing was uploaded"
+fi
 
 if ((dry_run)); then
   log "dry run: would upload ${#plan[@]} objects to s3://$bucket/$release_key/ at $endpoint, in this order:"
@@ -193,10 +270,11 @@ find_mc() {
 client="" kind=""
 if [[ -n "$mc_bin" ]]; then
   # An explicit choice is honoured or refused, never silently replaced by another client.
+  ((!chain)) || die $EX_USAGE "MinIO's client ($mc_bin, from --mc or MC_BIN) needs static credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or use --client aws with a profile"
   is_minio_client "$mc_bin" ||
     die $EX_NO_CLIENT "$mc_bin (from --mc or MC_BIN) is not MinIO's client; give the path of MinIO's mc, or unset MC_BIN"
   client="$mc_bin" kind=mc
-elif [[ "$client_kind" != aws ]] && client="$(find_mc)"; then
+elif [[ "$client_kind" != aws ]] && ((!chain)) && client="$(find_mc)"; then
   kind=mc
 elif [[ "$client_kind" != mc ]] && client="$(command -v aws 2>/dev/null)"; then
   # Whether this is really the aws cli is asked (aws --version) only if the first call fails:
@@ -226,11 +304,11 @@ if [[ $kind == mc ]]; then
   mcx() { "$client" --config-dir "$tmp/mc" --no-color --quiet "$@"; }
   target="wrpush/$bucket"
 else
-  export AWS_ACCESS_KEY_ID="$access_key" AWS_SECRET_ACCESS_KEY="$secret_key" AWS_DEFAULT_REGION="$region"
+  ((chain)) || export AWS_ACCESS_KEY_ID="$access_key" AWS_SECRET_ACCESS_KEY="$secret_key"
+  export AWS_DEFAULT_REGION="$region"
   # boto3 >= 1.36's default CRC checksums break several S3-compatible servers; our sha256 metadata
   # is the integrity proof instead.
   export AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required
-  unset AWS_PROFILE
   awsx() { "$client" --endpoint-url "$endpoint" "$@"; }
 fi
 
@@ -241,11 +319,11 @@ timeout 5 bash -c "exec 3<>/dev/tcp/${host//[\[\]]/}/$port" 2>/dev/null ||
 classify() {  # map a client's error text to an exit code and a sentence
   local err="$1"
   if grep -qiE 'InvalidAccessKeyId|SignatureDoesNotMatch|access key.*(not exist|does not exist)|signature.*(not match|does not match)|InvalidToken|\(403\)|Forbidden' <<<"$err"; then
-    die $EX_AUTH "the store at $endpoint rejected the credentials (access key ${access_key:0:4}…); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+    die $EX_AUTH "the store at $endpoint rejected the $key_desc; check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
   elif grep -qiE 'NoSuchBucket|bucket.* does not exist|\(404\)|Not Found' <<<"$err"; then
     die $EX_NO_BUCKET "bucket '$bucket' does not exist at $endpoint; create it first (mc mb / aws s3 mb)"
   elif grep -qiE 'AccessDenied|Access Denied' <<<"$err"; then
-    die $EX_AUTH "the store at $endpoint denied access key ${access_key:0:4}… access to bucket '$bucket'"
+    die $EX_AUTH "the store at $endpoint denied $key_who access to bucket '$bucket'"
   elif grep -qiE 'connect|connection|timed out|timeout|resolve' <<<"$err"; then
     die $EX_UNREACHABLE "cannot talk to $endpoint: $(tail -n1 <<<"$err")"
   fi
@@ -257,6 +335,15 @@ list_release() {  # Key<TAB>Size<TAB>ETag per object stored under the release (a
 }
 if [[ $kind == mc ]]; then
   err="$(mcx ls "$target/" 2>&1 >/dev/null)" || classify "$err"
+  # The release's objects, one key (relative to the release) per line. Only "no such object" means
+  # "nothing stored yet": any other failure must not pass for an empty release.
+  if ! listing="$(mcx ls --recursive --json "$target/$release_key/" 2>"$tmp/err")"; then
+    # With --json, mc may report the error on either stream.
+    grep -qiE 'NoSuchKey|Object does not exist|key does not exist' <<<"$listing$(cat "$tmp/err")" ||
+      die $EX_UNREACHABLE "listing $target/$release_key/ failed ($(tail -n1 <<<"$listing$(cat "$tmp/err")")); nothing was uploaded, rerun"
+    listing=""
+  fi
+  remote_keys="$(sed -n 's/.*"key": *"\([^"]*\)".*/\1/p' <<<"$listing" | sed "s|^$release_key/||")"
 else
   # One listing of the release checks endpoint, credentials and bucket, and shows whether a
   # manifest is already there (no separate probe).
@@ -265,27 +352,67 @@ else
       die $EX_NO_CLIENT "$client is not the aws cli (its --version does not start with aws-cli/)"
     classify "$(cat "$tmp/err")"
   fi
+  remote_keys="$(awk -F'\t' -v p="$release_key/" 'NF >= 2 && index($1, p) == 1 { print substr($1, length(p) + 1) }' <<<"$listing")"
 fi
 log "endpoint, credentials and bucket OK: $endpoint, s3://$bucket"
 
 # ---- an existing release ----------------------------------------------------------------------
+# Objects stored under the release that the tree does not have: left by an older release or an
+# interrupted push. pull must never meet them, so they go before the new objects do.
+strays=()
+while IFS= read -r key; do
+  [[ -n "$key" ]] || continue
+  in_plan=0
+  for rel in "${plan[@]}"; do [[ "$rel" == "$key" ]] && { in_plan=1; break; }; done
+  ((in_plan)) || strays+=("$key")
+done <<<"$remote_keys"
+delete_objects() {  # delete_objects KEY...: keys relative to the release, all or die
+  local key
+  if [[ $kind == mc ]]; then
+    for key in "$@"; do
+      mcx rm "$target/$release_key/$key" >/dev/null ||
+        die $EX_UPLOAD "deleting $target/$release_key/$key failed; rerun (the release stays hidden)"
+    done
+    return
+  fi
+  local json="" failed
+  for key in "$@"; do
+    key="$release_key/$key"; key="${key//\\/\\\\}"; key="${key//\"/\\\"}"
+    json+="${json:+,}{\"Key\":\"$key\"}"
+  done
+  printf '{"Objects":[%s],"Quiet":true}' "$json" >"$tmp/delete.json"
+  # delete-objects exits 0 even when some keys were refused: its Errors list says which.
+  failed="$(awsx s3api delete-objects --bucket "$bucket" --delete "file://$tmp/delete.json" \
+    --query 'Errors[].Key' --output text)" ||
+    die $EX_UPLOAD "deleting $# object(s) under s3://$bucket/$release_key/ failed; rerun (the release stays hidden)"
+  [[ -z "$failed" || "$failed" == None ]] ||
+    die $EX_UPLOAD "the store refused to delete $failed; rerun (the release stays hidden)"
+}
 remote_manifest="$tmp/remote-manifest.json"
-if [[ $kind == mc ]]; then
-  mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>&1 || true
-elif grep -q "^$release_key/manifest\.json"$'\t' <<<"$listing"; then
+if grep -qx 'manifest\.json' <<<"$remote_keys"; then
   # Listed means published: a failed download must not pass for "no release yet".
-  awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null ||
-    die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded; nothing was uploaded, rerun"
+  if [[ $kind == mc ]]; then
+    mcx cp "$target/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>"$tmp/err"
+  else
+    awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>"$tmp/err"
+  fi || die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded ($(tail -n1 "$tmp/err")); nothing was uploaded, rerun"
 fi
 if [[ -f "$remote_manifest" ]]; then
-  if cmp -s "$remote_manifest" "$artifacts/manifest.json"; then
+  if cmp -s "$remote_manifest" "$artifacts/manifest.json" && ((${#strays[@]} == 0)); then
     log "release $version is already published at s3://$bucket/$release_key/ with this manifest: nothing to upload"
     exit $EX_OK
   fi
-  ((force)) || die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  if ! ((force)); then
+    cmp -s "$remote_manifest" "$artifacts/manifest.json" &&
+      die $EX_EXISTS "release $version at s3://$bucket/$release_key/ has this manifest but also ${#strays[@]} object(s) the tree does not have (${strays[0]}…); pass --force to delete them"
+    die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  fi
   log "--force: hiding the existing release (deleting its manifest) before replacing it"
-  if [[ $kind == mc ]]; then mcx rm "$target/$release_key/manifest.json" >/dev/null
-  else awsx s3 rm --only-show-errors "s3://$bucket/$release_key/manifest.json"; fi
+  delete_objects manifest.json
+fi
+if ((${#strays[@]})); then
+  log "deleting ${#strays[@]} object(s) under s3://$bucket/$release_key/ that the tree does not have: ${strays[*]:0:5}"
+  delete_objects "${strays[@]}"
 fi
 
 # ---- upload -----------------------------------------------------------------------------------

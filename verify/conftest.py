@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from whisper_release.core.pins import Pins, load_pins, project_root
-from whisper_release.layout.artifacts import model_file_name
+from whisper_release.layout.artifacts import load_metadata, model_file_name
 from whisper_release.verify import integrity, wer
 
 pytest_plugins = ["whisper_release.testing"]
@@ -116,6 +116,7 @@ def source_dir(pins: Pins, artifacts: Path) -> Path:
     """The verified whisper.cpp tree the release was built from (for samples/jfk.wav)."""
     from whisper_release.inputs import fetch
 
+    # The suite is an entry point: the profile named in the manifest is resolved here, once.
     return Path(fetch.fetch_source(pins, pins.profile(_profile(artifacts)).source))
 
 
@@ -154,6 +155,8 @@ def run_worker(lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads
         return _worker_cache[key]
     job = {
         "lib_dir": str(lib_dir),
+        # What the artifact states it needs (artifact.json), as a consumer would check it.
+        "required_flags": load_metadata(lib_dir)["required_cpu_flags"],
         "model": str(model) if model else None,
         "threads": threads,
         "clips": [{"name": c.name, "path": str(c.path)} for c in clips],

@@ -30,7 +30,7 @@ def _fail_on(findings: list[Finding], what: str) -> None:
 
 
 def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
-    required = [str(f) for f in pins.build["required_cpu_flags"]]
+    required = list(pins.build.required_cpu_flags)
     missing = cpu.missing_flags(required)
     if missing:
         pytest.fail(
@@ -41,12 +41,13 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
         )
 
 
-def test_files_sha256sums_and_manifest(
+def test_files_sha256sums_manifest_and_metadata(
     artifact: Path, artifacts: Path, model_name: str, pins: Pins, report: dict[str, Any]
 ) -> None:
     findings = integrity.check_layout(artifact, expected_files(model_name, pins.quantizations))
     findings += integrity.check_sums(artifact)
     findings += integrity.check_manifest(artifacts, artifact)
+    findings += integrity.check_metadata(artifact)
     report["files"] = {"findings": [f.as_dict() for f in findings]}
     _fail_on(findings, f"{artifact.name}: files, SHA256SUMS and manifest.json")
 
@@ -237,14 +238,15 @@ def test_word_error_rate(
     gates = pins.verify
     resamples, seed = wer.bootstrap_settings(gates)
     gate = f"max_{quant}_wer_delta_pp"
-    if gate not in gates:
+    if quant not in gates.max_wer_delta_pp:
         pytest.fail(
-            f"release.toml [verify] has no {gate}, the WER gate for the shipped {quant} files; add it.",
+            f"release.toml [verify] has no max_{quant}_wer_delta_pp, the WER gate for the shipped {quant} "
+            "files; add it.",
             pytrace=False,
         )
-    max_delta = float(gates[gate])
-    tables = gates.get("wer_ceiling", {})
-    missing = [s for s in wer_sets if not isinstance(tables.get(s), dict) or model_name not in tables[s]]
+    max_delta = gates.max_wer_delta_pp[quant]
+    tables = gates.wer_ceiling
+    missing = [s for s in wer_sets if model_name not in tables.get(s, {})]
     if missing:
         pytest.fail(
             f"release.toml [verify.wer_ceiling.<set>] has no ceiling for {model_name} in set(s) "

@@ -1,7 +1,7 @@
 """Runs in a fresh interpreter with no LD_LIBRARY_PATH: loads the shipped libwhisper with ctypes,
 reports what the library says about itself, loads one model and transcribes the clips.
 
-Input (stdin, JSON): {"lib_dir", "model", "clips": [{"name", "path"}], "threads"}.
+Input (stdin, JSON): {"lib_dir", "required_flags", "model", "clips": [{"name", "path"}], "threads"}.
 Output (stdout, JSON): {"version", "system_info", "hparams", "model_type", "segments": {name: [...]}}
 or {"error": "..."} with the error's exit code. A separate process is the point: whatever the
 library needs must come from its own directory ($ORIGIN), not from this test process.
@@ -19,7 +19,7 @@ def main() -> int:
 
     job = json.load(sys.stdin)
     try:
-        whisper = binding.load(job["lib_dir"])
+        whisper = binding.load(job["lib_dir"], required_flags=job["required_flags"])
         out: dict[str, object] = {"version": whisper.version, "system_info": whisper.system_info()}
         if job.get("model"):
             with whisper.open(job["model"]) as ctx:

@@ -36,19 +36,22 @@ AVX512 = re.compile(
 
 @pytest.fixture(scope="session")
 def inputs() -> build.BuildInputs:
-    return build.fetch_inputs(PROFILE, load_pins())
+    pins = load_pins()
+    return build.fetch_inputs(pins.profile(PROFILE), pins)
 
 
 @pytest.fixture(scope="session")
 def dist(inputs: build.BuildInputs) -> Path:
     require_tool("docker")
     require_tool("debootstrap")
-    return build.build(PROFILE, inputs=inputs, out=project_root() / "dist" / "release_artifacts")
+    return build.build(
+        inputs.profile, load_pins(), inputs=inputs, out=project_root() / "dist" / "release_artifacts"
+    )
 
 
 @pytest.fixture(scope="session")
 def models() -> tuple[str, ...]:
-    return load_pins().profile(PROFILE).models
+    return load_pins().profile(PROFILE).model_names
 
 
 def _word_list(text: str) -> list[str]:
@@ -113,7 +116,7 @@ def test_readme_example_transcribes_the_sample(
     code = readme.python_example((d / "README.md").read_text())
     script = tmp_path / "transcribe.py"
     script.write_text(code)
-    sample = inputs.source_dir / pins.sample["path"]
+    sample = inputs.source_dir / pins.sample.path
     # As a user would run it: from the artifact directory, no LD_LIBRARY_PATH, a clean interpreter.
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     proc = subprocess.run(
@@ -125,7 +128,7 @@ def test_readme_example_transcribes_the_sample(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    got, want = _word_list(proc.stdout), _word_list(pins.sample["reference"])
+    got, want = _word_list(proc.stdout), _word_list(pins.sample.reference)
     ratio = difflib.SequenceMatcher(a=want, b=got).ratio()
     assert ratio >= 0.9, (
         f"{model}: transcript {proc.stdout!r} is too far from the reference (ratio {ratio:.2f})"
@@ -166,12 +169,12 @@ def test_manifest_records_the_inputs(dist: Path, inputs: build.BuildInputs) -> N
     bd = stmt["predicate"]["buildDefinition"]
     deps = {d["name"]: d for d in bd["resolvedDependencies"]}
     assert deps["whisper.cpp"]["digest"] == {
-        "gitCommit": pins.source["commit"],
-        "gitTree": pins.source["tree"],
+        "gitCommit": pins.source.commit,
+        "gitTree": pins.source.tree,
     }
     for name, path in inputs.models.items():
         assert deps[f"model:{name}"]["digest"]["sha256"] == artifacts.sha256_file(path)
-    assert bd["internalParameters"]["cpu_backend_variant"] == pins.build["expected_cpu_variant"]
+    assert bd["internalParameters"]["cpu_backend_variant"] == pins.build.expected_cpu_variant
     assert bd["internalParameters"]["compiler"].startswith("g++ ")
     base_id = subprocess.run(
         [
@@ -192,7 +195,7 @@ def test_warm_rebuild_uses_the_cache_and_gives_the_same_bytes(
     dist: Path, inputs: build.BuildInputs, tmp_path: Path
 ) -> None:
     before = build.artifact_digests(dist)
-    again = build.build(PROFILE, inputs=inputs, out=tmp_path / "warm")
+    again = build.build(inputs.profile, load_pins(), inputs=inputs, out=tmp_path / "warm")
     log = (project_root() / "build" / "logs" / f"docker-build-{PROFILE}.log").read_text()
     compile_step = log[log.index('compile.sh"]') :]
     assert compile_step.lstrip().split("\n", 2)[1].strip() == "---> Using cache", "the compile step re-ran"
@@ -210,7 +213,7 @@ def test_model_change_requantizes_without_recompiling(
     dist: Path, inputs: build.BuildInputs, tmp_path: Path
 ) -> None:
     log_path = project_root() / "build" / "logs" / f"docker-build-{PROFILE}.log"
-    build.build(PROFILE, inputs=inputs, out=tmp_path / "same")
+    build.build(inputs.profile, load_pins(), inputs=inputs, out=tmp_path / "same")
     same = log_path.read_text()
     names = sorted(inputs.models)
     # Each model's f16 file under the other's name: new model bytes, same source and flags.
@@ -218,10 +221,10 @@ def test_model_change_requantizes_without_recompiling(
         inputs, models=dict(zip(names, [inputs.models[n] for n in reversed(names)], strict=True))
     )
     try:
-        out = build.build(PROFILE, inputs=swapped, out=tmp_path / "swapped")
+        out = build.build(swapped.profile, load_pins(), inputs=swapped, out=tmp_path / "swapped")
         changed = log_path.read_text()
     finally:  # leave the profile's tag and context on the real inputs (warm: seconds)
-        build.build(PROFILE, inputs=inputs, out=tmp_path / "restored")
+        build.build(inputs.profile, load_pins(), inputs=inputs, out=tmp_path / "restored")
     # Layer lineage, not cache hits: true whether or not an earlier run left these layers behind.
     assert _layer_after(same, 'compile.sh"]') == _layer_after(changed, 'compile.sh"]'), (
         "a model change recompiled"
@@ -237,7 +240,7 @@ def test_model_change_requantizes_without_recompiling(
 def test_scalar_configuration_fails_the_build(dist: Path, tmp_path: Path) -> None:
     """The FACTS.md trap: flags that lose AVX2 must stop the build at configure, before compiling."""
     pins = load_pins()
-    args = build.build_args(pins, baseimage.recipe_for(PROFILE, pins).tag)
+    args = build.build_args(pins, baseimage.recipe_for(pins.profile(PROFILE)).tag)
     args["CMAKE_FLAGS"] = args["CMAKE_FLAGS"].replace("-DGGML_AVX2=ON", "-DGGML_AVX2=OFF")
     context = project_root() / "build" / "context" / PROFILE  # left by the dist fixture's build
     with pytest.raises(BuildError) as e:
@@ -299,15 +302,15 @@ def test_unreachable_mirror_is_one_clear_error(tmp_path: Path) -> None:
     import copy
 
     from whisper_release.core.errors import ToolError
-    from whisper_release.core.pins import Pins
+    from whisper_release.core.pins import parse_pins
 
     pins = load_pins()
     raw = copy.deepcopy(pins.raw)
     raw["build"]["debian_mirror"] = "http://127.0.0.1:9/debian"  # port 9 (discard): nothing listens
-    broken = Pins(pins.path, raw)
+    broken = parse_pins(raw, pins.path)
     with pytest.raises(
         ToolError, match=r"debootstrap could not build the bookworm base from http://127\.0\.0\.1:9"
     ):
-        baseimage.ensure_base_image("offline", pins=broken)
-    assert baseimage.image_id(baseimage.recipe_for("offline", broken).tag) is None
+        baseimage.ensure_base_image(broken.profile("offline"), broken)
+    assert baseimage.image_id(baseimage.recipe_for(broken.profile("offline")).tag) is None
     assert not list((project_root() / "build" / "base").glob("rootfs-*")), "temp root filesystem left behind"

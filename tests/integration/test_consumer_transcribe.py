@@ -58,12 +58,12 @@ def jfk() -> Path:
 
     pins = load_pins()
     src = fetch_source(pins, pins.profile("offline").source)
-    return src / pins.sample["path"]
+    return src / pins.sample.path
 
 
 @pytest.fixture(scope="module")
 def reference() -> str:
-    return load_pins().sample["reference"]
+    return load_pins().sample.reference
 
 
 @pytest.fixture(scope="module")

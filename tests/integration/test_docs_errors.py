@@ -37,7 +37,7 @@ def _jfk() -> Path:
     pins = load_pins()
     from whisper_release.inputs.fetch import fetch_source
 
-    return fetch_source(pins, pins.profile("offline").source) / pins.sample["path"]
+    return fetch_source(pins, pins.profile("offline").source) / pins.sample.path
 
 
 def _block(name: str) -> Block:

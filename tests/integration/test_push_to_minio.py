@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from test_publish_support import local_files, make_artifacts, running_store, stored_files, write_sums
+from test_publish_support import (
+    local_files,
+    make_artifacts,
+    running_store,
+    stored_files,
+    write_manifest,
+    write_sums,
+)
 
 from whisper_release.core.pins import project_root
-from whisper_release.publish.push import make_client, push
+from whisper_release.publish.push import push
+from whisper_release.s3.client import make_client
 from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration
@@ -44,7 +54,7 @@ def tiny_release(root: Path, text: str) -> Path:
     d.mkdir(parents=True)
     (d / "README.md").write_text(f"# whisper base for Xeon\n{text}\n")
     write_sums(d)
-    (root / "manifest.json").write_text(json.dumps({"models": ["base"], "text": text}))
+    write_manifest(root, {"models": ["base"], "text": text})
     return root
 
 
@@ -267,6 +277,30 @@ def test_unreachable_bad_endpoint_and_bad_artifacts_have_distinct_codes(store, a
     assert p.returncode == 4 and "SHA256SUMS does not match" in p.stderr
 
 
+def test_manifest_disagreeing_with_sha256sums_is_refused_before_any_upload(store, tmp_path):
+    cfg = store.config()
+    release = tiny_release(tmp_path / "release", "x")
+    good = (release / "manifest.json").read_text()
+    doc = json.loads(good)
+    readme = next(s for s in doc["subject"] if s["name"] == "whisper_base_xeon/README.md")
+    readme["digest"]["sha256"] = "0" * 64
+    doc["subject"].append({"name": "whisper_base_xeon/gone.so", "digest": {"sha256": "1" * 64}})
+    (release / "manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
+    p = run(["--version", "mx-1", release], cfg, path=_path_with())
+    assert p.returncode == 4, p.stderr
+    assert f"{release}/manifest.json and the SHA256SUMS files beside it disagree (2 finding(s): " in p.stderr
+    assert ("manifest.json gives whisper_base_xeon/README.md sha256 000000000000…, the tree's "
+            "SHA256SUMS") in p.stderr
+    assert "manifest.json lists whisper_base_xeon/gone.so, which is not in the tree" in p.stderr
+    (release / "manifest.json").write_text(json.dumps({"models": ["base"]}))
+    p = run(["--version", "mx-1", release], cfg, path=_path_with())
+    assert p.returncode == 4 and "has no 'subject' list" in p.stderr, p.stderr
+    assert make_client(cfg).list_objects_v2(Bucket=cfg.bucket, Prefix="sh/mx-1/").get("KeyCount") == 0
+    (release / "manifest.json").write_text(good)
+    p = run(["--version", "mx-1", "--dry-run", release], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+
+
 def test_changed_release_needs_force(store, tmp_path):
     cfg = store.config()
     first = tiny_release(tmp_path / "a", "first")
@@ -279,6 +313,88 @@ def test_changed_release_needs_force(store, tmp_path):
     p = run(["--version", "f-1", "--force", second], cfg, path=_path_with())
     assert p.returncode == 0, p.stderr
     assert stored_files(make_client(cfg), cfg, "sh/f-1") == local_files(second)
+
+
+def release_with_stale_file(root: Path, text: str) -> Path:
+    """tiny_release plus a file a later build no longer makes."""
+    tiny_release(root, text)
+    (root / "whisper_base_xeon" / "stale.bin").write_bytes(os.urandom(100))
+    write_sums(root / "whisper_base_xeon")
+    write_manifest(root, {"models": ["base"], "text": text})
+    return root
+
+
+def fake_mc(where: Path, bucket: str) -> tuple[Path, Path]:
+    """tests/integration/fake_mc.py behind an executable, and the directory that plays its store."""
+    root = where / "fake-store"
+    (root / bucket).mkdir(parents=True)
+    exe = where / "fake-bin" / "mc-stand-in"
+    exe.parent.mkdir(parents=True)
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).with_name("fake_mc.py")} "$@"\n')
+    exe.chmod(0o755)
+    return exe, root
+
+
+def test_mc_failed_manifest_read_is_an_error_not_a_missing_release(store, tmp_path):
+    # MinIO's client cannot be installed here (FACTS.md): a stand-in (fake_mc.py) plays it over a
+    # directory and fails the manifest download the way a store in trouble does (HTTP 503).
+    cfg = store.config()
+    mc, root = fake_mc(tmp_path, cfg.bucket)
+    published = tiny_release(tmp_path / "published", "published")
+    shutil.copytree(published, root / cfg.bucket / "sh" / "mcf-1")
+    new = tiny_release(tmp_path / "new", "new")
+    env = {"FAKE_MC_ROOT": str(root), "FAKE_MC_FAIL_READ": "manifest.json"}
+    p = run(["--mc", mc, "--version", "mcf-1", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 5, p.stderr
+    assert ("s3://whisper-sh/sh/mcf-1/manifest.json is listed but could not be downloaded (mc: <ERROR> "
+            "Unable to download") in p.stderr and "nothing was uploaded" in p.stderr
+    assert local_files(root / cfg.bucket / "sh" / "mcf-1") == local_files(published)
+    calls_made = Path(f"{root}.calls").read_text().splitlines()
+    assert not [c for c in calls_made if c.startswith(("cp --attr", "rm"))]
+    # An object that is not there is a different answer: no release yet, so this one is published.
+    p = run(["--mc", mc, "--version", "mcf-2", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 0, p.stderr
+    assert local_files(root / cfg.bucket / "sh" / "mcf-2") == local_files(new)
+
+
+def test_mc_force_deletes_objects_the_new_tree_no_longer_has(store, tmp_path):
+    # The mc branch through the stand-in (see the test above): MinIO's client is not installable.
+    cfg = store.config()
+    mc, root = fake_mc(tmp_path, cfg.bucket)
+    stored = root / cfg.bucket / "sh" / "mcs-1"
+    shutil.copytree(release_with_stale_file(tmp_path / "old", "old"), stored)
+    new = tiny_release(tmp_path / "new", "new")
+    env = {"FAKE_MC_ROOT": str(root)}
+    p = run(["--mc", mc, "--version", "mcs-1", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 9, p.stderr
+    p = run(["--mc", mc, "--version", "mcs-1", "--force", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 0, p.stderr
+    assert local_files(stored) == local_files(new)
+    assert "rm wrpush/whisper-sh/sh/mcs-1/whisper_base_xeon/stale.bin" in Path(f"{root}.calls").read_text()
+    # The same manifest with an object beside it that it does not list is not "already published".
+    (stored / "whisper_base_xeon" / "planted.bin").write_bytes(b"x")
+    p = run(["--mc", mc, "--version", "mcs-1", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 9 and "has this manifest but also 1 object(s)" in p.stderr, p.stderr
+    p = run(["--mc", mc, "--version", "mcs-1", "--force", new], cfg, path=_path_with(), env_extra=env)
+    assert p.returncode == 0 and local_files(stored) == local_files(new), p.stderr
+
+
+def test_aws_force_deletes_objects_the_new_tree_no_longer_has(store, tmp_path):
+    cfg = store.config()
+    client = make_client(cfg)
+    new = tiny_release(tmp_path / "new", "new")
+    # The old release comes from the Python publisher (same layout): it saves slow aws cli starts.
+    push(release_with_stale_file(tmp_path / "old", "old"), cfg, version="fs-1", progress=False)
+    p = run(["--version", "fs-1", "--force", new], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert "deleting 1 object(s)" in p.stderr
+    assert stored_files(client, cfg, "sh/fs-1") == local_files(new)
+    client.put_object(Bucket=cfg.bucket, Key="sh/fs-1/whisper_base_xeon/planted.bin", Body=b"x")
+    p = run(["--version", "fs-1", new], cfg, path=_path_with())
+    assert p.returncode == 9 and "has this manifest but also 1 object(s)" in p.stderr, p.stderr
+    p = run(["--version", "fs-1", "--force", new], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert stored_files(client, cfg, "sh/fs-1") == local_files(new)
 
 
 # install-minio-client.sh's exit code for "the suite's freshly fetched index has no minio-client".

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -27,6 +28,15 @@ def _real_elf(name: str) -> Path:
     return p
 
 
+FTYPES = {"q5_1": 2009, "q8_0": 2008}
+
+
+def _ggml_header(ftype: int, n_vocab: int = 51864) -> bytes:
+    """The fixed part of a whisper.cpp ggml model file: magic and the 11 int32 hparams."""
+    hp = [n_vocab, 1500, 512, 8, 6, 448, 512, 8, 6, 80, ftype]
+    return struct.pack("<I11i", artifacts.GGML_MAGIC, *hp)
+
+
 @pytest.fixture
 def build_dirs(tmp_path: Path) -> dict[str, Path]:
     lib_dir = tmp_path / "lib"
@@ -37,19 +47,21 @@ def build_dirs(tmp_path: Path) -> dict[str, Path]:
     models_dir.mkdir()
     for i, m in enumerate(("tiny.en", "base")):
         for j, q in enumerate(QUANTS):
-            (models_dir / artifacts.model_file_name(m, q)).write_bytes(bytes([i]) * (1000 + i + 7 * j))
+            (models_dir / artifacts.model_file_name(m, q)).write_bytes(
+                _ggml_header(FTYPES[q], n_vocab=51864 + i) + bytes([i]) * (1000 + i + 7 * j)
+            )
     pins = load_pins()
     build = {
         "profile": "offline",
         "release_version": pins.release_version,
         "quantize": list(QUANTS),
-        "cmake_flags": pins.build["cmake_flags"],
-        "required_cpu_flags": pins.build["required_cpu_flags"],
+        "cmake_flags": list(pins.build.cmake_flags),
+        "required_cpu_flags": list(pins.build.required_cpu_flags),
         "source_date_epoch": 1704067200,
         "source": {
             "version": "1.8.5",
-            "commit": pins.source["commit"],
-            "tree": pins.source["tree"],
+            "commit": pins.source.commit,
+            "tree": pins.source.tree,
             "provider": "pypi-sdist",
             "uri": "pypi:pywhispercpp==1.5.1",
         },
@@ -128,7 +140,7 @@ def test_manifest_is_an_in_toto_statement_over_every_file(
     assert "-DGGML_AVX2=ON" in bd["internalParameters"]["cmake_flags"]
     assert bd["internalParameters"]["compiler"].startswith("g++")
     deps = {d["name"]: d for d in bd["resolvedDependencies"]}
-    assert deps["whisper.cpp"]["digest"]["gitTree"] == load_pins().source["tree"]
+    assert deps["whisper.cpp"]["digest"]["gitTree"] == load_pins().source.tree
     assert deps["model:base"]["digest"] == {"sha256": "b" * 64}
     assert deps["builder-base-image"]["digest"] == {"sha256": "c" * 64}
 
@@ -230,3 +242,70 @@ def test_script_mode_runs_standalone(build_dirs: dict[str, Path], tmp_path: Path
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert artifacts.check_tree(out, ["tiny.en", "base"], QUANTS) == []
+
+
+def test_artifact_json_states_the_files_and_the_readme_is_rendered_from_it(
+    build_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    out = _organize(build_dirs, tmp_path / "ra")
+    d = out / "whisper_base_xeon"
+    meta = json.loads((d / artifacts.METADATA).read_text())
+    assert meta["schema"] == artifacts.METADATA_SCHEMA
+    assert meta["model"] == {
+        "name": "base",
+        "hparams": dict(
+            zip(artifacts.HPARAM_ORDER[:-1], [51865, 1500, 512, 8, 6, 448, 512, 8, 6, 80], strict=True)
+        ),
+    }
+    files = {f["name"]: f for f in meta["model_files"]}
+    assert [f["name"] for f in meta["model_files"] if f["primary"]] == ["ggml-base-q5_1.bin"]
+    assert files["ggml-base-q8_0.bin"]["type"] == "q8_0" and files["ggml-base-q8_0.bin"]["ftype"] == 2008
+    assert files["ggml-base-q8_0.bin"]["size"] == (d / "ggml-base-q8_0.bin").stat().st_size
+    assert [lib["name"] for lib in meta["libraries"]] == list(artifacts.LIBRARIES)
+    assert meta["required_cpu_flags"] == list(load_pins().build.required_cpu_flags)
+    assert artifacts.METADATA in artifacts.parse_sha256sums((d / artifacts.SUMS).read_text())
+    readme = (d / artifacts.README).read_text()
+    assert readme.startswith(f"# whisper.cpp {meta['whisper_cpp']['version']}, model `base` (q5_1, q8_0)")
+    assert f"glibc {meta['min_glibc']} or" in readme
+    assert artifacts.check_metadata(d) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m["model_files"][1].update(size=5), "model_files[1].size"),
+        (lambda m: m["model_files"][0].update(primary=False), "model_files[].primary"),
+        (lambda m: m["model"]["hparams"].update(n_vocab=1), "model.hparams"),
+        (lambda m: m["libraries"][0].update(sha256="0" * 64), "libraries[0].sha256"),
+        (lambda m: m.update(schema="whisper-release/artifact/v0"), "schema"),
+        (lambda m: m.pop("required_cpu_flags"), "required_cpu_flags"),
+    ],
+)
+def test_an_edited_artifact_json_is_named_with_its_field(
+    build_dirs: dict[str, Path], tmp_path: Path, edit, field: str
+) -> None:
+    out = _organize(build_dirs, tmp_path / "ra")
+    d = out / "whisper_base_xeon"
+    meta = json.loads((d / artifacts.METADATA).read_text())
+    edit(meta)
+    (d / artifacts.METADATA).chmod(0o644)
+    (d / artifacts.METADATA).write_text(json.dumps(meta))
+    assert {f[0] for f in artifacts.check_metadata(d)} == {field}
+    msgs = artifacts.check_tree(out, ["tiny.en", "base"], QUANTS)
+    assert any(f"artifact.json: field {field!r}" in m for m in msgs), msgs
+
+
+def test_one_sha256sums_parser_refuses_paths_duplicates_and_bad_lines() -> None:
+    good = "a" * 64 + "  libwhisper.so\n" + "b" * 64 + " *README.md\n"
+    assert artifacts.parse_sha256sums(good) == {"libwhisper.so": "a" * 64, "README.md": "b" * 64}
+    dup = "a" * 64 + "  x\n" + "b" * 64 + "  x"
+    for bad in ("a" * 64 + "  ../etc/passwd", dup, "A" * 64 + "  x", "zz  x"):
+        entries, problems = artifacts.read_sha256sums(bad)
+        assert problems, bad
+        with pytest.raises(artifacts.LayoutError, match="is not '<sha256>  <name>'"):
+            artifacts.parse_sha256sums(bad)
+
+
+def test_dir_names_round_trip() -> None:
+    assert artifacts.model_of_dir_name(artifacts.model_dir_name("tiny.en")) == "tiny.en"
+    assert artifacts.model_of_dir_name("whisper_base") is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_release.bench import suite as bench
+from whisper_release.bench import engines
 from whisper_release.core.errors import ConfigError
 from whisper_release.runtime import binding
 from whisper_release.runtime.binding import fitted_audio_ctx
@@ -52,4 +52,4 @@ def test_bad_arguments_are_config_errors(n_samples: int, floor: int, needle: str
 
 
 def test_the_benchmark_times_the_products_formula() -> None:
-    assert bench.fitted_audio_ctx is binding.fitted_audio_ctx
+    assert engines.fitted_audio_ctx is binding.fitted_audio_ctx

@@ -10,22 +10,18 @@ import pytest
 from whisper_release.core.errors import CpuError, VerificationError
 from whisper_release.runtime import binding
 
+REQUIRED = ["sse4_2", "avx", "avx2", "fma", "f16c", "bmi2"]
+
 
 def test_missing_avx2_is_a_python_error_before_any_load(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("flags\t: fpu sse2 sse4_2 avx fma f16c\n")
     # lib_dir does not even exist: the flags are checked before anything is opened.
     with pytest.raises(CpuError) as e:
-        binding.load(tmp_path / "no-such-dir", cpuinfo=cpuinfo)
+        binding.load(tmp_path / "no-such-dir", required_flags=REQUIRED, cpuinfo=cpuinfo)
     msg = str(e.value)
     assert "avx2" in msg and "bmi2" in msg
     assert "avx," not in msg.split("lacks")[1].split("(")[0]  # avx is present: not named as missing
-
-
-def test_required_flags_come_from_the_pins() -> None:
-    from whisper_release.core.pins import load_pins
-
-    assert binding.required_cpu_flags() == list(load_pins().build["required_cpu_flags"])
 
 
 def test_missing_library_names_the_path(tmp_path: Path) -> None:

@@ -32,16 +32,16 @@ def inputs(tmp_path: Path) -> build.BuildInputs:
     for m in ("tiny.en", "base"):
         models[m] = tmp_path / f"{m}-f16.bin"
         models[m].write_bytes(m.encode() * 100)
-    return build.BuildInputs("offline", src, models, {"source": {"tree": "x"}})
+    return build.BuildInputs(load_pins().profile("offline"), src, models, {"source": {"tree": "x"}})
 
 
 def test_build_args_come_from_the_pins() -> None:
     pins = load_pins()
     args = build.build_args(pins, "base:tag")
-    assert args["CMAKE_FLAGS"].split() == pins.build["cmake_flags"]
-    assert args["EXPECTED_CPU_VARIANT"] == pins.build["expected_cpu_variant"]
-    assert args["SOURCE_DATE_EPOCH"] == str(pins.build["source_date_epoch"])
-    assert args["WHISPER_BUILD_COMMIT"] == pins.source["commit"]
+    assert tuple(args["CMAKE_FLAGS"].split()) == pins.build.cmake_flags
+    assert args["EXPECTED_CPU_VARIANT"] == pins.build.expected_cpu_variant
+    assert args["SOURCE_DATE_EPOCH"] == str(pins.build.source_date_epoch)
+    assert args["WHISPER_BUILD_COMMIT"] == pins.source.commit
     assert args["BASE_IMAGE"] == "base:tag"
     assert args["JOBS"] == "2"
 
@@ -49,9 +49,9 @@ def test_build_args_come_from_the_pins() -> None:
 def test_dockerfile_has_no_pins_and_pulls_nothing() -> None:
     text = DOCKERFILE.read_text()
     pins = load_pins()
-    for flag in pins.build["cmake_flags"]:
+    for flag in pins.build.cmake_flags:
         assert flag not in text, f"{flag} is a literal in the Dockerfile; it must arrive as a build arg"
-    assert pins.source["commit"] not in text
+    assert pins.source.commit not in text
     assert not re.search(r"^#\s*syntax", text, re.M | re.I)
     froms = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.M)
     # The release stages come first; stages after `output` (benchmark references) build only on --target.
@@ -103,7 +103,7 @@ def test_assemble_context_holds_exactly_the_inputs(inputs: build.BuildInputs, tm
     desc = json.loads((ctx / "build.json").read_text())
     assert desc["models"]["base"]["sha256"] == hashlib.sha256(b"base" * 100).hexdigest()
     assert desc["base_image"]["id"] == "sha256:" + "d" * 64
-    assert desc["source"]["tree"] == pins.source["tree"]
+    assert desc["source"]["tree"] == pins.source.tree
     assert desc["inputs"] == {"source": {"tree": "x"}}
     # A second assembly replaces the first whole; no temp dirs are left behind.
     inputs2 = dataclasses.replace(
@@ -138,11 +138,11 @@ def test_unreachable_daemon_is_a_tool_error(monkeypatch: pytest.MonkeyPatch, tmp
 
 def test_recipe_tag_tracks_the_recipe() -> None:
     pins = load_pins()
-    off = baseimage.recipe_for("offline", pins)
-    prod = baseimage.recipe_for("production", pins)
+    off = baseimage.recipe_for(pins.profile("offline"))
+    prod = baseimage.recipe_for(pins.profile("production"))
     assert re.fullmatch(r"whisper-release/builder-base:bookworm-[0-9a-f]{12}", off.tag)
-    assert off.tag == baseimage.recipe_for("offline", pins).tag
-    assert prod.mirror.endswith(pins.build["debian_snapshot"] + "/") and prod.tag != off.tag
+    assert off.tag == baseimage.recipe_for(load_pins().profile("offline")).tag
+    assert prod.mirror.endswith(pins.build.debian_snapshot + "/") and prod.tag != off.tag
     more = dataclasses.replace(off, packages=(*off.packages, "git"))
     assert more.tag != off.tag
     assert off.packages == tuple(sorted(off.packages))
@@ -150,7 +150,7 @@ def test_recipe_tag_tracks_the_recipe() -> None:
 
 def test_recipe_unknown_profile() -> None:
     with pytest.raises(ConfigError, match="Unknown profile 'nope'"):
-        baseimage.recipe_for("nope")
+        load_pins().profile("nope")
 
 
 def test_rootfs_tar_is_deterministic(tmp_path: Path) -> None:
@@ -172,7 +172,8 @@ def test_rootfs_tar_is_deterministic(tmp_path: Path) -> None:
 
 def test_dry_run_does_nothing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     out = tmp_path / "dist"
-    assert build.build("offline", dry_run=True, out=out) == out
+    pins = load_pins()
+    assert build.build(pins.profile("offline"), pins, dry_run=True, out=out) == out
     err = capsys.readouterr().err
     assert "--build-arg CMAKE_FLAGS=" in err and "would extract" in err
     assert not out.exists()

@@ -112,3 +112,35 @@ def test_ci_entry_point_stays_the_readmes_test_command(path):
     assert "make test" in readme
     lines = [ln.strip() for ln in (ROOT / path).read_text().splitlines()]
     assert "make test" in lines, f"{path} must run the README's test command (make test)"
+
+
+def test_every_nox_session_has_a_first_docstring_line_that_reads_whole():
+    # `nox -l` shows only the first docstring line: it must be a sentence of its own.
+    import ast
+
+    tree = ast.parse((ROOT / "noxfile.py").read_text())
+    sessions = [
+        f for f in tree.body
+        if isinstance(f, ast.FunctionDef) and any("session" in ast.unparse(d) for d in f.decorator_list)
+    ]
+    assert len(sessions) >= 9
+    for f in sessions:
+        doc = ast.get_docstring(f)
+        assert doc, f"nox session {f.name} has no docstring"
+        first = doc.splitlines()[0]
+        assert first.endswith("."), f"{f.name}: first line {first!r} does not end a sentence"
+        assert len(first) <= 110, f"{f.name}: first line too long for nox -l"
+
+
+def test_the_wer_stack_is_installed_at_the_constrained_versions():
+    from importlib import metadata
+
+    pins = {}
+    for line in (ROOT / "constraints" / "wer.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[name] = version
+    assert {"jiwer", "whisper-normalizer"} <= {n.replace("_", "-") for n in pins}
+    for name, version in pins.items():
+        got = metadata.version(name)
+        assert got == version, f"{name} {got} installed, {version} pinned"

@@ -4,6 +4,7 @@ the CPU flags an artifact states, atomic writes and the command line's refusals.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import wave
@@ -15,6 +16,7 @@ import pytest
 from whisper_release import cli
 from whisper_release.consume import consumer
 from whisper_release.core.errors import ConfigError, ToolError, VerificationError
+from whisper_release.layout import artifacts
 from whisper_release.testing import require_tool
 
 
@@ -79,17 +81,41 @@ def test_ffmpeg_decodes_float_wav_that_the_wave_module_cannot(tmp_path):
     assert x.size == 16000 and 0.29 < float(np.abs(x).max()) < 0.31
 
 
-def _artifact(tmp_path: Path, readme: str | None = None) -> Path:
+FLAGS = ["avx", "avx2", "fma", "sse4_2"]
+
+
+def _meta(types: tuple[str, ...] = ("q5_1",), primary: str = "q5_1") -> dict:
+    """artifact.json of a fake artifact: the fields the consumer reads (shape-checked as in a real one)."""
+    return {
+        "schema": artifacts.METADATA_SCHEMA,
+        "release_version": "1.8.5-r1",
+        "whisper_cpp": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
+        "model": {"name": "base", "hparams": {}},
+        "model_files": [
+            {"name": f"ggml-base-{q}.bin", "type": q, "primary": q == primary} for q in types
+        ],
+        "required_cpu_flags": FLAGS,
+        "min_glibc": "2.34",
+        "min_glibcxx": "",
+        "libraries": [{"name": lib} for lib in artifacts.LIBRARIES],
+    }
+
+
+def _artifact(tmp_path: Path, meta: dict | None = None) -> Path:
     d = tmp_path / "whisper_base_xeon"
     d.mkdir()
     (d / "libwhisper.so").write_bytes(b"\x7fELF lib")
     (d / "ggml-base-q5_1.bin").write_bytes(b"model")
-    if readme is not None:
-        (d / "README.md").write_text(readme)
+    (d / "artifact.json").write_text(json.dumps(meta or _meta()))
+    _sums(d)
+    return d
+
+
+def _sums(d: Path) -> None:
+    (d / "SHA256SUMS").unlink(missing_ok=True)
     (d / "SHA256SUMS").write_text(
         "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in sorted(d.iterdir()))
     )
-    return d
 
 
 def test_open_artifact_verifies_against_sha256sums(tmp_path):
@@ -108,47 +134,38 @@ def test_open_artifact_refuses_what_is_not_an_artifact(tmp_path):
     with pytest.raises(ConfigError, match="no libwhisper.so"):
         consumer.open_artifact(tmp_path)
     d = _artifact(tmp_path)
-    (d / "ggml-other.bin").write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"holds 2 model files \(other, q5_1\) and its README names no "):
+    (d / "artifact.json").unlink()
+    with pytest.raises(VerificationError, match="has no artifact.json, so it is not a whisper-release"):
         consumer.open_artifact(d, verify=False)
-    for p in d.glob("ggml-*.bin"):
-        p.unlink()
-    with pytest.raises(ConfigError, match="holds no ggml-\\*.bin model file"):
+    (d / "artifact.json").write_text(json.dumps(_meta(("q5_1", "q8_0"), primary="none")))
+    with pytest.raises(VerificationError, match=r"artifact.json: field 'model_files\[\].primary'"):
+        consumer.open_artifact(d, verify=False)
+    (d / "artifact.json").write_text(json.dumps(_meta(("q8_0",), primary="q8_0")))
+    with pytest.raises(VerificationError, match="q8_0.bin is missing although artifact.json lists it"):
         consumer.open_artifact(d, verify=False)
 
 
-TITLE = "# whisper.cpp 1.8.5, model `base` ({}), for x86-64 Xeon servers\n"
-
-
-def test_the_readme_names_the_primary_model_and_quant_picks_another(tmp_path):
-    d = _artifact(tmp_path, readme=TITLE.format("q5_1, q8_0"))
+def test_artifact_json_names_the_primary_model_and_quant_picks_another(tmp_path):
+    d = _artifact(tmp_path, _meta(("q8_0", "q5_1"), primary="q5_1"))
     (d / "ggml-base-q8_0.bin").write_bytes(b"faster model")
-    assert consumer.open_artifact(d, verify=False).model_file.name == "ggml-base-q5_1.bin"
-    assert consumer.open_artifact(d, quant="q8_0", verify=False).model == "base-q8_0"
-    with pytest.raises(ConfigError, match=r"has no q4_0 model \(ggml-\*-q4_0.bin\); it holds q5_1, q8_0"):
-        consumer.open_artifact(d, quant="q4_0", verify=False)
-    # A README whose first type is absent falls through to the next one it lists.
-    (d / "README.md").write_text(TITLE.format("q4_0, q8_0"))
-    assert consumer.open_artifact(d, verify=False).model_file.name == "ggml-base-q8_0.bin"
-
-
-def test_a_single_model_needs_no_readme(tmp_path):
-    d = _artifact(tmp_path)
+    _sums(d)
     assert consumer.open_artifact(d).model_file.name == "ggml-base-q5_1.bin"
+    assert consumer.open_artifact(d, quant="q8_0").model == "base-q8_0"
+    with pytest.raises(ConfigError, match=r"has no q4_0 model \(artifact.json lists q5_1, q8_0\)"):
+        consumer.open_artifact(d, quant="q4_0", verify=False)
+    # The README's prose plays no part: a README naming another type changes nothing.
+    (d / "README.md").write_text("# whisper.cpp 1.8.5, model `base` (q8_0, q5_1), for x86-64 Xeon servers\n")
+    assert consumer.open_artifact(d, verify=False).model_file.name == "ggml-base-q5_1.bin"
 
 
-def test_cpu_flags_come_from_the_artifacts_readme(tmp_path):
-    d = _artifact(
-        tmp_path, readme="Check:\n  `grep -o -w -E 'avx|avx2|fma|sse4_2' /proc/cpuinfo | sort -u`\n"
-    )
-    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == ["avx", "avx2", "fma", "sse4_2"]
-
-
-def test_cpu_flags_fall_back_to_the_pins(tmp_path):
-    from whisper_release.core.pins import load_pins
-
+def test_cpu_flags_come_from_artifact_json_not_the_pins(tmp_path):
     d = _artifact(tmp_path)
-    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == load_pins().build["required_cpu_flags"]
+    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == FLAGS
+    meta = _meta()
+    meta["required_cpu_flags"] = ["avx512f"]
+    (d / "artifact.json").write_text(json.dumps(meta))
+    _sums(d)
+    assert consumer.artifact_cpu_flags(consumer.open_artifact(d)) == ["avx512f"]
 
 
 def test_write_atomic_replaces_whole_files_only(tmp_path):
@@ -193,10 +210,8 @@ def test_audio_ctx_setting_accepts_auto_and_frame_counts(value, setting):
 
 def test_cli_good_audio_ctx_gets_past_the_check_to_the_library(tmp_path, capsys, monkeypatch):
     # The fake artifact's library cannot load: reaching that error proves the value was accepted.
-    from whisper_release.core.pins import load_pins
-
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("flags\t: " + " ".join(load_pins().build["required_cpu_flags"]) + "\n")
+    cpuinfo.write_text("flags\t: " + " ".join(FLAGS) + "\n")
     monkeypatch.setattr(consumer, "CPUINFO", cpuinfo)  # whatever CPU runs the tests
     d = _artifact(tmp_path)
     wav = _wav(tmp_path / "a.wav", np.zeros(1600), 16000)

@@ -111,7 +111,8 @@ def check_command(argv: list[str]) -> list[str]:
         return problems
     if prog == "whisper-release":
         top = _help(str(BIN / "whisper-release"), "--help")
-        subs = set(re.search(r"\{([\w,-]+)\}", top).group(1).split(","))  # type: ignore[union-attr]
+        # The sub-command list of --help: "  name   summary" lines after "COMMAND".
+        subs = set(re.findall(r"^    ([a-z][\w-]+)\s{2,}\S", top.split("COMMAND", 2)[-1], re.M))
         if not args or args[0] in ("--help", "-h"):
             return []
         if args[0] not in subs:

@@ -166,7 +166,9 @@ def build_world(
                 },
             ],
         }
-        raw["profiles"]["toy"] = {"source": "github", "models": ["toy-official", "toy-ct2"]}
+        raw["profiles"]["toy"] = {
+            "source": "github", "models": ["toy-official", "toy-ct2"], "debian": "mirror"
+        }
         raw.pop("speech")  # the real-speech input has its own loopback tests (test_speech.py)
 
     world = World(server, make_pins(tmp_path, base), want_tree, [base], tmp_path, model_bin)
@@ -187,7 +189,7 @@ def statuses(result: fetch.FetchResult) -> dict[str, str]:
 
 def test_cold_then_warm_without_network(http_server, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
     w = build_world(http_server, tmp_path, monkeypatch)
-    res = fetch.fetch_profile("toy", pins=w.pins)
+    res = fetch.fetch_profile(w.pins.profile("toy"), w.pins)
     assert statuses(res) == {
         "whisper.cpp 1.8.5 source": "downloaded",
         "model toy-official (ggml f16)": "downloaded",
@@ -217,7 +219,8 @@ def test_cold_then_warm_without_network(http_server, cache_dir, tmp_path, monkey
         raw["models"]["toy-official"]["url"] = dead + "/m.bin"
 
     before = download.request_count
-    warm = fetch.fetch_profile("toy", pins=w.repin(kill_urls))
+    dead_pins = w.repin(kill_urls)
+    warm = fetch.fetch_profile(dead_pins.profile("toy"), dead_pins)
     assert download.request_count == before
     assert statuses(warm) == {
         "whisper.cpp 1.8.5 source": "cached",
@@ -235,7 +238,7 @@ def test_cold_then_warm_without_network(http_server, cache_dir, tmp_path, monkey
 def test_dry_run_touches_nothing(http_server, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
     w = build_world(http_server, tmp_path, monkeypatch)
     http_server.log.clear()
-    res = fetch.fetch_profile("toy", dry_run=True, pins=w.pins)
+    res = fetch.fetch_profile(w.pins.profile("toy"), w.pins, dry_run=True)
     assert http_server.log == [] and cache_files(cache_dir) == []
     assert set(statuses(res).values()) == {"would download", "would convert"}
     out = io.StringIO()
@@ -342,10 +345,10 @@ def test_damaged_cached_model_is_fetched_again(http_server, cache_dir, tmp_path,
 
 def test_half_made_item_is_not_trusted(http_server, cache_dir, tmp_path, monkeypatch) -> None:  # noqa: F811
     w = build_world(http_server, tmp_path, monkeypatch)
-    src = fetch.fetch_source(w.pins, "github")
+    src = fetch.fetch_source(w.pins, w.pins.source_provider("github"))
     (src.parent / "VERIFIED").unlink()  # as if a crash happened before the marker
     hits = http_server.hits("/archive/toy.tar.gz")
-    assert fetch.fetch_source(w.pins, "github") == src
+    assert fetch.fetch_source(w.pins, w.pins.source_provider("github")) == src
     assert http_server.hits("/archive/toy.tar.gz") == hits + 1
 
 
@@ -354,13 +357,13 @@ def test_sample_must_be_in_tree(http_server, cache_dir, tmp_path, monkeypatch) -
     w = build_world(http_server, tmp_path, monkeypatch, tree=tree)
     pins = w.repin(lambda raw: raw["profiles"]["toy"].update(models=[]))
     with pytest.raises(VerificationError, match="sample audio samples/jfk.wav is missing"):
-        fetch.fetch_profile("toy", pins=pins)
+        fetch.fetch_profile(pins.profile("toy"), pins)
 
 
 def test_unknown_profile_and_model(tmp_path, cache_dir) -> None:
     pins = make_pins(tmp_path)
     with pytest.raises(ConfigError, match="Unknown profile 'nightly'"):
-        fetch.fetch_profile("nightly", pins=pins)
+        pins.profile("nightly")
     with pytest.raises(ConfigError, match="Unknown model 'large-v3'"):
         fetch.fetch_model(pins, "large-v3")
     with pytest.raises(ConfigError, match="provider 'torrent'"):

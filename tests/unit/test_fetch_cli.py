@@ -10,7 +10,7 @@ from pathlib import Path
 from test_fetch_support import cache_files, http_server  # noqa: F401  (fixture)
 
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import load_pins, project_root
+from whisper_release.core.pins import SdistSource, load_pins, project_root
 
 
 def invoke(args: list[str], cache: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -45,15 +45,16 @@ def test_unknown_profile_exits_with_config_error(tmp_path: Path) -> None:
 def test_wrong_bytes_from_the_index_exit_non_zero_and_leave_nothing(http_server, tmp_path: Path) -> None:  # noqa: F811
     """The real offline profile against a loopback index whose sdist has the right size, wrong bytes."""
     conf = load_pins().source_provider("pypi-sdist")
-    bogus = os.urandom(conf["size"])
+    assert isinstance(conf, SdistSource) and conf.size
+    bogus = os.urandom(conf.size)
     index = http_server.add_simple_index(
-        conf["package"], {conf["filename"]: bogus}, sha256={conf["filename"]: conf["sha256"]}
+        conf.package, {conf.filename: bogus}, sha256={conf.filename: conf.sha256}
     )
     proc = invoke(["fetch", "--profile", "offline"], tmp_path / "cache", WHISPER_RELEASE_INDEX_URL=index)
     assert proc.returncode == VerificationError.exit_code, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"error: Download of {conf['filename']} from {http_server.url}/files/")
-    assert f"but release.toml pins {conf['sha256']}" in last and "deleted" in last
+    assert last.startswith(f"error: Download of {conf.filename} from {http_server.url}/files/")
+    assert f"but release.toml pins {conf.sha256}" in last and "deleted" in last
     assert cache_files(tmp_path / "cache") == []
 
 

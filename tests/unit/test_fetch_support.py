@@ -159,7 +159,7 @@ import zipfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from whisper_release.core.pins import Pins, load_pins  # noqa: E402
+from whisper_release.core.pins import Pins, load_pins, parse_pins  # noqa: E402
 
 
 def make_pins(tmp_path: Path, mutate: Any = None) -> Pins:
@@ -167,7 +167,7 @@ def make_pins(tmp_path: Path, mutate: Any = None) -> Pins:
     raw = copy.deepcopy(load_pins().raw)
     if mutate:
         mutate(raw)
-    return Pins(tmp_path / "release.toml", raw)
+    return parse_pins(raw, tmp_path / "release.toml")
 
 
 def toy_tree() -> dict[str, tuple[bytes, int] | str]:

@@ -29,8 +29,16 @@ def tree(tmp_path):
         for name in ("libwhisper.so", "libggml.so.0", f"ggml-{model}-q5_1.bin", "README.md"):
             (d / name).write_bytes(os.urandom(64))
         _sums(d)
-    (root / "manifest.json").write_text(json.dumps({"version": "x"}))
+    _manifest(root)
     return root
+
+
+def _manifest(root: Path, **fields: object) -> None:
+    """The build's in-toto manifest: every other file of the tree as a subject with its sha256."""
+    subject = [{"name": p.relative_to(root).as_posix(),
+                "digest": {"sha256": hashlib.sha256(p.read_bytes()).hexdigest()}}
+               for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"]
+    (root / "manifest.json").write_text(json.dumps({"version": "x", **fields, "subject": subject}))
 
 
 CFG = validate(S3Config("http://127.0.0.1:9", "whisper-releases", "whisper.cpp",
@@ -76,6 +84,36 @@ def test_scan_refuses_symlinks_missing_sums_and_manifest(tree, tmp_path):
         scan_artifacts(tmp_path / "nowhere")
 
 
+def test_manifest_and_sha256sums_must_agree_before_anything_is_sent(tree):
+    # Each file below matches its SHA256SUMS line; only the manifest says otherwise (issue 13, item 3).
+    good = json.loads((tree / "manifest.json").read_text())
+    doc = json.loads((tree / "manifest.json").read_text())
+    by_name = {s["name"]: s for s in doc["subject"]}
+    by_name["whisper_base_xeon/libwhisper.so"]["digest"]["sha256"] = "0" * 64
+    doc["subject"].remove(by_name["whisper_tiny.en_xeon/README.md"])
+    doc["subject"].append({"name": "whisper_base_xeon/libgone.so", "digest": {"sha256": "1" * 64}})
+    (tree / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(VerificationError) as e:
+        push(tree, CFG, version="1")  # port 9: reaching the network would be a different error
+    msg = str(e.value)
+    assert "3 finding(s)" in msg and "nothing was published" in msg
+    sha = hashlib.sha256((tree / "whisper_base_xeon" / "libwhisper.so").read_bytes()).hexdigest()
+    assert (f"manifest.json gives whisper_base_xeon/libwhisper.so sha256 000000000000…, "
+            f"whisper_base_xeon/SHA256SUMS and the file {sha[:12]}…") in msg
+    assert ("whisper_tiny.en_xeon/README.md is in whisper_tiny.en_xeon/SHA256SUMS but not among "
+            "manifest.json's subjects") in msg
+    assert "manifest.json lists whisper_base_xeon/libgone.so, which is not in the tree" in msg
+    (tree / "manifest.json").write_text(json.dumps(good))
+    assert len(scan_artifacts(tree)) == 11
+
+
+@pytest.mark.parametrize("manifest", [{"version": "x"}, {"subject": []}, {"subject": [{"name": "x"}]}, ["x"]])
+def test_manifest_without_subjects_is_refused(tree, manifest):
+    (tree / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(VerificationError, match="has no 'subject' list .*nothing was published"):
+        scan_artifacts(tree)
+
+
 def test_bad_sums_line(tree):
     (tree / "whisper_base_xeon" / "SHA256SUMS").write_text("nonsense\n")
     with pytest.raises(VerificationError, match=r"SHA256SUMS:1 is not a sha256sum line"):
@@ -106,7 +144,7 @@ def test_invalid_artifacts_fail_before_any_network(tree):
 
 
 def test_publish_config_prefers_configured_store_and_never_starts_one_on_dry_run(tmp_path, monkeypatch):
-    from whisper_release.s3.store import publish_config
+    from whisper_release.publish.target import publish_config
 
     for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                 "MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "MINIO_ROOT_USER",

@@ -15,30 +15,28 @@ TEMPLATE = project_root() / "packaging" / "README.template.md"
 
 def _values(**over: object) -> dict[str, object]:
     pins = load_pins()
-    build = {
-        "required_cpu_flags": pins.build["required_cpu_flags"],
-        "source": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
-        "quantize": ["q5_1", "q8_0"],
+    meta: dict = {
+        "required_cpu_flags": list(pins.build.required_cpu_flags),
+        "whisper_cpp": {"version": "1.8.5", "commit": "c" * 40, "tree": "t" * 40},
+        "model": {"name": "base", "hparams": {}},
+        "model_files": [
+            {"name": "ggml-base-q8_0.bin", "type": "q8_0", "primary": False},
+            {"name": "ggml-base-q5_1.bin", "type": "q5_1", "primary": True},
+        ],
         "release_version": pins.release_version,
+        "min_glibc": "2.34",
+        "min_glibcxx": "GLIBCXX_3.4.30",
     }
     sizes: dict[str, int | None] = {
         "libwhisper.so": 1234567,
         "ggml-base-q5_1.bin": 59707625,
         "ggml-base-q8_0.bin": 81768585,
+        "artifact.json": 2000,
         "README.md": None,
         "SHA256SUMS": None,
     }
-    kw: dict = dict(
-        model="base",
-        model_files=("ggml-base-q5_1.bin", "ggml-base-q8_0.bin"),
-        dir_name="whisper_base_xeon",
-        sizes=sizes,
-        build=build,
-        glibc="2.34",
-        glibcxx="GLIBCXX_3.4.30",
-    )
-    kw.update(over)
-    return readme.readme_values(**kw)
+    meta.update(over)
+    return readme.readme_values(meta=meta, dir_name="whisper_base_xeon", sizes=sizes)
 
 
 def test_template_renders_every_placeholder() -> None:
@@ -111,11 +109,3 @@ def test_human_size() -> None:
 
 def test_template_path_exists() -> None:
     assert Path(TEMPLATE).is_file()
-
-
-def test_the_consumer_reads_the_primary_model_from_the_rendered_title() -> None:
-    # consumer.choose_model picks the default model file from this README's title: keep them in step.
-    from whisper_release.consume import consumer
-
-    m = consumer._README_TITLE.search(readme.render(TEMPLATE.read_text(), _values()))
-    assert m is not None and m.group(1) == "q5_1, q8_0"

@@ -59,7 +59,7 @@ def test_github_tarball_verified_and_read_only(http_server, cache_dir, tmp_path,
         "/archive/x.tar.gz", tar_gz(_prefixed(tree, PREFIX), pax_comment="0123456789abcdef")
     )
     pins = _github_pins(tmp_path, url, want)
-    src = fetch.fetch_source(pins, "github")
+    src = fetch.fetch_source(pins, pins.source_provider("github"))
     assert tree_hash(src) == want
     assert os.readlink(src / "include/whisper-link.h") == "../src/whisper.cpp"
     mode = (src / "models/download.sh").stat().st_mode
@@ -72,8 +72,8 @@ def test_github_tarball_verified_and_read_only(http_server, cache_dir, tmp_path,
     # Warm: another provider and a dead server still get the verified tree, with no request at all.
     before = download.request_count
     dead = _github_pins(tmp_path, dead_port_url() + "/gone.tar.gz", want)
-    assert fetch.fetch_source(dead, "github") == src
-    assert fetch.fetch_source(dead, "pypi-sdist") == src
+    assert fetch.fetch_source(dead, dead.source_provider("github")) == src
+    assert fetch.fetch_source(dead, dead.source_provider("pypi-sdist")) == src
     assert download.request_count == before
 
 
@@ -84,7 +84,8 @@ def test_one_byte_changed_is_refused_and_deleted(http_server, cache_dir, tmp_pat
     bad["src/whisper.cpp"] = (content[:-2] + b"1\n", mode)
     url = http_server.add("/archive/x.tar.gz", tar_gz(_prefixed(bad, PREFIX)))
     with pytest.raises(VerificationError) as ei:
-        fetch.fetch_source(_github_pins(tmp_path, url, want), "github")
+        pins = _github_pins(tmp_path, url, want)
+        fetch.fetch_source(pins, pins.source_provider("github"))
     msg = str(ei.value)
     assert "'github'" in msg and want in msg and "deleted" in msg
     got = msg.split("git tree ")[1].split(",")[0]
@@ -98,7 +99,8 @@ def test_exec_bit_lost_is_refused(http_server, cache_dir, tmp_path, toy) -> None
     bad["models/download.sh"] = (bad["models/download.sh"][0], 0o644)
     url = http_server.add("/archive/x.tar.gz", tar_gz(_prefixed(bad, PREFIX)))
     with pytest.raises(VerificationError, match="git tree"):
-        fetch.fetch_source(_github_pins(tmp_path, url, want), "github")
+        pins = _github_pins(tmp_path, url, want)
+        fetch.fetch_source(pins, pins.source_provider("github"))
     assert cache_files(cache_dir) == []
 
 
@@ -120,18 +122,18 @@ def test_pypi_sdist_via_index_then_warm_offline(http_server, cache_dir, tmp_path
         }
 
     pins = make_pins(tmp_path, mutate)
-    src = fetch.fetch_source(pins, "pypi-sdist")
+    src = fetch.fetch_source(pins, pins.source_provider("pypi-sdist"))
     assert tree_hash(src) == want and not (src / "setup.py").exists()
     assert [p for p, _ in http_server.log] == ["/simple/toy/", "/files/toy/toy-1.0.tar.gz"]
     monkeypatch.setenv("WHISPER_RELEASE_INDEX_URL", dead_port_url() + "/simple")
     before = download.request_count
-    assert fetch.fetch_source(pins, "pypi-sdist") == src
+    assert fetch.fetch_source(pins, pins.source_provider("pypi-sdist")) == src
     assert download.request_count == before
 
 
 def test_unknown_provider(tmp_path) -> None:
     with pytest.raises(ConfigError, match="Unknown source provider 'svn'"):
-        fetch.fetch_source(make_pins(tmp_path), "svn")
+        make_pins(tmp_path).source_provider("svn")
 
 
 @pytest.mark.parametrize(

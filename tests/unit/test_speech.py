@@ -24,7 +24,7 @@ from test_fetch_support import (  # noqa: F401  (fixture)
 )
 
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import load_pins, speech_pins
+from whisper_release.core.pins import load_pins
 from whisper_release.inputs import download, fetch, speech
 from whisper_release.runtime import audio
 
@@ -73,7 +73,7 @@ def _toy(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[
         "package": "toy", "version": "1", "filename": "toy-1.tar.gz", "size": len(sdist),
         "sha256": hashlib.sha256(sdist).hexdigest(), "license": "MIT", "origin": "made by the test",
         "clips": [
-            {"name": "a", "member": "toy-1/data/a.wav", "reference": "one two",
+            {"name": "a", "member": "toy-1/data/a.wav", "reference": "one two", "origin": "clip a",
              "sha256": hashlib.sha256(wav).hexdigest()},
             {"name": "b", "member": "toy-1/data/b.raw", "format": "s16le-16k-mono", "reference": "three",
              "sha256": hashlib.sha256(speech.s16le_to_wav(raw)).hexdigest(), "origin": "clip b"},
@@ -97,7 +97,7 @@ def test_fetch_extracts_and_reuses_offline(http_server, cache_dir, tmp_path, mon
     assert (d / "a.wav").read_bytes() == wav
     assert (d / "b.wav").read_bytes() == speech.s16le_to_wav(raw)
     sp = pins.speech
-    assert sp is not None and [c.origin for c in sp.clips] == ["made by the test", "clip b"]
+    assert sp is not None and [c.origin for c in sp.clips] == ["clip a", "clip b"]
     assert [(c.name, p) for c, p in speech.clip_paths(d, sp)] == [("a", d / "a.wav"), ("b", d / "b.wav")]
 
     # Warm: the index is a dead port; the set comes from the cache, re-hashed, with no request.
@@ -115,9 +115,12 @@ def test_fetch_profile_reports_the_speech_set(http_server, cache_dir, tmp_path, 
     table, _, _ = _toy(http_server, tmp_path, monkeypatch)
     pins = make_pins(
         tmp_path,
-        lambda r: (r.update(speech=table), r["profiles"].update(bare={"source": "github", "models": []})),
+        lambda r: (
+            r.update(speech=table),
+            r["profiles"].update(bare={"source": "github", "models": [], "debian": "mirror"}),
+        ),
     )
-    dry = fetch.fetch_profile("bare", dry_run=True, pins=pins)
+    dry = fetch.fetch_profile(pins.profile("bare"), pins, dry_run=True)
     assert {r.item: r.status for r in dry.records}["speech set (toy 1, 2 clips)"] == "would extract"
     assert cache_files(cache_dir) == []
     f = fetch._Fetcher(pins)
@@ -165,22 +168,25 @@ def test_missing_member_and_bad_format(http_server, cache_dir, tmp_path, monkeyp
     assert [f for f in cache_files(cache_dir) if not f.startswith("blobs/")] == []
 
 
-def test_speech_pins_loader_refuses_a_malformed_table() -> None:
+def test_speech_pins_loader_refuses_a_malformed_table(tmp_path: Path) -> None:
     good = load_pins().raw["speech"]
-    assert speech_pins({}) is None
-    with pytest.raises(ConfigError, match=r"\[speech\] in release.toml must have package, .* got keys clips"):
-        speech_pins({"speech": {"clips": good["clips"]}})
+
+    def pins_with(table: dict) -> object:
+        return make_pins(tmp_path, lambda r: r.update(speech=table))
+
+    assert make_pins(tmp_path, lambda r: r.pop("speech")).speech is None
+    with pytest.raises(ConfigError, match=r"\[speech\] lacks the key package"):
+        pins_with({k: v for k, v in good.items() if k != "package"})
     bad = [{**good["clips"][0], "sha256": "ABC"}]
-    with pytest.raises(
-        ConfigError, match=r"\[\[speech.clips\]\] #1 \(librivox-0870\) .* lowercase hex sha256"
-    ):
-        speech_pins({"speech": {**good, "clips": bad}})
-    with pytest.raises(ConfigError, match="format one of wav, s16le-16k-mono"):
-        speech_pins({"speech": {**good, "clips": [{**good["clips"][0], "format": "mp3"}]}})
-    with pytest.raises(ConfigError, match="repeats a name"):
-        speech_pins({"speech": {**good, "clips": [good["clips"][0], good["clips"][0]]}})
+    with pytest.raises(ConfigError, match=r"sha256 must be a lowercase hex sha256, found 'ABC'"):
+        pins_with({**good, "clips": bad})
+    with pytest.raises(ConfigError, match="format must be one of wav, s16le-16k-mono, found 'mp3'"):
+        pins_with({**good, "clips": [{**good["clips"][0], "format": "mp3"}]})
+    sp = pins_with({**good, "clips": [good["clips"][0], good["clips"][0]]}).speech  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="each name once, got librivox-0870, librivox-0870"):
+        speech.check_speech_pins(sp)
     with pytest.raises(ConfigError, match="has no \\[speech\\] table"):
-        fetch.fetch_speech(make_pins(Path("/nonexistent"), lambda r: r.pop("speech")))
+        fetch.fetch_speech(make_pins(tmp_path, lambda r: r.pop("speech")))
 
 
 def test_release_pins_the_pocketsphinx_recordings() -> None:
@@ -188,7 +194,7 @@ def test_release_pins_the_pocketsphinx_recordings() -> None:
     clip hashes themselves are proven against the real sdist in tests/integration/test_fetch_offline.py)."""
     sp = load_pins().speech
     assert sp is not None
-    assert (sp.package.name, sp.package.version, sp.package.sha256) == (
+    assert (sp.package, sp.version, sp.sha256) == (
         "pocketsphinx", "5.1.1", "675778b309a22dfc9b7d37f7621976bba491d2a5f8c59696bd77fd6d07271355"
     )  # fmt: skip
     assert "Carnegie Mellon" in sp.license and "public domain" in sp.license

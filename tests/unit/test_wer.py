@@ -191,7 +191,7 @@ def test_release_pins_ceilings_for_every_set_and_model_and_the_bootstrap() -> No
     pins = load_pins()
     resamples, seed = wer.bootstrap_settings(pins.verify)
     assert resamples >= 1000
-    ceilings = pins.verify["wer_ceiling"]
+    ceilings = pins.verify.wer_ceiling
     assert set(ceilings) == set(wer.SETS)
     for s in wer.SETS:
         assert set(ceilings[s]) == set(pins.model_names), s

@@ -21,7 +21,9 @@ import numpy as np
 
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import HPARAM_ORDER, Pins, load_pins
-from whisper_release.weights import ggml
+from whisper_release.inputs.cache import cache_root
+from whisper_release.inputs.fetch import fetch_assets
+from whisper_release.weights import convert, ggml
 
 LABEL = "random weights"
 # Bump when the way weights are drawn changes, so cached files of the old recipe are not reused.
@@ -98,13 +100,9 @@ def generated_model(
 ) -> GeneratedModel:
     """The generated model of pinned model `name` in the cache (made on first use, ~1 min for
     medium), checked against the pinned exact file size when release.toml has one."""
-    from whisper_release.inputs.cache import cache_root
-    from whisper_release.inputs.fetch import fetch_assets
-    from whisper_release.weights import convert
-
     pins = pins or load_pins()
     pin = pins.model(name)
-    seed = int(pins.raw.get("bench", {}).get("generated_seed", 0))
+    seed = pins.bench.generated_seed
     cache_dir = cache_dir or cache_root() / "bench" / "generated"
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"ggml-{name}-{quant}-random-{cache_key(name, pin.hparams, seed, quant)}.bin"

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whisper_release.core.errors import ConfigError
+from whisper_release.bench.host import MAX_FOREIGN_SHARE
+from whisper_release.core.errors import ConfigError, ReleaseError
 
 MiB = 1024 * 1024
-# A measurement during which other processes took more than this share of the CPUs is flagged.
-DISTURBED_SHARE = 0.10
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Row:
 
     @property
     def disturbed(self) -> bool:
-        return (self.foreign_cpu_share or 0.0) > DISTURBED_SHARE
+        return (self.foreign_cpu_share or 0.0) > MAX_FOREIGN_SHARE
 
     @property
     def key(self) -> tuple[str, str, str | None]:
@@ -184,7 +183,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "(runs refuse to start during builds)",
         "- Times are medians of the timed rounds after a warm-up round; ratios are subject ÷ baseline "
         "(below 1: the subject is faster).",
-        f"- †: other processes took more than {DISTURBED_SHARE:.0%} of the CPUs while this was timed "
+        f"- †: other processes took more than {MAX_FOREIGN_SHARE:.0%} of the CPUs while this was timed "
         "(measured from /proc/stat); rerun before trusting it.",
         "",
     ]
@@ -240,10 +239,11 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
 
 def write_charts(rows: Sequence[Row], out_dir: Path) -> list[Path]:
     """PNG bar charts: transcription per engine, encoder per build, peak RSS per configuration."""
+    # matplotlib is in the [test] and [bench] extras only, and slow to import: charts alone need it.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"): no display on a server
 
     made: list[Path] = []
 
@@ -317,8 +317,6 @@ def write_report(results: str | os.PathLike[str], out_dir: str | os.PathLike[str
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m whisper_release.bench.report RESULTS.json [OUT_DIR]`."""
-    from whisper_release.core.errors import ReleaseError
-
     args = sys.argv[1:] if argv is None else argv
     if not args:
         print("usage: python -m whisper_release.bench.report RESULTS.json [OUT_DIR]", file=sys.stderr)

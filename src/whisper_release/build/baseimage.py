@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_release.core.console import info, run, which
-from whisper_release.core.errors import ConfigError, ToolError
-from whisper_release.core.pins import Pins, load_pins, project_root
+from whisper_release.core.errors import ToolError
+from whisper_release.core.pins import Pins, ResolvedProfile, project_root
 
 IMAGE_REPO = "whisper-release/builder-base"
 # Bump when the way the root filesystem is cleaned or packed changes: it changes the image.
@@ -52,24 +52,11 @@ class BaseRecipe:
         return f"{IMAGE_REPO}:{self.suite}-{self.digest[:12]}"
 
 
-def recipe_for(profile: str, pins: Pins | None = None) -> BaseRecipe:
-    """The base recipe of a profile: production uses the dated snapshot mirror so it rebuilds alike later."""
-    pins = pins or load_pins()
-    pins.profile(profile)  # unknown profile -> ConfigError
-    b = pins.build
-    for key in ("debian_suite", "debian_mirror", "base_packages"):
-        if key not in b:
-            raise ConfigError(f"release.toml [build] lacks {key!r}; the base image recipe needs it.")
-    mirror = str(b["debian_mirror"])
-    if profile == "production":
-        try:
-            mirror = str(b["debian_snapshot_url"]).format(snapshot=b["debian_snapshot"])
-        except KeyError as e:
-            raise ConfigError(
-                f"release.toml [build] lacks {e.args[0]!r}, "
-                "needed for the production base image's snapshot mirror."
-            ) from None
-    return BaseRecipe(str(b["debian_suite"]), mirror, tuple(sorted(set(b["base_packages"]))))
+def recipe_for(profile: ResolvedProfile) -> BaseRecipe:
+    """The base recipe of a profile: its Debian suite, archive (a dated snapshot for a profile
+    that must rebuild alike later) and packages."""
+    d = profile.debian
+    return BaseRecipe(d.suite, d.mirror, d.packages)
 
 
 def docker_ready() -> str:
@@ -122,10 +109,9 @@ def _prune(root: Path) -> None:
                     child.unlink()
 
 
-def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None = None) -> tuple[str, str]:
+def ensure_base_image(profile: ResolvedProfile, pins: Pins, *, dry_run: bool = False) -> tuple[str, str]:
     """Make (or reuse) the base image of `profile`; returns (tag, image id)."""
-    pins = pins or load_pins()
-    recipe = recipe_for(profile, pins)
+    recipe = recipe_for(profile)
     tag = recipe.tag
     if dry_run:
         info(
@@ -164,7 +150,7 @@ def ensure_base_image(profile: str, *, dry_run: bool = False, pins: Pins | None 
             ) from None
         _prune(root)
         tar = tmp / "rootfs.tar"
-        pack_rootfs(root, tar, int(pins.build["source_date_epoch"]))
+        pack_rootfs(root, tar, pins.build.source_date_epoch)
         with tar.open("rb") as fh:
             info(f"+ docker import - {tag}")
             proc = subprocess.run(

@@ -26,8 +26,9 @@ from typing import Any
 
 from whisper_release.build import baseimage
 from whisper_release.core.console import info, quote
-from whisper_release.core.errors import BuildError, ConfigError
-from whisper_release.core.pins import Pins, load_pins, project_root
+from whisper_release.core.errors import BuildError, ReleaseError
+from whisper_release.core.pins import GithubSource, Pins, ResolvedProfile, load_pins, project_root
+from whisper_release.inputs.fetch import fetch_profile, print_report
 from whisper_release.layout import artifacts
 
 ARTIFACTS_REPO = "whisper-release/artifacts"
@@ -47,42 +48,36 @@ _ERROR = re.compile(r"\berror\b|No such file|not found", re.I)
 class BuildInputs:
     """Proven inputs of one profile: what fetch_profile returns, reduced to what the build needs."""
 
-    profile: str
+    profile: ResolvedProfile
     source_dir: Path
     models: Mapping[str, Path]
     provenance: Mapping[str, Any] = field(default_factory=dict)
 
 
-def fetch_inputs(profile: str, pins: Pins) -> BuildInputs:
-    from whisper_release.inputs.fetch import fetch_profile, print_report
+def fetch_inputs(profile: ResolvedProfile, pins: Pins) -> BuildInputs:
 
-    r = fetch_profile(profile, pins=pins)
+    r = fetch_profile(profile, pins)
     print_report(r, file=sys.stderr)  # a build (and a release) shows which proven inputs it used
     return BuildInputs(profile, Path(r.source_dir), {k: Path(v) for k, v in r.models.items()}, r.provenance())
 
 
-def artifact_tag(profile: str) -> str:
-    return f"{ARTIFACTS_REPO}:{profile}"
+def artifact_tag(profile: ResolvedProfile) -> str:
+    return f"{ARTIFACTS_REPO}:{profile.name}"
 
 
 def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
     """Docker build args, every value from release.toml (no secrets, no literals in the Dockerfile)."""
     b = pins.build
-    try:
-        return {
-            "BASE_IMAGE": base_tag,
-            "CMAKE_FLAGS": " ".join(str(f) for f in b["cmake_flags"]),
-            "EXPECTED_CPU_VARIANT": str(b["expected_cpu_variant"]),
-            "WHISPER_BUILD_COMMIT": str(pins.source["commit"]),
-            "WHISPER_BUILD_NUMBER": "0",
-            "SOURCE_DATE_EPOCH": str(int(b["source_date_epoch"])),
-            "QUANTIZE": " ".join(pins.quantizations),
-            "JOBS": "2",
-        }
-    except KeyError as e:
-        raise ConfigError(
-            f"release.toml [build] lacks {e.args[0]!r}, which the docker build needs."
-        ) from None
+    return {
+        "BASE_IMAGE": base_tag,
+        "CMAKE_FLAGS": " ".join(b.cmake_flags),
+        "EXPECTED_CPU_VARIANT": b.expected_cpu_variant,
+        "WHISPER_BUILD_COMMIT": pins.source.commit,
+        "WHISPER_BUILD_NUMBER": "0",
+        "SOURCE_DATE_EPOCH": str(b.source_date_epoch),
+        "QUANTIZE": " ".join(pins.quantizations),
+        "JOBS": "2",
+    }
 
 
 def build_description(
@@ -91,20 +86,25 @@ def build_description(
     """build.json: what the organizer stage writes into the README and the manifest."""
     b = pins.build
     src = pins.source
-    provider = pins.source_provider(pins.profile(inputs.profile).source)
+    profile = inputs.profile
+    provider = profile.source
     return {
-        "profile": inputs.profile,
+        "profile": profile.name,
         "release_version": pins.release_version,
         "quantize": list(pins.quantizations),
-        "cmake_flags": list(b["cmake_flags"]),
-        "required_cpu_flags": list(b["required_cpu_flags"]),
-        "source_date_epoch": int(b["source_date_epoch"]),
+        "cmake_flags": list(b.cmake_flags),
+        "required_cpu_flags": list(b.required_cpu_flags),
+        "source_date_epoch": b.source_date_epoch,
         "source": {
-            "version": src["version"],
-            "commit": src["commit"],
-            "tree": src["tree"],
-            "provider": pins.profile(inputs.profile).source,
-            "uri": provider.get("url") or f"pypi:{provider.get('package')}=={provider.get('version')}",
+            "version": src.version,
+            "commit": src.commit,
+            "tree": src.tree,
+            "provider": provider.name,
+            "uri": (
+                provider.url
+                if isinstance(provider, GithubSource)
+                else f"pypi:{provider.package}=={provider.version}"
+            ),
         },
         "models": {
             name: {
@@ -118,7 +118,7 @@ def build_description(
         "base_image": {
             "tag": base_tag,
             "id": base_id,
-            "recipe": baseimage.recipe_for(inputs.profile, pins).as_dict(),
+            "recipe": baseimage.recipe_for(profile).as_dict(),
         },
         "inputs": stable_provenance(inputs.provenance),
     }
@@ -163,19 +163,18 @@ def assemble_context(
 ) -> Path:
     """build/context/<profile>/ holding exactly what the Dockerfile reads; built aside, then swapped in."""
     root = root or project_root()
-    missing = [n for n in pins.profile(inputs.profile).models if n not in inputs.models]
+    name = inputs.profile.name
+    missing = [n for n in inputs.profile.model_names if n not in inputs.models]
     if missing:
-        raise BuildError(
-            f"Inputs of profile {inputs.profile!r} lack models {missing}; run `invoke fetch` first."
-        )
+        raise BuildError(f"Inputs of profile {name!r} lack models {missing}; run `invoke fetch` first.")
     if not (inputs.source_dir / "CMakeLists.txt").is_file():
         raise BuildError(
             f"{inputs.source_dir} holds no whisper.cpp source tree (no CMakeLists.txt); run `invoke fetch`."
         )
     parent = root / "build" / "context"
     parent.mkdir(parents=True, exist_ok=True)
-    final = parent / inputs.profile
-    tmp = Path(tempfile.mkdtemp(prefix=f".{inputs.profile}-", dir=parent))
+    final = parent / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=parent))
     try:
         shutil.copy2(root / "Dockerfile", tmp / "Dockerfile")
         shutil.copy2(root / ".dockerignore", tmp / ".dockerignore")
@@ -195,7 +194,7 @@ def assemble_context(
         (tmp / "build.json").write_text(artifacts.canonical_json(desc), encoding="utf-8")
         old = None
         if final.exists():
-            old = parent / f".{inputs.profile}-old-{os.getpid()}"
+            old = parent / f".{name}-old-{os.getpid()}"
             final.rename(old)
         tmp.rename(final)
         if old:
@@ -365,33 +364,31 @@ def extract(image: str, out: Path, models: list[str], quantize: Sequence[str], e
 
 
 def build(
-    profile: str,
+    profile: ResolvedProfile,
+    pins: Pins,
     *,
     dry_run: bool = False,
     no_cache: bool = False,
     out: Path = Path("dist/release_artifacts"),
     inputs: BuildInputs | None = None,
-    pins: Pins | None = None,
 ) -> Path:
     """Build the artifacts of `profile` and extract them into `out` (replaced atomically)."""
-    pins = pins or load_pins()
-    prof = pins.profile(profile)
-    base_tag = baseimage.recipe_for(profile, pins).tag
+    base_tag = baseimage.recipe_for(profile).tag
     args = build_args(pins, base_tag)
     if dry_run:
         info(f"would make or reuse base image {base_tag}")
         info(
-            f"would fetch {prof.source} source and models {', '.join(prof.models)}, "
-            f"assemble build/context/{profile}/ and run docker build --network=none with:"
+            f"would fetch {profile.source.name} source and models {', '.join(profile.model_names)}, "
+            f"assemble build/context/{profile.name}/ and run docker build --network=none with:"
         )
         for k, v in sorted(args.items()):
             info(f"  --build-arg {k}={v}")
         info(f"would extract /release_artifacts of {artifact_tag(profile)} into {out}")
         return out
     inputs = inputs or fetch_inputs(profile, pins)
-    base_tag, base_id = baseimage.ensure_base_image(profile, pins=pins)
+    base_tag, base_id = baseimage.ensure_base_image(profile, pins)
     root = project_root()
-    with _profile_lock(root, profile):
+    with _profile_lock(root, profile.name):
         context = assemble_context(pins, inputs, base_tag, base_id, root)
         logs = root / "build" / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -402,7 +399,7 @@ def build(
             args,
             target=OUTPUT_STAGE,
             no_cache=no_cache,
-            log_path=logs / f"docker-build-{profile}.log",
+            log_path=logs / f"docker-build-{profile.name}.log",
         )
         out = out if out.is_absolute() else root / out
         result = extract(
@@ -410,7 +407,7 @@ def build(
             out,
             sorted(inputs.models),
             pins.quantizations,
-            int(pins.build["source_date_epoch"]),
+            pins.build.source_date_epoch,
         )
     info(f"artifacts in {result}")
     return result
@@ -459,13 +456,12 @@ def compare_trees(a: Path, b: Path, report_dir: Path | None = None) -> list[str]
     return differ
 
 
-def reproducibility(profile: str = "offline", pins: Pins | None = None) -> Path:
+def reproducibility(profile: ResolvedProfile, pins: Pins) -> Path:
     """Two --no-cache builds of the same fetched inputs; BuildError naming every file that differs."""
-    pins = pins or load_pins()
     inputs = fetch_inputs(profile, pins)
-    root = project_root() / "build" / "repro" / profile
-    a = build(profile, no_cache=True, out=root / "a", inputs=inputs, pins=pins)
-    b = build(profile, no_cache=True, out=root / "b", inputs=inputs, pins=pins)
+    root = project_root() / "build" / "repro" / profile.name
+    a = build(profile, pins, no_cache=True, out=root / "a", inputs=inputs)
+    b = build(profile, pins, no_cache=True, out=root / "b", inputs=inputs)
     differ = compare_trees(a, b, root / "diffoscope")
     if differ:
         where = (
@@ -474,7 +470,7 @@ def reproducibility(profile: str = "offline", pins: Pins | None = None) -> Path:
             else " (install diffoscope for a report of each difference)"
         )
         raise BuildError(
-            f"Two clean builds of profile {profile!r} differ in {len(differ)} file(s): "
+            f"Two clean builds of profile {profile.name!r} differ in {len(differ)} file(s): "
             f"{', '.join(differ)}{where}."
         )
     info(f"reproducible: {len(artifact_digests(a))} files identical across two --no-cache builds ({a}, {b})")
@@ -483,16 +479,15 @@ def reproducibility(profile: str = "offline", pins: Pins | None = None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m whisper_release.build.docker reproducibility [profile]` (the nox session's entry)."""
-    import sys
 
-    from whisper_release.core.errors import ReleaseError
 
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] != "reproducibility":
         print("usage: python -m whisper_release.build.docker reproducibility [profile]", file=sys.stderr)
         return 2
     try:
-        reproducibility(args[1] if len(args) > 1 else "offline")
+        pins = load_pins()
+        reproducibility(pins.profile(args[1] if len(args) > 1 else "offline"), pins)
     except ReleaseError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -2,28 +2,29 @@
 
 What a transcription worker does with a published release: pull one artifact directory
 (pull.py), then load its library through the ctypes binding and transcribe audio files,
-writing txt, json, srt or vtt (formats.py). Importing this module registers both sub-commands
-with cli.py; it does no I/O at import time.
+writing txt, json, srt or vtt (formats.py). cli.py owns the command line; this module does no
+I/O at import time.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from whisper_release.cli import command
 from whisper_release.core.console import info, quote
 from whisper_release.core.errors import ConfigError, ReleaseError, ToolError, VerificationError
+from whisper_release.layout import artifacts as layout
 from whisper_release.runtime import formats
 
 SAMPLE_RATE = 16_000
@@ -72,7 +73,9 @@ def decode_audio(path: str | os.PathLike[str]) -> np.ndarray:
         except ReleaseError as wav_error:
             # Python's wave module reads integer PCM only; ffmpeg, when present, also reads float
             # and compressed WAV. If it fails too, the WAV reader's message says more.
-            if shutil.which("ffmpeg") is None:
+            from whisper_release.runtime.audio import SampleRateError
+
+            if shutil.which("ffmpeg") is None or isinstance(wav_error, SampleRateError):
                 raise
             try:
                 samples = _decode_ffmpeg(p)
@@ -109,7 +112,9 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
         "-v",
         "error",
         "-i",
-        str(path),
+        # The file protocol, always: a file named `-` would otherwise be stdin, and `concat:x` or
+        # `http://...` another protocol.
+        "file:" + str(path),
         "-map",
         "0:a:0",
         "-f",
@@ -123,7 +128,7 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
         "-",
     ]
     info(f"+ {quote(cmd)}")
-    proc = subprocess.run(cmd, capture_output=True, check=False)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, check=False)
     if proc.returncode != 0:
         why = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise AudioError(
@@ -137,10 +142,11 @@ def _decode_ffmpeg(path: Path) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A pulled `whisper_<model>_xeon` directory: the library and its quantized model."""
+    """A pulled `whisper_<model>_xeon` directory: its artifact.json, the library and one model file."""
 
     path: Path
     model_file: Path
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def model(self) -> str:
@@ -150,10 +156,9 @@ class Artifact:
 def open_artifact(
     path: str | os.PathLike[str], *, quant: str | None = None, verify: bool = True
 ) -> Artifact:
-    """Check the directory holds a library and its models (and, with `verify`, matches SHA256SUMS);
-    pick the model file of type `quant`, by default the primary one its README names."""
-    from whisper_release.consume.pull import SUMS, parse_sums, sha256_file
-
+    """Check the directory is an artifact (its artifact.json) holding the library and its models
+    (and, with `verify`, that every file matches SHA256SUMS); pick the model file of type `quant`,
+    by default the primary one artifact.json names."""
     d = Path(path)
     if not d.is_dir():
         raise ConfigError(
@@ -164,23 +169,29 @@ def open_artifact(
         raise ConfigError(
             f"{d} has no {LIBRARY}, so it is not a whisper_<model>_xeon artifact directory; pull one."
         )
-    model = choose_model(d, quant)
+    try:
+        meta = layout.load_metadata(d)
+    except layout.LayoutError as e:
+        raise VerificationError(str(e)) from None
+    model = choose_model(d, meta, quant)
     if verify:
-        sums_path = d / SUMS
+        sums_path = d / layout.SUMS
         if not sums_path.is_file():
             raise VerificationError(
-                f"{d} has no {SUMS}, so its files cannot be verified; pull the artifact again."
+                f"{d} has no {layout.SUMS}, so its files cannot be verified; pull the artifact again."
             )
-        sums = parse_sums(sums_path.read_text(encoding="utf-8", errors="replace"), str(sums_path))
-        bad = [n for n, digest in sums.items() if not (d / n).is_file() or sha256_file(d / n) != digest]
+        try:
+            sums = layout.parse_sha256sums(sums_path.read_text(encoding="utf-8", errors="replace"))
+        except layout.LayoutError as e:
+            raise VerificationError(f"{sums_path}: {e}; pull the artifact again.") from None
+        bad = sorted(
+            n for n, digest in sums.items() if not (d / n).is_file() or layout.sha256_file(d / n) != digest
+        )
         if bad:
             raise VerificationError(
-                f"{d}: {', '.join(sorted(bad))} missing or not matching {SUMS}; pull the artifact again."
+                f"{d}: {', '.join(bad)} missing or not matching {layout.SUMS}; pull the artifact again."
             )
-    return Artifact(d, model)
-
-
-_README_TITLE = re.compile(r"^# whisper\.cpp \S+, model `[^`]+` \(([a-z0-9_, ]+)\)", re.M)
+    return Artifact(d, model, meta)
 
 
 def quant_of(model_file: Path) -> str:
@@ -188,47 +199,29 @@ def quant_of(model_file: Path) -> str:
     return model_file.stem.rsplit("-", 1)[-1]
 
 
-def choose_model(d: Path, quant: str | None) -> Path:
-    """The model file of type `quant`; without one, the primary: the first type the artifact's README
-    title lists (its build's [build] quantize), or the only model file there is."""
-    models = sorted(d.glob("ggml-*.bin"))
-    if not models:
-        raise ConfigError(f"{d} holds no ggml-*.bin model file; pull the artifact again.")
-    by_quant = {quant_of(m): m for m in models}
+def choose_model(d: Path, meta: Mapping[str, Any], quant: str | None) -> Path:
+    """The model file of type `quant`; without one, the primary that artifact.json names."""
+    by_quant = {str(f["type"]): d / str(f["name"]) for f in meta["model_files"]}
     if quant is None:
-        readme = d / "README.md"
-        text = readme.read_text(encoding="utf-8", errors="replace") if readme.is_file() else ""
-        m = _README_TITLE.search(text)
-        listed = [q.strip() for q in m.group(1).split(",")] if m else []
-        primary = next((q for q in listed if q in by_quant), None)
-        if primary is not None:
-            return by_quant[primary]
-        if len(models) == 1:
-            return models[0]
+        name = layout.primary_model_file(meta)
+    elif quant in by_quant:
+        name = by_quant[quant].name
+    else:
         raise ConfigError(
-            f"{d} holds {len(models)} model files ({', '.join(sorted(by_quant))}) and its README names "
-            "no primary one; choose with --quant."
-        )
-    if quant not in by_quant:
-        raise ConfigError(
-            f"{d} has no {quant} model (ggml-*-{quant}.bin); it holds {', '.join(sorted(by_quant))}: "
+            f"{d} has no {quant} model ({layout.METADATA} lists {', '.join(sorted(by_quant))}): "
             "choose one of those with --quant."
         )
-    return by_quant[quant]
+    if not (d / name).is_file():
+        raise VerificationError(
+            f"{d / name} is missing although {layout.METADATA} lists it; pull the artifact again."
+        )
+    return d / name
 
 
 def artifact_cpu_flags(artifact: Artifact) -> list[str]:
-    """The CPU flags the artifact needs, as its own README states them (its `grep ... /proc/cpuinfo`
-    check); release.toml's list only when the README has none, since a pulled release may come from
-    other pins than this checkout's."""
-    readme = artifact.path / "README.md"
-    if readme.is_file():
-        m = _README_FLAGS.search(readme.read_text(encoding="utf-8", errors="replace"))
-        if m:
-            return m.group(1).split("|")
-    from whisper_release.runtime.binding import required_cpu_flags
-
-    return required_cpu_flags()
+    """The CPU flags the artifact needs, as its artifact.json states them (a pulled release may come
+    from other pins than any checkout's)."""
+    return [str(f) for f in artifact.meta["required_cpu_flags"]]
 
 
 AUDIO_CTX_AUTO = "auto"
@@ -251,7 +244,6 @@ def audio_ctx_setting(value: str | int | None) -> str | int:
     )
 
 
-_README_FLAGS = re.compile(r"grep -o -w -E '([a-z0-9_]+(?:\|[a-z0-9_]+)*)' /proc/cpuinfo")
 # Module-level so tests can point the CPU check at a recorded cpuinfo of an older CPU.
 CPUINFO: Path = Path("/proc/cpuinfo")
 
@@ -338,17 +330,30 @@ class Transcriber:
         )
 
 
+def _create_exclusive(directory: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file of a random name, opened O_EXCL with mode 0666 so that the kernel applies the umask."""
+    for _ in range(100):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
+
+
 def write_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to a temp file beside `path`, then rename: readers never see half a file."""
+    """Write `text` to a temp file beside `path`, then rename: readers never see half a file.
+
+    The file gets 0666 less the umask, like any file the user's tools create (mkstemp's 0600 would
+    hide it from a group; a fixed 0644 would show it to everyone despite a umask of 027)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    fd, tmp = _create_exclusive(out.parent, f".{out.name}.", ".partial")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -383,17 +388,6 @@ def transcribe(
 # ---- command line -------------------------------------------------------------------------
 
 
-def _configure_pull(p: argparse.ArgumentParser) -> None:
-    p.description = "Download one artifact directory of a published release, verified, into DEST."
-    p.add_argument("--release", default="latest", help="release version, or 'latest' (default)")
-    p.add_argument("--model", help="model name, e.g. base")
-    p.add_argument("--dest", help="target directory (default ./whisper_<model>_xeon-<version>)")
-    p.add_argument("--list", action="store_true", help="list the published releases and their models")
-    p.add_argument("--force", action="store_true", help="replace DEST if it holds something else")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--dry-run", action="store_true", help="check the release and say what would be pulled")
-
-
 def remote_from_env() -> Any:
     """The configured store (environment or $WHISPER_RELEASE_S3_CONFIG), else the embedded one if it
     is running; pulling never starts a store, since an empty new one has nothing to pull."""
@@ -414,10 +408,37 @@ def remote_from_env() -> Any:
     return remote_from_config(config)
 
 
-def print_listing(remote: Any, out: Any = sys.stdout) -> None:
-    from whisper_release.consume.pull import list_releases, load_manifest, manifest_digests, models_in
+def print_listing(remote: Any, out: Any = sys.stdout, *, as_json: bool = False) -> None:
+    """One line per release (version, publication time, models), or with `as_json` a JSON list of
+    {version, published, models, complete, latest} for scripts; which one is latest goes to stderr."""
+    from whisper_release.consume.pull import (
+        LATEST_KEY,
+        list_releases,
+        load_manifest,
+        manifest_digests,
+        models_in,
+        read_latest,
+    )
 
     listing = list_releases(remote)
+    latest = read_latest(remote) if listing.complete else None
+    if as_json:
+        rows = [
+            {
+                "version": r.version,
+                "published": r.published.isoformat(),
+                "models": models_in(manifest_digests(load_manifest(remote, r.version))),
+                "complete": True,
+                "latest": latest is not None and r.version == latest.version,
+            }
+            for r in listing.complete
+        ]
+        rows += [
+            {"version": v, "published": None, "models": [], "complete": False, "latest": False}
+            for v in listing.incomplete
+        ]
+        print(json.dumps(rows, indent=2), file=out)
+        return
     for r in listing.complete:
         models = models_in(manifest_digests(load_manifest(remote, r.version)))
         print(f"{r.version}\t{r.published.isoformat()}\t{' '.join(models)}", file=out)
@@ -425,6 +446,9 @@ def print_listing(remote: Any, out: Any = sys.stdout) -> None:
         print(f"{v}\t(incomplete: no manifest yet)\t", file=out)
     if not listing.complete and not listing.incomplete:
         info(f"no releases in {remote.where()}")
+        return
+    pointer = remote.where(LATEST_KEY)
+    info(f"latest: {latest.version} ({pointer})" if latest else f"latest: none ({pointer} is missing)")
 
 
 def pull_command(
@@ -433,6 +457,7 @@ def pull_command(
     dest: str | None = None,
     *,
     list_only: bool = False,
+    as_json: bool = False,
     force: bool = False,
     progress: bool = True,
     dry_run: bool = False,
@@ -442,68 +467,9 @@ def pull_command(
 
     remote = remote_from_env()
     if list_only:
-        print_listing(remote)
+        print_listing(remote, as_json=as_json)
         return
     if not model:
         raise ConfigError("pull needs --model (e.g. --model base); --list shows the models of each release.")
     res = pull(remote, release, model, dest, force=force, progress=progress, dry_run=dry_run)
     print(res.dest)
-
-
-@command("pull", _configure_pull)
-def _pull_cmd(args: argparse.Namespace) -> int:
-    pull_command(
-        args.release,
-        args.model,
-        args.dest,
-        list_only=args.list,
-        force=args.force,
-        progress=not args.no_progress,
-        dry_run=args.dry_run,
-    )
-    return 0
-
-
-def _configure_transcribe(p: argparse.ArgumentParser) -> None:
-    p.description = "Transcribe an audio file with a pulled artifact directory."
-    p.add_argument("audio", help="audio file (WAV natively; other formats need ffmpeg)")
-    p.add_argument("--artifact", required=True, help="a pulled whisper_<model>_xeon directory")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all, at most 8)")
-    p.add_argument("--beam", type=int, default=None, help="beam-search width (default: greedy decoding)")
-    p.add_argument("--language", default="en", help="spoken language code (default en)")
-    p.add_argument(
-        "--audio-ctx",
-        default="0",
-        help="encoder window in frames: 0 = full 30 s window (default), auto = fitted to clips under 15 s "
-        "(faster, see docs/performance.md), or N",
-    )
-    p.add_argument(
-        "--quant",
-        default=None,
-        help="model file type, e.g. q8_0 (faster on AVX2, larger); default: the artifact's primary (q5_1)",
-    )
-    p.add_argument(
-        "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
-    )
-    p.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
-
-
-@command("transcribe", _configure_transcribe)
-def _transcribe_cmd(args: argparse.Namespace) -> int:
-    fmt = args.fmt or (formats.format_for_path(args.output) if args.output else "txt")
-    text = transcribe(
-        args.audio,
-        args.artifact,
-        threads=args.threads,
-        beam=args.beam,
-        fmt=fmt,
-        output=args.output,
-        language=args.language,
-        audio_ctx=args.audio_ctx,
-        quant=args.quant,
-    )
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        info(f"wrote {args.output}")
-    return 0

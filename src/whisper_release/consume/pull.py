@@ -1,13 +1,17 @@
 """Pull one artifact directory of a published release from the bucket, verified, atomically.
 
-Bucket layout (written by publish.py): `<prefix>/<version>/manifest.json` and
-`<prefix>/<version>/whisper_<model>_xeon/<files>` with a `SHA256SUMS` per directory. The manifest
-is uploaded last, so a version without one is still being published and is never pulled.
+Bucket layout (written by publish/push.py): `<prefix>/<version>/manifest.json` and
+`<prefix>/<version>/whisper_<model>_xeon/<files>` with a `SHA256SUMS` per directory, and
+`<prefix>/latest.json` (publish/pointer.py) naming the latest version and its manifest's sha256.
+The manifest is uploaded last, so a version without one is still being published and is never
+pulled.
 
-Every file is downloaded into a temporary directory beside DEST, hashed while it streams, and
-checked against three independent records before DEST is touched: the directory's SHA256SUMS,
-the manifest's subjects, and the sha256 the publisher stored in each object's metadata. Only then
-is the directory renamed into place, so a failed or interrupted pull leaves DEST as it was.
+Every file is downloaded by boto3's transfer manager (ranged GETs, retried on broken streams) into
+a new directory beside DEST and checked against three independent records before DEST is touched:
+the directory's SHA256SUMS, the manifest's subjects, and the sha256 the publisher stored in each
+object's metadata. Only then is the directory renamed into place, atomically and without replacing
+anything that appeared at DEST meanwhile (consume/place.py), so a failed or interrupted pull leaves
+DEST as it was.
 """
 
 from __future__ import annotations
@@ -15,23 +19,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import RetriesExceededError, S3TransferFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from tqdm import tqdm
+
+from whisper_release.consume import place
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, FetchError, VerificationError
 from whisper_release.layout.artifacts import sha256_file
+from whisper_release.s3.client import make_client
 
 MANIFEST = "manifest.json"
 SUMS = "SHA256SUMS"
 LATEST = "latest"
-_CHUNK = 1 << 20
+# The pointer publish/pointer.py writes; tests/unit/test_pointer.py ties the two sides together.
+LATEST_KEY = "latest.json"
+MiB = 1 << 20
+_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def artifact_dirname(model: str) -> str:
@@ -61,8 +75,6 @@ class Remote:
 
 def remote_from_config(config: Any) -> Remote:
     """A Remote for an s3config.S3Config, with the publisher's client settings."""
-    from whisper_release.publish.push import make_client
-
     return Remote(make_client(config), config.bucket, (config.prefix or "").strip("/"))
 
 
@@ -129,12 +141,69 @@ def list_releases(remote: Remote) -> Listing:
     return listing
 
 
-def resolve_release(listing: Listing, release: str, remote: Remote) -> str:
-    """The version to pull; `latest` is the one whose manifest was uploaded most recently."""
+@dataclass(frozen=True)
+class Latest:
+    """What `<prefix>/latest.json` says: the latest version and the sha256 of its manifest."""
+
+    version: str
+    manifest_sha256: str
+
+
+def _error_code(e: Exception) -> str:
+    resp = getattr(e, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", "")) or type(e).__name__
+
+
+def parse_latest(raw: bytes, where: str) -> Latest:
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        doc = None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    digest = doc.get("manifest_sha256") if isinstance(doc, dict) else None
+    # The version becomes a key segment: a pointer must not lead outside <prefix>/.
+    if not (isinstance(version, str) and _VERSION_RE.match(version) and version not in (".", "..")) or not (
+        isinstance(digest, str) and _SHA256_RE.match(digest)
+    ):
+        raise VerificationError(
+            f"{where} is not a latest-release pointer (expected JSON with 'version' and a 64-hex "
+            f"'manifest_sha256', got {raw[:80]!r}); republish the latest release (invoke push) to rewrite it."
+        )
+    return Latest(version, digest)
+
+
+def read_latest(remote: Remote) -> Latest | None:
+    """The pointer at `<prefix>/latest.json`, or None when there is none."""
+    key = remote.key(LATEST_KEY)
+    try:
+        raw = _get_bytes(remote, key, limit=64 << 10)
+    except VerificationError:
+        raise
+    except Exception as e:
+        if _error_code(e) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise _s3_error(remote, f"read {key}", e) from None
+    return parse_latest(raw, remote.where(LATEST_KEY))
+
+
+def resolve_release(listing: Listing, release: str, remote: Remote, latest: Latest | None = None) -> str:
+    """The version to pull; `latest` is the one `<prefix>/latest.json` names."""
     if release == LATEST:
         if not listing.complete:
             raise ConfigError(f"No complete release is published in {remote.where()}; publish one first.")
-        return listing.complete[-1].version
+        if latest is None:
+            raise ConfigError(
+                f"No release is marked latest in {remote.where()}: {remote.where(LATEST_KEY)} does not exist "
+                f"(complete releases: {listing.describe()}); pull one by name with --release VERSION, or "
+                f"publish again with `invoke push`, which writes {LATEST_KEY}."
+            )
+        if latest.version in listing.versions():
+            return latest.version
+        raise VerificationError(
+            f"{remote.where(LATEST_KEY)} names release {latest.version!r}, which has no {MANIFEST} in "
+            f"{remote.where(latest.version)} (complete releases: {listing.describe()}); it may be being "
+            "republished: retry later, or pull one by name with --release VERSION."
+        )
     if release in listing.versions():
         return release
     if release in listing.incomplete:
@@ -159,6 +228,11 @@ def _get_bytes(remote: Remote, key: str, limit: int = 16 << 20) -> bytes:
 
 
 def load_manifest(remote: Remote, version: str) -> dict[str, Any]:
+    return _load_manifest(remote, version)[0]
+
+
+def _load_manifest(remote: Remote, version: str) -> tuple[dict[str, Any], str]:
+    """The manifest and the sha256 of its bytes (what latest.json records)."""
     key = remote.key(version, MANIFEST)
     try:
         raw = _get_bytes(remote, key)
@@ -174,7 +248,7 @@ def load_manifest(remote: Remote, version: str) -> dict[str, Any]:
         ) from None
     if not isinstance(doc, dict):
         raise VerificationError(f"s3://{remote.bucket}/{key} is not a JSON object; republish the release.")
-    return doc
+    return doc, hashlib.sha256(raw).hexdigest()
 
 
 def manifest_digests(manifest: dict[str, Any]) -> dict[str, str]:
@@ -197,7 +271,18 @@ def manifest_digests(manifest: dict[str, Any]) -> dict[str, str]:
             raise VerificationError(
                 f"The release manifest has a malformed subject {s!r}; republish the release."
             )
-        out[name.lstrip("./")] = digest.lower()
+        name = name[2:] if name.startswith("./") else name
+        if name.startswith("/") or any(part in ("", ".", "..") for part in name.split("/")):
+            raise VerificationError(
+                f"The release manifest names an unsafe path {name!r}; republish the release."
+            )
+        # The same file twice with two digests would let the later entry silently win.
+        if out.get(name, digest.lower()) != digest.lower():
+            raise VerificationError(
+                f"The release manifest lists {name} twice, with sha256 {out[name][:12]}… and "
+                f"{digest.lower()[:12]}…; republish the release."
+            )
+        out[name] = digest.lower()
     return out
 
 
@@ -239,34 +324,14 @@ class PullResult:
     already_present: bool = False
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class DownloadSettings:
+    """Transfer-manager knobs (tests shrink them to force ranged GETs on small files)."""
 
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        leave=False,
-        disable=not enabled,
-        file=sys.stderr,
-    )
-
-
-def _download(remote: Remote, key: str, out: Path, bar: Any) -> tuple[str, str | None]:
-    """Stream one object to `out`; returns (sha256 of the bytes, sha256 from the object's metadata)."""
-    obj = remote.client.get_object(Bucket=remote.bucket, Key=key)
-    meta = {k.lower(): v for k, v in (obj.get("Metadata") or {}).items()}
-    h = hashlib.sha256()
-    with open(out, "wb") as f:
-        for chunk in obj["Body"].iter_chunks(_CHUNK):
-            h.update(chunk)
-            f.write(chunk)
-            bar.update(len(chunk))
-        f.flush()
-        os.fsync(f.fileno())
-    return h.hexdigest(), meta.get("sha256")
+    multipart_threshold: int = 64 * MiB  # larger objects are fetched as parallel ranged GETs
+    multipart_chunksize: int = 16 * MiB
+    max_concurrency: int = 4
+    attempts: int = 5  # per GET: a stream broken mid-body is retried this often
 
 
 def _check_dir(path: Path, files: dict[str, str]) -> bool:
@@ -280,6 +345,90 @@ def _check_dir(path: Path, files: dict[str, str]) -> bool:
     return all(sha256_file(path / name) == digest for name, digest in files.items())
 
 
+def _refuse_existing(dest: Path, version: str, dirname: str) -> ConfigError:
+    return ConfigError(
+        f"{dest} already exists and does not hold release {version} {dirname}; "
+        "choose another --dest or pass --force to replace it."
+    )
+
+
+def _check_dest(dest: Path, expected: dict[str, str], version: str, dirname: str, force: bool) -> bool:
+    """Before downloading: True when DEST already holds exactly this release; raise if it is in the way."""
+    if not os.path.lexists(dest):
+        return False
+    if dest.is_symlink() and not dest.exists():
+        if force:
+            return False
+        raise ConfigError(
+            f"{dest} is a symbolic link to {os.readlink(dest)}, which does not exist; remove the link, "
+            "point --dest elsewhere, or pass --force to replace the link with the pulled directory."
+        )
+    if _check_dir(dest, expected):
+        return True
+    if not force:
+        raise _refuse_existing(dest, version, dirname)
+    return False
+
+
+def _describe_failure(e: Exception, attempts: int) -> str:
+    """A short reason for a failed transfer: the S3 error code or the exception's type, no URLs."""
+    inner = getattr(e, "last_exception", None)  # boto3's RetriesExceededError: every attempt broke
+    if inner is not None:
+        return f"{type(inner).__name__} on each of {attempts} attempts"
+    return _error_code(e)
+
+
+def _download_all(
+    remote: Remote,
+    dir_key: str,
+    names: list[str],
+    sizes: dict[str, int],
+    tmp: Path,
+    dest: Path,
+    settings: DownloadSettings,
+    progress: bool,
+) -> dict[str, tuple[str, str | None]]:
+    """Download each object into `tmp`; name -> (sha256 of the file, sha256 from the object's metadata)."""
+
+    tc = TransferConfig(
+        multipart_threshold=settings.multipart_threshold,
+        multipart_chunksize=settings.multipart_chunksize,
+        max_concurrency=settings.max_concurrency,
+        use_threads=settings.max_concurrency > 1,
+        num_download_attempts=settings.attempts,
+    )
+    # A bar only on a terminal: in a log, tqdm's carriage returns are noise; one line per file instead.
+    bars = progress and sys.stderr.isatty()
+    got: dict[str, tuple[str, str | None]] = {}
+    with tqdm(
+        total=sum(sizes[n] for n in names), desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024,
+        leave=False, disable=not bars, file=sys.stderr,
+    ) as bar:
+        for i, name in enumerate(names, 1):
+            key = f"{dir_key}/{name}"
+            try:
+                head = remote.client.head_object(Bucket=remote.bucket, Key=key)
+                meta = {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}.get("sha256")
+                remote.client.download_file(
+                    remote.bucket, key, str(tmp / name), Config=tc, Callback=bar.update
+                )
+            except (ClientError, BotoCoreError, RetriesExceededError, S3TransferFailedError) as e:
+                reason = _describe_failure(e, settings.attempts)
+                raise FetchError(
+                    f"Downloading s3://{remote.bucket}/{key} failed ({reason}); "
+                    f"{dest} was left untouched: check that the store is reachable and rerun the pull."
+                ) from None
+            except OSError as e:
+                raise FetchError(
+                    f"Writing {name} into {tmp.parent} failed ({e.strerror or type(e).__name__}); {dest} was "
+                    "left untouched: free some space or choose another --dest, then rerun the pull."
+                ) from None
+            got[name] = (sha256_file(tmp / name), meta)
+            if progress and not bars:
+                info(f"[{i}/{len(names)}] {name} ({sizes[name] / 1e6:.1f} MB) downloaded")
+    return got
+
+
 def pull(
     remote: Remote,
     release: str,
@@ -289,17 +438,28 @@ def pull(
     force: bool = False,
     progress: bool = True,
     dry_run: bool = False,
+    settings: DownloadSettings | None = None,
 ) -> PullResult:
     """Download, verify and atomically place `whisper_<model>_xeon` of `release` at `dest`.
 
-    `release` may be `latest`. DEST already holding the same verified files is left as is
-    (already_present); DEST holding anything else is replaced only with `force`. `dry_run` does every
-    check that needs no file contents (release, manifest, SHA256SUMS, bucket listing) and downloads
-    nothing.
+    `release` may be `latest` (what `<prefix>/latest.json` names). DEST already holding the same
+    verified files is left as is (already_present); anything else at DEST, including something that
+    appears there during the download, is replaced only with `force`. `dry_run` does every check that
+    needs no file contents (release, manifest, SHA256SUMS, bucket listing) and downloads nothing.
     """
+    settings = settings or DownloadSettings()
     listing = list_releases(remote)
-    version = resolve_release(listing, release, remote)
-    manifest = load_manifest(remote, version)
+    latest = read_latest(remote) if release == LATEST else None
+    version = resolve_release(listing, release, remote, latest)
+    manifest, manifest_sha256 = _load_manifest(remote, version)
+    if latest is not None and manifest_sha256 != latest.manifest_sha256:
+        raise VerificationError(
+            f"{remote.where(LATEST_KEY)} says release {version}'s manifest has sha256 "
+            f"{latest.manifest_sha256[:12]}…, but {remote.where(version, MANIFEST)} has "
+            f"{manifest_sha256[:12]}…; "
+            f"the release changed after it was marked latest: rerun the pull, and if this persists pull it "
+            f"by name (--release {version}) or republish it (invoke push)."
+        )
     listed = manifest_digests(manifest)
     models = models_in(listed)
     if model not in models:
@@ -312,6 +472,8 @@ def pull(
     dest_path = dest_path.absolute()
     dir_key = remote.key(version, dirname)
     where = f"s3://{remote.bucket}/{dir_key}"
+    manifest_where = remote.where(version, MANIFEST)
+    sums_where = f"{where}/{SUMS}"
 
     try:
         sums_bytes = _get_bytes(remote, f"{dir_key}/{SUMS}")
@@ -320,7 +482,7 @@ def pull(
         raise
     except Exception as e:
         raise _s3_error(remote, f"read {dir_key}/{SUMS}", e) from None
-    sums = parse_sums(sums_bytes.decode("utf-8", errors="replace"), f"{where}/{SUMS}")
+    sums = parse_sums(sums_bytes.decode("utf-8", errors="replace"), sums_where)
 
     expected = dict(sums)
     expected[SUMS] = hashlib.sha256(sums_bytes).hexdigest()
@@ -332,76 +494,74 @@ def pull(
         if name not in in_manifest:
             if name == SUMS:
                 continue  # covered through the files it lists, which must all be in the manifest
-            findings.append(f"{name} is not listed in the manifest")
+            findings.append(f"{name} is in {SUMS} but not in the manifest")
         elif in_manifest[name] != digest:
-            source = SUMS if name != SUMS else "the object"
+            source = f"{SUMS} says" if name != SUMS else "the object has"
             findings.append(
-                f"{name}: the manifest says sha256 {in_manifest[name][:12]}…, {source} says {digest[:12]}…"
+                f"{name}: the manifest says sha256 {in_manifest[name][:12]}…, {source} {digest[:12]}…"
             )
     for name in sorted(set(in_manifest) - set(expected)):
         findings.append(f"{name} is in the manifest but not in {SUMS}")
+    disagree = len(findings)
     for name in sorted(set(objects) - set(expected)):
         findings.append(f"{name} is in the bucket but not in {SUMS}")
     for name in sorted(set(expected) - set(objects)):
         findings.append(f"{name} is in {SUMS} but missing from the bucket")
     if findings:
+        both = f"{manifest_where} and {sums_where} disagree" if disagree else f"{where} is inconsistent"
         raise VerificationError(
-            f"Release {version} model {model} at {where} is inconsistent: {'; '.join(findings)}; "
-            "nothing was written, republish the release."
+            f"Release {version} model {model}: {both}: {'; '.join(findings)}; nothing was written, "
+            "republish the release."
         )
 
+    names = sorted(expected)
+    total = sum(objects[n] for n in names)
     if dry_run:
-        total = sum(objects[n] for n in expected)
-        info(f"dry run: would pull {where} ({len(expected)} files, {total / 1e6:.1f} MB) -> {dest_path}")
+        info(f"dry run: would pull {where} ({len(names)} files, {total / 1e6:.1f} MB) -> {dest_path}")
         return PullResult(version, model, dest_path, expected)
-    if dest_path.exists():
-        if _check_dir(dest_path, expected):
-            info(f"{dest_path} already holds release {version} {dirname} (every sha256 matches)")
-            return PullResult(version, model, dest_path, expected, already_present=True)
-        if not force:
-            raise ConfigError(
-                f"{dest_path} already exists and does not hold release {version} {dirname}; "
-                "choose another --dest or pass --force to replace it."
-            )
+    if _check_dest(dest_path, expected, version, dirname, force):
+        info(f"{dest_path} already holds release {version} {dirname} (every sha256 matches)")
+        return PullResult(version, model, dest_path, expected, already_present=True)
 
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest_path.name}.partial-", dir=dest_path.parent))
     try:
-        total = sum(objects[n] for n in expected)
-        info(f"pulling {where} ({len(expected)} files, {total / 1e6:.1f} MB) -> {dest_path}")
+        dest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = place.staging_dir(dest_path)
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot create a directory in {dest_path.parent} ({e.strerror or type(e).__name__}) to pull "
+            f"{dirname} into; choose a --dest in a folder you can write to."
+        ) from None
+    try:
+        info(f"pulling {where} ({len(names)} files, {total / 1e6:.1f} MB) -> {dest_path}")
+        got = _download_all(remote, dir_key, names, objects, tmp, dest_path, settings, progress)
         bad: list[str] = []
-        with _progress(total, dirname, progress) as bar:
-            for name in sorted(expected):
-                got, meta = _download(remote, f"{dir_key}/{name}", tmp / name, bar)
-                if got != expected[name]:
-                    bad.append(f"{name} has sha256 {got[:12]}…, expected {expected[name][:12]}…")
-                elif meta is not None and meta.lower() != got:
-                    bad.append(f"{name}'s object metadata says sha256 {meta[:12]}…, its bytes {got[:12]}…")
+        for name in names:
+            digest, meta = got[name]
+            if digest != expected[name]:
+                bad.append(f"{name} has sha256 {digest[:12]}…, expected {expected[name][:12]}…")
+            elif meta is not None and meta.lower() != digest:
+                bad.append(f"{name}'s object metadata says sha256 {meta[:12]}…, its bytes {digest[:12]}…")
         if bad:
             raise VerificationError(
                 f"Downloaded files from {where} fail verification: {'; '.join(bad)}; {dest_path} was left "
                 "untouched, republish the release or check the bucket for tampering."
             )
-        for name in expected:
-            os.chmod(tmp / name, 0o644)
-        _place(tmp, dest_path)
+        if force:
+            place.replace(tmp, dest_path)
+        else:
+            try:
+                place.place_new(tmp, dest_path)
+            except FileExistsError:
+                # Something appeared at DEST during the download: never ours to remove.
+                if _check_dir(dest_path, expected):
+                    info(f"{dest_path} appeared meanwhile and holds release {version} {dirname}: kept")
+                    return PullResult(version, model, dest_path, expected, already_present=True)
+                raise ConfigError(
+                    f"{dest_path} appeared while release {version} {dirname} was downloading (another pull "
+                    "or program made it); it was left as it is and the download discarded: choose another "
+                    "--dest, or pass --force to replace it."
+                ) from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        place.remove_entry(tmp)
     info(f"pulled release {version} {dirname} -> {dest_path}")
     return PullResult(version, model, dest_path, expected)
-
-
-def _place(tmp: Path, dest: Path) -> None:
-    """Rename the verified `tmp` to `dest`; an existing dest is swapped out, then removed."""
-    if not dest.exists():
-        os.rename(tmp, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-    os.rmdir(old)
-    os.rename(dest, old)
-    try:
-        os.rename(tmp, dest)
-    except OSError:
-        os.rename(old, dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

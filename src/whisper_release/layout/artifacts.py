@@ -33,6 +33,33 @@ LIBRARIES = ("libwhisper.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.
 README = "README.md"
 SUMS = "SHA256SUMS"
 MANIFEST = "manifest.json"
+# Machine-readable facts of one artifact directory (schema below): what pull, transcribe and the
+# examples read instead of the README's prose.
+METADATA = "artifact.json"
+METADATA_SCHEMA = "whisper-release/artifact/v1"
+# What each shipped library is, in LIBRARIES order.
+LIBRARY_ROLES = {
+    "libwhisper.so": "whisper: the C API the binding loads",
+    "libggml.so.0": "ggml: backend registry",
+    "libggml-base.so.0": "ggml-base: tensors and graph",
+    "libggml-cpu.so.0": "ggml-cpu: the CPU kernels (the ISA floor)",
+    "libgomp.so.1": "OpenMP runtime of the builder's GCC",
+}
+# The 11 int32 hparams of a whisper.cpp ggml model header, in file order (FACTS.md).
+HPARAM_ORDER = (
+    "n_vocab",
+    "n_audio_ctx",
+    "n_audio_state",
+    "n_audio_head",
+    "n_audio_layer",
+    "n_text_ctx",
+    "n_text_state",
+    "n_text_head",
+    "n_text_layer",
+    "n_mels",
+    "ftype",
+)
+GGML_MAGIC = 0x67676D6C
 FILE_MODE = 0o644
 DIR_MODE = 0o755
 
@@ -50,6 +77,12 @@ def model_dir_name(model: str) -> str:
     return f"whisper_{model}_xeon"
 
 
+def model_of_dir_name(name: str) -> str | None:
+    """`whisper_<model>_xeon` -> `<model>`; None for any other name."""
+    m = re.fullmatch(r"whisper_(.+)_xeon", name)
+    return m.group(1) if m else None
+
+
 def model_file_name(model: str, quantize: str) -> str:
     return f"ggml-{model}-{quantize}.bin"
 
@@ -65,7 +98,7 @@ def model_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
 
 
 def expected_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
-    return tuple(sorted((*LIBRARIES, *model_files(model, quantize), README, SUMS)))
+    return tuple(sorted((*LIBRARIES, *model_files(model, quantize), METADATA, README, SUMS)))
 
 
 def sha256_file(path: Path) -> str:
@@ -88,13 +121,29 @@ def sha256sums_text(directory: Path) -> str:
     return "".join(lines)
 
 
-def parse_sha256sums(text: str) -> dict[str, str]:
+_SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *]([^/\\]+)")
+
+
+def read_sha256sums(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
+    """The one SHA256SUMS parser: name -> sha256, plus (line number, line) of every line that is not
+    `<64 lowercase hex>  <file name>` (a path, or a name listed twice, counts as bad)."""
     out: dict[str, str] = {}
+    bad: list[tuple[int, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
-        m = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line)
-        if not m:
-            raise LayoutError(f"SHA256SUMS line {n} is not '<sha256>  <name>': {line!r}")
+        m = _SUMS_LINE.fullmatch(line)
+        if not m or m.group(2) in out or m.group(2) in (".", ".."):
+            bad.append((n, line))
+            continue
         out[m.group(2)] = m.group(1)
+    return out, bad
+
+
+def parse_sha256sums(text: str, where: str = SUMS) -> dict[str, str]:
+    """name -> sha256; LayoutError on the first bad line."""
+    out, bad = read_sha256sums(text)
+    if bad:
+        n, line = bad[0]
+        raise LayoutError(f"{where} line {n} is not '<sha256>  <name>' (each file once): {line!r}")
     return out
 
 
@@ -154,6 +203,164 @@ def min_runtime(libs: Iterable[Path]) -> tuple[str, str]:
     return glibc, (f"GLIBCXX_{glibcxx}" if glibcxx else "")
 
 
+# ---- artifact.json -------------------------------------------------------------------------
+def read_hparams(path: Path) -> dict[str, int]:
+    """The header hparams of a whisper.cpp ggml model file (magic, then 11 x int32)."""
+    with path.open("rb") as fh:
+        head = fh.read(4 + 4 * len(HPARAM_ORDER))
+    if len(head) < 4 + 4 * len(HPARAM_ORDER) or struct.unpack_from("<I", head)[0] != GGML_MAGIC:
+        raise LayoutError(f"{path} is not a whisper.cpp ggml model file (bad magic or short header).")
+    return dict(zip(HPARAM_ORDER, struct.unpack_from(f"<{len(HPARAM_ORDER)}i", head, 4), strict=True))
+
+
+def metadata(
+    d: Path, model: str, build: Mapping[str, Any], glibc: str, glibcxx: str
+) -> dict[str, Any]:
+    """artifact.json of the laid-out directory `d`: the facts the README states, machine-readable."""
+    source = build["source"]
+    names = model_files(model, build["quantize"])
+    types = quant_types(build["quantize"])
+    files = []
+    hparams: dict[str, int] = {}
+    for name, qtype in zip(names, types, strict=True):
+        h = read_hparams(d / name)
+        files.append({
+            "name": name,
+            "type": qtype,
+            "ftype": h.pop("ftype"),
+            "size": (d / name).stat().st_size,
+            "sha256": sha256_file(d / name),
+            "primary": name == names[0],
+        })
+        if hparams and h != hparams:
+            raise LayoutError(f"{d / name}: hparams {h} differ from {names[0]}'s {hparams}.")
+        hparams = h
+    return {
+        "schema": METADATA_SCHEMA,
+        "release_version": build["release_version"],
+        "whisper_cpp": {"version": source["version"], "commit": source["commit"], "tree": source["tree"]},
+        "model": {"name": model, "hparams": hparams},
+        "model_files": files,
+        "required_cpu_flags": [str(f) for f in build["required_cpu_flags"]],
+        "min_glibc": glibc,
+        "min_glibcxx": glibcxx,
+        "libraries": [
+            {"name": lib, "role": LIBRARY_ROLES[lib], "sha256": sha256_file(d / lib)} for lib in LIBRARIES
+        ],
+    }
+
+
+# A finding about artifact.json: (field, wanted, got).
+MetaFinding = tuple[str, str, str]
+
+
+def _field_findings(meta: Any) -> list[MetaFinding]:
+    """Shape of artifact.json, field by field."""
+    if not isinstance(meta, dict):
+        return [("(top level)", "a JSON object", type(meta).__name__)]
+    out: list[MetaFinding] = []
+    if meta.get("schema") != METADATA_SCHEMA:
+        out.append(("schema", repr(METADATA_SCHEMA), repr(meta.get("schema"))))
+    for fld, typ, want in (
+        ("release_version", str, "a string"),
+        ("whisper_cpp", dict, "an object"),
+        ("model", dict, "an object"),
+        ("model_files", list, "a non-empty list"),
+        ("required_cpu_flags", list, "a list of CPU flag names"),
+        ("min_glibc", str, "a version string"),
+        ("min_glibcxx", str, "a string"),
+        ("libraries", list, "a list"),
+    ):
+        if not isinstance(meta.get(fld), typ) or (fld == "model_files" and not meta.get(fld)):
+            out.append((fld, want, repr(meta.get(fld))))
+    if out:
+        return out
+    if not all(isinstance(f, str) and re.fullmatch(r"[a-z0-9_.]+", f) for f in meta["required_cpu_flags"]):
+        flags = repr(meta["required_cpu_flags"])
+        out.append(("required_cpu_flags", "CPU flag names as in /proc/cpuinfo", flags))
+    model = meta["model"].get("name")
+    for i, f in enumerate(meta["model_files"]):
+        if not (isinstance(f, dict) and isinstance(f.get("name"), str) and isinstance(f.get("type"), str)):
+            out.append((f"model_files[{i}]", "an object with name and type", repr(f)))
+            continue
+        want_name = model_file_name(str(model), f["type"])
+        if f["name"] != want_name:
+            out.append((f"model_files[{i}].name", repr(want_name), repr(f["name"])))
+    primaries = [
+        f.get("name") for f in meta["model_files"] if isinstance(f, dict) and f.get("primary") is True
+    ]
+    if len(primaries) != 1:
+        out.append(("model_files[].primary", "true on exactly one file", repr(primaries)))
+    libs = [lib.get("name") if isinstance(lib, dict) else lib for lib in meta["libraries"]]
+    if libs != list(LIBRARIES):
+        out.append(("libraries", f"the libraries {list(LIBRARIES)} in load order", repr(libs)))
+    return out
+
+
+def check_metadata(d: Path) -> list[MetaFinding]:
+    """Findings (empty when fine): artifact.json exists, has the v1 shape, and every size, hash and
+    header fact it states is true of the directory's files."""
+    where = d / METADATA
+    if not where.is_file():
+        return [("(file)", f"{METADATA} in every artifact directory", "missing")]
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        return [("(file)", "valid JSON", f"a parse error ({e})")]
+    out = _field_findings(meta)
+    if out:
+        return out
+    for i, f in enumerate(meta["model_files"]):
+        p = d / f["name"]
+        if not p.is_file():
+            out.append((f"model_files[{i}].name", f"a file in {d}", f"{f['name']} (absent)"))
+            continue
+        try:
+            h = read_hparams(p)
+        except LayoutError:
+            out.append((f"model_files[{i}]", "a ggml model file (magic, hparams)", f"{p.name}: no header"))
+            continue
+        facts = {"size": p.stat().st_size, "sha256": sha256_file(p), "ftype": h.pop("ftype")}
+        for key, got in facts.items():
+            if f.get(key) != got:
+                out.append((f"model_files[{i}].{key}", f"{got!r} ({p.name})", repr(f.get(key))))
+        if h != meta["model"].get("hparams"):
+            out.append(("model.hparams", f"{h} ({p.name})", repr(meta["model"].get("hparams"))))
+    for i, lib in enumerate(meta["libraries"]):
+        p = d / lib["name"]
+        got = sha256_file(p) if p.is_file() else None
+        if lib.get("sha256") != got:
+            out.append((f"libraries[{i}].sha256", f"{got!r} ({p.name})", repr(lib.get("sha256"))))
+    return out
+
+
+def format_meta_finding(where: Path, finding: MetaFinding) -> str:
+    fld, wanted, got = finding
+    return f"{where}: field {fld!r}: wanted {wanted}, got {got}; pull or build the artifact again."
+
+
+def load_metadata(d: Path) -> dict[str, Any]:
+    """artifact.json of `d`, shape-checked; LayoutError names the file and the field."""
+    where = d / METADATA
+    try:
+        meta = json.loads(where.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LayoutError(
+            f"{d} has no {METADATA}, so it is not a whisper-release artifact directory (schema "
+            f"{METADATA_SCHEMA}); pull it again with this version of whisper-release."
+        ) from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LayoutError(f"{where} is not valid JSON ({e}); pull the artifact again.") from None
+    findings = _field_findings(meta)
+    if findings:
+        raise LayoutError(format_meta_finding(where, findings[0]))
+    return dict(meta)
+
+
+def primary_model_file(meta: Mapping[str, Any]) -> str:
+    return next(str(f["name"]) for f in meta["model_files"] if f.get("primary") is True)
+
+
 # ---- layout --------------------------------------------------------------------------------
 def normalise(root: Path, epoch: int) -> None:
     """Modes 0644/0755 and mtime `epoch` on everything under root (root included)."""
@@ -171,7 +378,7 @@ def lay_out_model(
     out: Path, model: str, models_dir: Path, lib_dir: Path, template: str, build: Mapping[str, Any]
 ) -> Path:
     """One whisper_<model>_xeon/ directory: libraries, one model file per quantization type
-    (from models_dir), README, SHA256SUMS."""
+    (from models_dir), artifact.json, the README rendered from it, SHA256SUMS."""
     names = model_files(model, build["quantize"])
     for name in names:
         if not (models_dir / name).is_file():
@@ -190,18 +397,12 @@ def lay_out_model(
     for name in names:
         shutil.copyfile(models_dir / name, d / name)
     glibc, glibcxx = min_runtime(d / lib for lib in LIBRARIES)
+    meta = metadata(d, model, build, glibc, glibcxx)
+    (d / METADATA).write_text(canonical_json(meta), encoding="utf-8")
     sizes: dict[str, int | None] = {p.name: p.stat().st_size for p in d.iterdir()}
     sizes[README] = None
     sizes[SUMS] = None
-    values = readme.readme_values(
-        model=model,
-        model_files=names,
-        dir_name=d.name,
-        sizes=sizes,
-        build=build,
-        glibc=glibc,
-        glibcxx=glibcxx,
-    )
+    values = readme.readme_values(meta=meta, dir_name=d.name, sizes=sizes)
     (d / README).write_text(readme.render(template, values), encoding="utf-8")
     (d / SUMS).write_text(sha256sums_text(d), encoding="utf-8")
     return d
@@ -329,6 +530,7 @@ def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str])
         for name, digest in sums.items():
             if (d / name).is_file() and sha256_file(d / name) != digest:
                 findings.append(f"{d / name}: sha256 differs from SHA256SUMS")
+        findings += [format_meta_finding(d / METADATA, f) for f in check_metadata(d)]
         for name in want:
             rel = f"{d.name}/{name}"
             if listed.get(rel) != sha256_file(d / name):

@@ -88,23 +88,20 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 
 def readme_values(
-    *,
-    model: str,
-    model_files: Sequence[str],
-    dir_name: str,
-    sizes: Mapping[str, int | None],
-    build: Mapping[str, Any],
-    glibc: str,
-    glibcxx: str,
+    *, meta: Mapping[str, Any], dir_name: str, sizes: Mapping[str, int | None]
 ) -> dict[str, object]:
-    """Everything the template needs, from the build description (build.json) and measured facts."""
-    flags = [str(f) for f in build["required_cpu_flags"]]
-    source = build["source"]
-    assert isinstance(source, Mapping)
-    model_file = model_files[0]  # the primary: what the example loads
+    """Everything the template needs, from the directory's artifact.json (one source of facts) and
+    the sizes of its files."""
+    flags = [str(f) for f in meta["required_cpu_flags"]]
+    source = meta["whisper_cpp"]
+    files = list(meta["model_files"])
+    files.sort(key=lambda f: not f["primary"])  # the primary first: what the example loads
+    model_files = [str(f["name"]) for f in files]
+    types = [str(f["type"]) for f in files]
+    model_file = model_files[0]
     model_size = sizes[model_file]
     assert model_size is not None
-    types = [f.removeprefix(f"ggml-{model}-").removesuffix(".bin") for f in model_files]
+    glibcxx = str(meta["min_glibcxx"])
     # GCC release whose libstdc++ first exports a GLIBCXX_3.4.N version (libstdc++ ABI docs).
     glibcxx_gcc = {28: "11", 29: "11", 30: "12", 31: "13", 32: "13", 33: "14"}
     gcc_major = (
@@ -112,9 +109,9 @@ def readme_values(
     )
     return {
         "whisper_version": source["version"],
-        "model": model,
+        "model": meta["model"]["name"],
         "quantize": ", ".join(types),
-        "release_version": build["release_version"],
+        "release_version": meta["release_version"],
         "source_commit": source["commit"],
         "source_tree": source["tree"],
         "tree": tree(dir_name, sizes),
@@ -123,7 +120,7 @@ def readme_values(
         "model_size": human_size(model_size),
         "model_table": model_table(model_files, types, sizes),
         "full_params_size": FULL_PARAMS_SIZE,
-        "glibc": glibc,
+        "glibc": meta["min_glibc"],
         "glibcxx": glibcxx or "no GLIBCXX version",
         "gcc_major": gcc_major,
         "cpu_flags": ", ".join(f.upper().replace("_", ".") for f in flags),

@@ -5,14 +5,22 @@ Layout: s3://<bucket>/<prefix>/<version>/manifest.json and
 
 Rules, in the order push() applies them:
 - The local tree is checked first: every SHA256SUMS must list exactly the other files of its
-  directory with their true hashes, and manifest.json must be JSON. Nothing is sent otherwise.
-- Credentials and bucket are checked with one cheap authenticated call before any upload.
+  directory with their true hashes, and manifest.json's subjects must list exactly the files of
+  the tree with those same hashes. Nothing is sent otherwise.
+- Credentials and bucket are checked with one cheap authenticated call before any upload. A
+  bucket with Object Lock gets a SHA-256 checksum on every PUT (such buckets refuse PUTs without
+  one on AWS).
 - Each object carries its sha256 in its metadata (x-amz-meta-sha256) and is read back (streamed)
   and hashed after upload; a mismatch deletes the object and fails.
 - SHA256SUMS files, then manifest.json, go last: a release is visible (counts as published) only
   once its manifest exists, so an interrupted push never shows a partial release.
-- A rerun skips objects already there with the same sha256 metadata; a visible release with
-  different content is refused unless force=True (which first hides it by deleting its manifest).
+- A rerun skips an object already there only when its size and sha256 metadata match AND its
+  stored bytes are proven: its single-part (or same-part-size multipart) MD5 ETag matches the
+  file, else a streamed read-back hashes to the file's sha256. Metadata can be copied onto other
+  bytes, so it alone proves nothing; an object that fails the proof is uploaded again.
+- A visible release with different content is refused unless force=True (which first hides it by
+  deleting its manifest); objects the tree no longer has are deleted, so the release is exactly
+  the tree.
 """
 
 from __future__ import annotations
@@ -26,9 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boto3.exceptions import S3UploadFailedError as Boto3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from s3transfer.exceptions import S3UploadFailedError
+from tqdm import tqdm
+
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError, VerificationError
+from whisper_release.core.pins import load_pins
 from whisper_release.layout.artifacts import sha256_file
+from whisper_release.publish.pointer import update_latest
+from whisper_release.publish.target import publish_config
+from whisper_release.s3.client import make_client
 from whisper_release.s3.config import S3Config, shorten_key
 
 MANIFEST = "manifest.json"
@@ -84,6 +102,53 @@ def _parse_sums(path: Path) -> dict[str, str]:
     return entries
 
 
+def _manifest_subjects(manifest: Any) -> dict[str, str] | None:
+    """relpath -> sha256 from the manifest's subjects (the in-toto `subject` list the build writes,
+    or the flat `subjects` form pull also reads); None when there is no usable list."""
+    subjects = manifest.get("subject", manifest.get("subjects")) if isinstance(manifest, dict) else None
+    if not isinstance(subjects, list) or not subjects:
+        return None
+    out: dict[str, str] = {}
+    for s in subjects:
+        if not isinstance(s, dict):
+            return None
+        name = s.get("name") or s.get("path")
+        digest = (s.get("digest") or {}).get("sha256") if isinstance(s.get("digest"), dict) else None
+        digest = digest or s.get("sha256")
+        if not isinstance(name, str) or not isinstance(digest, str):
+            return None
+        out[name.removeprefix("./")] = digest.lower()
+    return out
+
+
+def _manifest_findings(root: Path, manifest: Any, objects: list[LocalObject]) -> list[str]:
+    """Where manifest.json and the tree (whose SHA256SUMS were checked against the bytes) disagree.
+
+    pull trusts the manifest's subjects and the SHA256SUMS both, so a release where they differ
+    would be refused by every consumer: it must not leave this machine.
+    """
+    listed = _manifest_subjects(manifest)
+    if listed is None:
+        return [f"{MANIFEST} has no 'subject' list of files and sha256 digests (pull refuses such a release)"]
+    files = {o.relpath: o for o in objects if o.relpath != MANIFEST}
+
+    def sums_of(rel: str) -> str | None:  # the SHA256SUMS that vouches for rel, if any
+        path = Path(rel)
+        return None if path.name == SUMS or "/" not in rel else f"{path.parent.as_posix()}/{SUMS}"
+
+    findings: list[str] = []
+    for rel in sorted(set(files) - set(listed)):
+        findings.append(f"{rel} is in {sums_of(rel) or 'the tree'} but not among {MANIFEST}'s subjects")
+    for rel in sorted(set(listed) - set(files)):
+        findings.append(f"{MANIFEST} lists {rel}, which is not in the tree")
+    for rel in sorted(set(listed) & set(files)):
+        if listed[rel] != files[rel].sha256:
+            sums = sums_of(rel)
+            findings.append(f"{MANIFEST} gives {rel} sha256 {listed[rel][:12]}…, "
+                            f"{sums + ' and the file' if sums else 'the file has'} {files[rel].sha256[:12]}…")
+    return findings
+
+
 def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
     """Every file to publish, hashed, after checking each SHA256SUMS against its directory."""
     root = Path(artifacts_dir)
@@ -92,7 +157,7 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
             f"{root} has no {MANIFEST}: expected a built release directory (run `invoke build` first)."
         )
     try:
-        json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise VerificationError(
             f"{root / MANIFEST} is not valid JSON ({e}); rebuild the artifacts."
@@ -132,6 +197,13 @@ def scan_artifacts(artifacts_dir: str | Path) -> list[LocalObject]:
             f"The artifacts in {root} do not match their checksums ({len(findings)} finding(s): "
             + "; ".join(findings) + "); rebuild them, nothing was published."
         )
+    # Only now: with every SHA256SUMS proven against its files, a manifest finding names both sides.
+    findings = _manifest_findings(root, manifest, objects)
+    if findings:
+        raise VerificationError(
+            f"{root / MANIFEST} and the {SUMS} files beside it disagree ({len(findings)} finding(s): "
+            + "; ".join(findings) + "); rebuild the artifacts, nothing was published."
+        )
     if not any(o.phase == 1 for o in objects):
         raise VerificationError(
             f"{root} holds no whisper_<model>_xeon/{SUMS}: nothing to publish; run `invoke build`."
@@ -151,33 +223,6 @@ def check_version(version: str) -> str:
 # ---- client ------------------------------------------------------------------------------------
 
 
-def make_client(cfg: S3Config, *, max_attempts: int = 5, connect_timeout: float = 10.0,
-                read_timeout: float = 60.0) -> Any:
-    """A boto3 S3 client configured for S3-compatible servers as well as AWS."""
-    import boto3
-    from botocore.config import Config
-
-    bc = Config(
-        region_name=cfg.region,
-        signature_version="s3v4",
-        # Path style: MinIO/SeaweedFS on an IP or localhost have no per-bucket DNS names.
-        s3={"addressing_style": "path"},
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        # boto3 >= 1.36 adds CRC checksums by default and several S3-compatible servers reject or
-        # mishandle them (FACTS.md; botocore#3352, s3transfer#327). Integrity is proven end to end
-        # by our sha256 metadata and read-back instead, which works on every server.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    session = boto3.session.Session()
-    return session.client(
-        "s3", endpoint_url=cfg.endpoint, aws_access_key_id=cfg.access_key,
-        aws_secret_access_key=cfg.secret_key, aws_session_token=cfg.session_token, config=bc,
-    )
-
-
 def _error_code(e: Exception) -> str:
     resp = getattr(e, "response", None) or {}
     code = str(resp.get("Error", {}).get("Code", ""))
@@ -185,7 +230,6 @@ def _error_code(e: Exception) -> str:
 
 
 def _describe(e: Exception) -> str:
-    from botocore.exceptions import ClientError
 
     if isinstance(e, ClientError):
         err = e.response.get("Error", {})
@@ -198,7 +242,6 @@ def check_access(client: Any, cfg: S3Config, *, create_bucket: bool = False) -> 
 
     Returns True if the bucket was created.
     """
-    from botocore.exceptions import BotoCoreError, ClientError
 
     where = f"the S3 store at {cfg.endpoint_display}"
     try:
@@ -267,6 +310,7 @@ class PushReport:
     deleted: list[str] = field(default_factory=list)
     bytes_uploaded: int = 0
     bucket_created: bool = False
+    checksum: str | None = None  # the checksum algorithm sent with every PUT (Object Lock buckets)
 
     @property
     def location(self) -> str:
@@ -287,15 +331,58 @@ def _content_type(name: str) -> str:
     return "application/octet-stream"
 
 
-def _remote_state(client: Any, cfg: S3Config, release_key: str) -> dict[str, tuple[int, str | None]]:
-    """key -> (size, sha256 metadata or None) for every object under the release."""
-    out: dict[str, tuple[int, str | None]] = {}
+@dataclass(frozen=True)
+class RemoteObject:
+    size: int
+    sha256: str | None  # the x-amz-meta-sha256 the publisher wrote (anyone with write access can copy it)
+    etag: str
+
+
+def _remote_state(client: Any, cfg: S3Config, release_key: str) -> dict[str, RemoteObject]:
+    """key -> size, sha256 metadata and ETag of every object under the release."""
+    out: dict[str, RemoteObject] = {}
     paginator = client.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=cfg.bucket, Prefix=release_key + "/"):
         for obj in page.get("Contents", []):
             head = client.head_object(Bucket=cfg.bucket, Key=obj["Key"])
-            out[obj["Key"]] = (int(head["ContentLength"]), head.get("Metadata", {}).get(META_SHA256))
+            out[obj["Key"]] = RemoteObject(int(head["ContentLength"]),
+                                           head.get("Metadata", {}).get(META_SHA256),
+                                           str(head.get("ETag", "")).strip('"').lower())
     return out
+
+
+def _local_etag(path: Path, size: int, parts: int, part_size: int) -> str | None:
+    """The ETag an unencrypted store gives `path` uploaded in one part (parts=0) or in `parts`
+    parts of `part_size`; None when that part size cannot give that many parts."""
+    if parts and -(-size // part_size) != parts:
+        return None
+    whole, digests = hashlib.md5(usedforsecurity=False), []
+    with path.open("rb") as f:
+        while block := f.read(part_size if parts else MiB):
+            if parts:
+                digests.append(hashlib.md5(block, usedforsecurity=False).digest())
+            else:
+                whole.update(block)
+    if not parts:
+        return whole.hexdigest()
+    return f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}"
+
+
+def _stored_bytes_match(client: Any, cfg: S3Config, key: str, local: LocalObject, remote: RemoteObject,
+                        settings: TransferSettings, chunk: int = MiB) -> bool:
+    """Whether the stored object holds exactly the local bytes, not just their metadata.
+
+    The ETag settles it cheaply when the store computes it as MD5 (single part, or multipart with
+    our part size); otherwise (SSE-KMS, another part size, a mismatch) a streamed read-back does.
+    """
+    m = re.fullmatch(r"([0-9a-f]{32})(?:-([0-9]+))?", remote.etag)
+    if m and _local_etag(local.path, local.size, int(m.group(2) or 0),
+                         settings.multipart_chunksize) == remote.etag:
+        return True
+    h = hashlib.sha256()
+    for block in client.get_object(Bucket=cfg.bucket, Key=key)["Body"].iter_chunks(chunk):
+        h.update(block)
+    return h.hexdigest() == local.sha256
 
 
 def _verify_remote(client: Any, cfg: S3Config, key: str, local: LocalObject, chunk: int = MiB) -> None:
@@ -322,6 +409,38 @@ def _verify_remote(client: Any, cfg: S3Config, key: str, local: LocalObject, chu
         )
 
 
+_ACCESS_REFUSALS = ("AccessDenied", "AllAccessDisabled", "AccountProblem")
+_REFUSALS = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "InvalidRequest", "InvalidObjectState",
+             "MethodNotAllowed", "NotImplemented", "QuotaExceeded", "EntityTooLarge", "InvalidBucketState"}
+
+
+def _refusal(e: BaseException) -> str | None:
+    """'Code: message' when the store answered an upload with a definite no, else None (a transfer
+    failure that a rerun may cure). boto3's upload_file wraps the ClientError in its own
+    S3UploadFailedError, whose cause is only in __context__."""
+
+    seen: BaseException | None = e
+    while seen is not None and not isinstance(seen, ClientError):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None or _error_code(seen) not in _REFUSALS or getattr(seen, "operation_name", "") not in (
+            "PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"):
+        return None
+    return _describe(seen)
+
+
+def _refusal_error(e: BaseException, cfg: S3Config, key: str, version: str) -> PublishError | None:
+    refusal = _refusal(e)
+    if refusal is None:
+        return None
+    todo = (f"grant that key s3:PutObject on bucket {cfg.bucket!r} (check its bucket policy)"
+            if refusal.startswith(_ACCESS_REFUSALS) else "change what the store objects to")
+    return PublishError(
+        f"The S3 store at {cfg.endpoint_display} refused to store s3://{cfg.bucket}/{key} for access key "
+        f"{shorten_key(cfg.access_key)} ({refusal}): {todo}; release {version} was not published (its "
+        "manifest was not written)."
+    )
+
+
 def _fmt_size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -341,6 +460,7 @@ def push(
     settings: TransferSettings | None = None,
     progress: bool = True,
     on_object: Callable[[str], None] | None = None,
+    force_latest: bool = False,
 ) -> PushReport:
     """Upload the release in `artifacts_dir` as <prefix>/<version>/ (see the module docstring).
 
@@ -364,26 +484,32 @@ def push(
     client = make_client(config, max_attempts=settings.max_attempts,
                          connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout)
     report.bucket_created = check_access(client, config, create_bucket=create_bucket)
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    try:
-        remote = _remote_state(client, config, release_key)
-    except (BotoCoreError, ClientError) as e:
-        raise PublishError(
-            f"Listing {report.location} failed ({_describe(e)}); nothing was uploaded."
-        ) from None
+    report.checksum = _checksum_for(client, config)
 
     manifest_key = report.manifest_key
     differing: list[str] = []
-    for o in objects:
-        key = f"{release_key}/{o.relpath}"
-        if key not in remote:
-            report.plan.append(PlannedObject(key, o, "upload"))
-        elif remote[key] == (o.size, o.sha256):
-            report.plan.append(PlannedObject(key, o, "skip"))
-        else:
-            report.plan.append(PlannedObject(key, o, "replace"))
-            differing.append(o.relpath)
+    try:
+        remote = _remote_state(client, config, release_key)
+        for o in objects:
+            key = f"{release_key}/{o.relpath}"
+            r = remote.get(key)
+            if r is None:
+                report.plan.append(PlannedObject(key, o, "upload"))
+            elif (r.size, r.sha256) != (o.size, o.sha256):
+                report.plan.append(PlannedObject(key, o, "replace"))
+                differing.append(o.relpath)
+            elif _stored_bytes_match(client, config, key, o, r, settings):
+                report.plan.append(PlannedObject(key, o, "skip"))
+            else:
+                # The release claims these bytes (metadata) but holds others: restoring them changes
+                # nothing a reader was promised, so it needs no --force.
+                info(f"s3://{config.bucket}/{key} carries this file's sha256 metadata but other bytes: "
+                     "uploading it again")
+                report.plan.append(PlannedObject(key, o, "replace"))
+    except (BotoCoreError, ClientError) as e:
+        raise PublishError(
+            f"Reading what {report.location} holds failed ({_describe(e)}); nothing was uploaded."
+        ) from None
     local_keys = {p.key for p in report.plan}
     extras = sorted(k for k in remote if k not in local_keys)
     visible = manifest_key in remote
@@ -410,13 +536,32 @@ def push(
     report.skipped = [p.key for p in report.plan if p.action == "skip"]
     if not todo:
         info(f"release {version} is already published at {report.location}: nothing to upload")
-        return report
-    _upload_all(client, config, todo, settings, report, progress, on_object)
+    else:
+        _upload_all(client, config, todo, settings, report, progress, on_object)
+    update_latest(client, config, report, force_latest=force_latest)  # last: publish/pointer.py
     return report
 
 
+def _checksum_for(client: Any, cfg: S3Config) -> str | None:
+    """"SHA256" when the bucket has Object Lock, else None (no checksum header at all).
+
+    AWS refuses a PUT into an Object Lock bucket that carries neither Content-MD5 nor a checksum;
+    elsewhere checksums stay off, because several S3-compatible servers mishandle them (FACTS.md).
+    A store that cannot say (no such API, no permission) gets none: if it then refuses an upload,
+    the refusal is reported in one sentence.
+    """
+
+    try:
+        conf = client.get_object_lock_configuration(Bucket=cfg.bucket)
+    except (BotoCoreError, ClientError):
+        return None
+    if conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") != "Enabled":
+        return None
+    info(f"bucket {cfg.bucket!r} has Object Lock: every upload carries a SHA-256 checksum")
+    return "SHA256"
+
+
 def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport) -> None:
-    from botocore.exceptions import BotoCoreError, ClientError
 
     for key in keys:
         try:
@@ -430,10 +575,6 @@ def _delete(client: Any, cfg: S3Config, keys: Iterable[str], report: PushReport)
 
 def _upload_all(client: Any, cfg: S3Config, todo: list[PlannedObject], settings: TransferSettings,
                 report: PushReport, progress: bool, on_object: Callable[[str], None] | None) -> None:
-    from boto3.s3.transfer import TransferConfig
-    from botocore.exceptions import BotoCoreError, ClientError
-    from s3transfer.exceptions import S3UploadFailedError
-    from tqdm import tqdm
 
     tc = TransferConfig(multipart_threshold=settings.multipart_threshold,
                         multipart_chunksize=settings.multipart_chunksize,
@@ -453,14 +594,18 @@ def _upload_all(client: Any, cfg: S3Config, todo: list[PlannedObject], settings:
                     bar.update(n)
                     overall.update(n)
 
+                extra: dict[str, Any] = {"Metadata": {META_SHA256: p.local.sha256},
+                                         "ContentType": _content_type(Path(name).name)}
+                if report.checksum:
+                    extra["ChecksumAlgorithm"] = report.checksum
                 try:
-                    client.upload_file(
-                        str(p.local.path), cfg.bucket, p.key, Config=tc, Callback=advance,
-                        ExtraArgs={"Metadata": {META_SHA256: p.local.sha256},
-                                   "ContentType": _content_type(Path(name).name)},
-                    )
+                    client.upload_file(str(p.local.path), cfg.bucket, p.key, Config=tc, Callback=advance,
+                                       ExtraArgs=extra)
                     _verify_remote(client, cfg, p.key, p.local)
-                except (S3UploadFailedError, BotoCoreError, ClientError) as e:
+                except (Boto3UploadFailedError, S3UploadFailedError, BotoCoreError, ClientError) as e:
+                    refused = _refusal_error(e, cfg, p.key, report.version)
+                    if refused:
+                        raise refused from None
                     raise PublishError(
                         f"Uploading {name} to s3://{cfg.bucket}/{p.key} failed after {settings.max_attempts} "
                         f"attempts ({_describe(e)}); release {report.version} was not published (its "
@@ -510,10 +655,9 @@ def push_release(
     create_bucket: bool = False,
     dry_run: bool = False,
     store_root: str | Path | None = None,
+    force_latest: bool = False,
 ) -> PushReport:
     """`invoke push`: resolve the target (configured, else the embedded store), push, print the report."""
-    from whisper_release.core.pins import load_pins
-    from whisper_release.s3.store import publish_config
 
     version = version or load_pins().release_version
     # Prove the artifacts before starting a store or touching the network.
@@ -522,6 +666,6 @@ def push_release(
                          store_root=store_root, dry_run=dry_run)
     info(f"publishing to {cfg!r}")
     report = push(artifacts_dir, cfg, version=version, force=force, dry_run=dry_run,
-                  create_bucket=create_bucket)
+                  create_bucket=create_bucket, force_latest=force_latest)
     print_report(report, cfg, artifacts_dir)
     return report

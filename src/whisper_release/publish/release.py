@@ -14,9 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from whisper_release.build.docker import build
 from whisper_release.core.console import info, quote
 from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import load_pins, project_root
+from whisper_release.core.pins import Pins, ResolvedProfile, project_root
+from whisper_release.publish.push import print_report, push
+from whisper_release.publish.target import publish_config
 
 
 @dataclass
@@ -42,23 +45,21 @@ def run_verify_suite(artifacts: Path, *, extra: list[str] | None = None) -> None
 
 
 def release(
-    profile: str = "offline",
+    profile: ResolvedProfile,
+    pins: Pins,
     *,
     out: Path = Path("dist/release_artifacts"),
     endpoint: str | None = None,
     config_file: str | None = None,
     force: bool = False,
     dry_run: bool = False,
+    force_latest: bool = False,
 ) -> None:
-    from whisper_release.build.docker import build
-    from whisper_release.publish.push import print_report, push
-    from whisper_release.s3.store import publish_config
 
-    pins = load_pins()
     times = StepTimes()
 
     t = time.monotonic()
-    artifacts = build(profile, dry_run=dry_run, out=out)  # fetches (and verifies) its inputs first
+    artifacts = build(profile, pins, dry_run=dry_run, out=out)  # fetches (and verifies) its inputs first
     times.seconds["fetch+build"] = time.monotonic() - t
     if dry_run:
         info(f"dry run: would verify {out} and push release {pins.release_version}")
@@ -73,7 +74,7 @@ def release(
     t = time.monotonic()
     config = publish_config(config_file=config_file, endpoint=endpoint)
     report = push(artifacts, config, version=pins.release_version, force=force,
-                  create_bucket=config.create_bucket)
+                  create_bucket=config.create_bucket, force_latest=force_latest)
     times.seconds["push"] = time.monotonic() - t
-    info(f"release {pins.release_version} ({profile}) done: {times.line()}")
+    info(f"release {pins.release_version} ({profile.name}) done: {times.line()}")
     print_report(report, config, artifacts)

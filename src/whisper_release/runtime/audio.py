@@ -18,6 +18,15 @@ import numpy as np
 from whisper_release.core.errors import VerificationError
 
 SAMPLE_RATE = 16000
+# Header rates outside this range are refused before anything is allocated: 0xFFFFFFFF Hz once
+# asked the resampler for a 317 GiB filter table, and 1 Hz would make 16000 output samples of each
+# input one. 4 kHz to 384 kHz covers telephone to studio recordings.
+MIN_RATE, MAX_RATE = 4_000, 384_000
+
+
+class SampleRateError(VerificationError):
+    """The header's sample rate is outside MIN_RATE..MAX_RATE. Callers do not hand such a file to
+    ffmpeg: it trusts the same header (a 1 Hz claim is upsampled 16000-fold in memory there too)."""
 
 
 def read_wav(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -34,6 +43,18 @@ def read_wav(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> np
             f"{path} is not a readable PCM WAV file ({e}); convert it with "
             f"`ffmpeg -i IN -ar 16000 -ac 1 -c:a pcm_s16le OUT.wav`."
         ) from None
+    except RuntimeError:
+        # Python's chunk reader raises a bare RuntimeError when a chunk runs past the RIFF size in
+        # the header (files written by streaming encoders); ffmpeg reads those, so callers fall back.
+        raise VerificationError(
+            f"{path} has a RIFF header whose size is smaller than its chunks, which this WAV reader cannot "
+            f"follow; convert it with `ffmpeg -i IN -ar 16000 -ac 1 -c:a pcm_s16le OUT.wav`."
+        ) from None
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise SampleRateError(
+            f"{path} declares a sample rate of {rate} Hz: wanted {MIN_RATE} to {MAX_RATE} Hz; the header is "
+            f"damaged or the file is not audio, re-export it as PCM WAV."
+        )
     frames = len(raw) // (width * channels)
     if frames == 0:
         raise VerificationError(f"Audio file {path} holds no samples (wanted at least one frame of audio).")

@@ -12,6 +12,7 @@ import collections
 import ctypes
 import os
 import threading
+from collections.abc import Sequence
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from whisper_release.core.errors import ConfigError, VerificationError
-from whisper_release.core.pins import HPARAM_ORDER
+from whisper_release.layout.artifacts import HPARAM_ORDER
 from whisper_release.runtime import cpu
 
 LIBRARY = "libwhisper.so"
@@ -202,14 +203,6 @@ class Segment:
     t0: float  # seconds
     t1: float
     text: str
-
-
-def required_cpu_flags(pins: Any = None) -> list[str]:
-    if pins is None:
-        from whisper_release.core.pins import load_pins
-
-        pins = load_pins()
-    return [str(f) for f in pins.build["required_cpu_flags"]]
 
 
 def fitted_audio_ctx(n_samples: int, floor: int = AUDIO_CTX_FLOOR) -> int:
@@ -396,13 +389,12 @@ _load_lock = threading.Lock()
 def load(
     lib_dir: str | os.PathLike[str],
     *,
-    pins: Any = None,
-    required_flags: list[str] | None = None,
+    required_flags: Sequence[str],
     cpuinfo: str | os.PathLike[str] = cpu.CPUINFO,
 ) -> Whisper:
-    """Load `lib_dir/libwhisper.so` (its ggml libraries resolve through its $ORIGIN rpath)."""
-    flags = required_flags if required_flags is not None else required_cpu_flags(pins)
-    cpu.require_flags(flags, f"the whisper.cpp build in {lib_dir}", cpuinfo)
+    """Load `lib_dir/libwhisper.so` (its ggml libraries resolve through its $ORIGIN rpath), after
+    checking this CPU has `required_flags` (the artifact's artifact.json states them)."""
+    cpu.require_flags(list(required_flags), f"the whisper.cpp build in {lib_dir}", cpuinfo)
     path = (Path(lib_dir) / LIBRARY).resolve()
     with _load_lock:
         if path in _loaded:

@@ -7,6 +7,12 @@ Sources, first hit wins per setting:
   3. a TOML config file (--config, else $WHISPER_RELEASE_S3_CONFIG) with an [s3] table,
   4. release.toml's [publish] table (bucket and prefix only; credentials never live in pins).
 
+With no static keys anywhere, the credentials come from boto3's default chain (AWS_PROFILE and the
+~/.aws files, SSO, web identity, container and instance roles): `resolve_chain` proves up front
+that it yields some, and clients get no keys so that boto3 refreshes temporary ones itself.
+Without an endpoint, only a variable that names such a source (CHAIN_VARS) selects AWS S3; a
+machine with bare ~/.aws files keeps publishing to the embedded store.
+
 Secrets never appear in repr, logs or error messages; the access key is shown shortened.
 """
 
@@ -22,7 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
+from whisper_release.core.redact import redact_url
 
 DEFAULT_REGION = "us-east-1"
 CONFIG_FILE_VAR = "WHISPER_RELEASE_S3_CONFIG"
@@ -38,6 +46,13 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "bucket": ("WHISPER_RELEASE_BUCKET", "MINIO_BUCKET"),
     "prefix": ("WHISPER_RELEASE_PREFIX", "MINIO_PREFIX"),
 }
+# Variables that name a credential source of boto3's default chain: each means "a store is configured".
+CHAIN_VARS = (
+    "AWS_PROFILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
 FILE_KEYS = ("endpoint", "access_key", "secret_key", "session_token", "region", "bucket", "prefix")
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -76,6 +91,11 @@ class S3Config:
     __str__ = __repr__
 
     @property
+    def uses_chain(self) -> bool:
+        """No static keys: boto3's default credential chain supplies them (and refreshes them)."""
+        return not self.access_key and not self.secret_key
+
+    @property
     def endpoint_display(self) -> str:
         return self.endpoint or f"AWS S3 ({self.region})"
 
@@ -90,8 +110,6 @@ class S3Config:
     def client_env(self) -> dict[str, str]:
         """Environment for a child process (aws cli, push_to_minio.sh). Goes in env=, never in argv."""
         env = {
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_REGION": self.region,
             # boto3 >= 1.36 sends CRC checksums by default, which several S3-compatible servers
@@ -99,6 +117,10 @@ class S3Config:
             "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
             "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
         }
+        if not self.uses_chain:
+            # With the chain, the child inherits AWS_PROFILE & co. and resolves them itself.
+            env["AWS_ACCESS_KEY_ID"] = self.access_key
+            env["AWS_SECRET_ACCESS_KEY"] = self.secret_key
         if self.endpoint:
             env["AWS_ENDPOINT_URL"] = self.endpoint
         if self.session_token:
@@ -123,6 +145,7 @@ class S3Config:
 def normalize_endpoint(value: str, *, secure_default: bool = True, where: str = "the endpoint") -> str:
     """http(s)://host[:port] with no path; a bare host[:port] (MinIO style) gets a scheme."""
     raw = value.strip()
+    shown = redact_url(raw)  # a pasted KEY:SECRET@host must not come back in the message
     if "://" not in raw:
         raw = ("https://" if secure_default else "http://") + raw
     try:
@@ -130,11 +153,11 @@ def normalize_endpoint(value: str, *, secure_default: bool = True, where: str = 
         port = parts.port
     except ValueError:
         raise ConfigError(
-            f"{where} {value!r} is not a URL: expected http(s)://host[:port], e.g. http://127.0.0.1:9000."
+            f"{where} {shown!r} is not a URL: expected http(s)://host[:port], e.g. http://127.0.0.1:9000."
         ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"{where} {value!r} is not an http(s) URL: expected http(s)://host[:port], "
+            f"{where} {shown!r} is not an http(s) URL: expected http(s)://host[:port], "
             "e.g. http://127.0.0.1:9000."
         )
     if parts.username or parts.password:
@@ -144,7 +167,7 @@ def normalize_endpoint(value: str, *, secure_default: bool = True, where: str = 
         )
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(
-            f"{where} {value!r} has a path or query: expected only http(s)://host[:port]; put the "
+            f"{where} {shown!r} has a path or query: expected only http(s)://host[:port]; put the "
             "bucket in MINIO_BUCKET/WHISPER_RELEASE_BUCKET and the folder in the prefix."
         )
     host = parts.hostname
@@ -205,7 +228,7 @@ def validate(cfg: S3Config, origins: Mapping[str, str] | None = None) -> S3Confi
         raise ConfigError(
             f"The region {cfg.region!r} (from {src('region')}) is not a region name: expected e.g. us-east-1."
         )
-    if not cfg.access_key or not cfg.secret_key:
+    if bool(cfg.access_key) != bool(cfg.secret_key):
         missing = "AWS_ACCESS_KEY_ID (or MINIO_ACCESS_KEY)" if not cfg.access_key else (
             "AWS_SECRET_ACCESS_KEY (or MINIO_SECRET_KEY)"
         )
@@ -215,7 +238,7 @@ def validate(cfg: S3Config, origins: Mapping[str, str] | None = None) -> S3Confi
         )
     for key, name in (("access_key", "access key"), ("secret_key", "secret key")):
         value = getattr(cfg, key)
-        if any(c.isspace() for c in value) or not value.isprintable():
+        if value and any(c.isspace() for c in value) or not value.isprintable():
             raise ConfigError(
                 f"The {name} from {src(key)} contains whitespace or control characters; "
                 "check for a stray newline or quote."
@@ -247,13 +270,6 @@ def _read_file(path: Path) -> dict[str, Any]:
     return {k: str(v) if k != "secure" else v for k, v in table.items()}
 
 
-def _publish_defaults() -> dict[str, str]:
-    from whisper_release.core.pins import load_pins
-
-    pub = load_pins().publish
-    return {"bucket": str(pub.get("bucket", "")), "prefix": str(pub.get("prefix", ""))}
-
-
 def load_config(
     *,
     env: Mapping[str, str] | None = None,
@@ -262,6 +278,7 @@ def load_config(
     bucket: str | None = None,
     prefix: str | None = None,
     defaults: Mapping[str, str] | None = None,
+    defaults_origin: str = "the caller's defaults",
 ) -> S3Config | None:
     """The configured target, or None when nothing names a store (the caller may start the embedded one).
 
@@ -285,20 +302,37 @@ def load_config(
                 values[key], origin[key] = str(file_values[key]), f"config file {file_path}"
     if endpoint:
         values["endpoint"], origin["endpoint"] = endpoint, "--endpoint"
-    if not any(k in values for k in ("endpoint", "access_key", "secret_key")):
+    chain_vars = [v for v in CHAIN_VARS if env.get(v)]
+    if not any(k in values for k in ("endpoint", "access_key", "secret_key")) and not chain_vars:
         return None
+    if chain_vars:
+        origin.setdefault("chain", f"${chain_vars[0]}")
 
-    defaults = dict(defaults) if defaults is not None else _publish_defaults()
+    defaults = dict(defaults or {})
     if bucket:
         values["bucket"], origin["bucket"] = bucket, "--bucket"
     if prefix is not None:
         values["prefix"], origin["prefix"] = prefix, "--prefix"
+    if not values.get("bucket") and not defaults.get("bucket"):
+        raise ConfigError(
+            "No bucket is configured for the S3 store: set WHISPER_RELEASE_BUCKET (or MINIO_BUCKET, or "
+            "`bucket` in the S3 config file)."
+        )
     values.setdefault("bucket", defaults.get("bucket", ""))
     values.setdefault("prefix", defaults.get("prefix", ""))
 
     # MINIO_ENDPOINT is conventionally host:port with MINIO_SECURE saying whether TLS is on.
-    secure_raw = env.get("MINIO_SECURE", str(file_values.get("secure", "true")))
-    secure = secure_raw.strip().lower() not in ("0", "false", "no", "off")
+    if env.get("MINIO_SECURE"):
+        secure: bool = settings.get("MINIO_SECURE", env)
+    else:
+        file_secure = file_values.get("secure", True)
+        try:
+            secure = file_secure if isinstance(file_secure, bool) else bool(
+                settings.KNOBS["MINIO_SECURE"].parse(str(file_secure)))
+        except ValueError:
+            raise ConfigError(
+                f"The S3 config file {file_path} has secure = {file_secure!r}: expected true or false."
+            ) from None
     if "endpoint" in values:
         values["endpoint"] = normalize_endpoint(
             values["endpoint"], secure_default=secure, where=f"The endpoint from {origin['endpoint']}"
@@ -311,8 +345,8 @@ def load_config(
     if any(o.startswith("--") for o in origin.values()):
         kinds.append("the command line")
     for key in ("bucket", "prefix"):
-        origin.setdefault(key, "release.toml [publish]")
-    return validate(
+        origin.setdefault(key, defaults_origin)
+    cfg = validate(
         S3Config(
             endpoint=values.get("endpoint"),
             bucket=values["bucket"],
@@ -325,3 +359,38 @@ def load_config(
         ),
         origin,
     )
+    return resolve_chain(cfg, env) if cfg.uses_chain else cfg
+
+
+def resolve_chain(cfg: S3Config, env: Mapping[str, str] | None = None) -> S3Config:
+    """`cfg` (no static keys) after proving boto3's default chain yields credentials; ConfigError if
+    it finds none. The keys are not copied into `cfg`: clients resolve (and refresh) them again."""
+    import boto3
+    import botocore.exceptions
+
+    env = os.environ if env is None else env
+    profile = env.get("AWS_PROFILE") or None
+    try:
+        # Session(profile_name=None) reads AWS_PROFILE from os.environ itself; passing it keeps an
+        # explicit `env` (tests, callers) authoritative.
+        creds = boto3.session.Session(profile_name=profile).get_credentials()
+    except botocore.exceptions.ProfileNotFound:
+        raise ConfigError(
+            f"AWS_PROFILE={profile!r} names no profile in the AWS config or credentials files "
+            "(~/.aws/config, ~/.aws/credentials, or AWS_CONFIG_FILE/AWS_SHARED_CREDENTIALS_FILE); fix the "
+            "name or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        ) from None
+    except botocore.exceptions.BotoCoreError as e:
+        raise ConfigError(
+            f"boto3's default credential chain failed for the store at {cfg.endpoint_display} "
+            f"({type(e).__name__}: {e}); fix that source or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY."
+        ) from None
+    if creds is None:
+        raise ConfigError(
+            f"No credentials for the store at {cfg.endpoint_display}: AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY are not set and boto3's default chain (AWS_PROFILE, ~/.aws files, SSO, "
+            "container or instance role) found none; set the keys or a profile."
+        )
+    method = getattr(creds, "method", "") or "default chain"
+    return replace(cfg, source=f"{cfg.source} (credentials: boto3 {method})".strip(), access_key="",
+                   secret_key="")

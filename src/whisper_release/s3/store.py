@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core import settings
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, ToolError
-from whisper_release.s3.config import DEFAULT_REGION, S3Config, load_config, validate
+from whisper_release.core.paths import project_root
+from whisper_release.s3.client import make_client
+from whisper_release.s3.config import DEFAULT_REGION, S3Config, validate
 
 STORE_ROOT_VAR = "WHISPER_RELEASE_STORE"
 LOOPBACK = "127.0.0.1"
@@ -50,11 +53,9 @@ PORT_FLAGS = (
 
 
 def default_root() -> Path:
-    env = os.environ.get(STORE_ROOT_VAR)
-    if env:
-        return Path(env).resolve()
-    from whisper_release.core.pins import project_root
-
+    env: Path | None = settings.get(STORE_ROOT_VAR)
+    if env is not None:
+        return env
     return project_root() / ".store"
 
 
@@ -204,14 +205,33 @@ class EmbeddedStore:
     def _endpoint(state: dict[str, Any]) -> str:
         return f"http://{LOOPBACK}:{state['ports']['s3.port']}"
 
+    @property
+    def target_path(self) -> Path:
+        return self.root / "target.json"
+
     def _target(self) -> tuple[str, str]:
+        """Bucket and prefix: as given, else as recorded by whoever started the store with them (the
+        publisher passes release.toml's [publish]); this layer reads no pins, so a consumer without
+        release.toml finds the releases where the publisher put them."""
         if self._bucket is not None and self._prefix is not None:
             return self._bucket, self._prefix
-        from whisper_release.core.pins import load_pins
+        try:
+            recorded = dict(json.loads(self.target_path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            recorded = {}
+        bucket = self._bucket or recorded.get("bucket")
+        prefix = self._prefix if self._prefix is not None else recorded.get("prefix", "")
+        if not bucket:
+            raise ConfigError(
+                f"The embedded store in {self.root} has no bucket recorded: start it with `invoke store "
+                "--start` (it records release.toml's [publish] bucket) or set WHISPER_RELEASE_BUCKET."
+            )
+        return str(bucket), str(prefix)
 
-        pub = load_pins().publish
-        return (self._bucket or str(pub["bucket"]),
-                self._prefix if self._prefix is not None else str(pub.get("prefix", "")))
+    def _record_target(self) -> None:
+        if self._bucket is not None:
+            target = {"bucket": self._bucket, "prefix": self._prefix or ""}
+            self.target_path.write_text(json.dumps(target, indent=2) + "\n", encoding="utf-8")
 
     def _config(self, endpoint: str | None, creds: dict[str, str], note: str = "") -> S3Config:
         bucket, prefix = self._target()
@@ -256,6 +276,7 @@ class EmbeddedStore:
             st = self.status()
             creds = self._credentials(create=True)
             assert creds is not None
+            self._record_target()
             if st.running:
                 cfg = self._config(st.endpoint, creds)
                 self._wait_ready(cfg, int(st.pid or 0), time.monotonic() + timeout)
@@ -315,8 +336,6 @@ class EmbeddedStore:
 
     def _wait_ready(self, cfg: S3Config, pid: int, deadline: float) -> None:
         """Poll until an authenticated ListBuckets succeeds: S3 is up and our identity is loaded."""
-        from whisper_release.publish.push import make_client
-
         client = make_client(cfg, max_attempts=1, connect_timeout=2.0, read_timeout=5.0)
         last = "no answer yet"
         while time.monotonic() < deadline:
@@ -424,24 +443,14 @@ class EmbeddedStore:
         return target
 
 
-def publish_config(*, config_file: str | os.PathLike[str] | None = None, endpoint: str | None = None,
-                   bucket: str | None = None, prefix: str | None = None,
-                   store_root: str | os.PathLike[str] | None = None, dry_run: bool = False) -> S3Config:
-    """The configured endpoint, else the embedded store (started on demand; not started on dry runs)."""
-    cfg = load_config(config_file=config_file, endpoint=endpoint, bucket=bucket, prefix=prefix)
-    if cfg is not None:
-        return cfg
-    store = EmbeddedStore(store_root, bucket=bucket, prefix=prefix)
-    return store.planned_config() if dry_run else store.start()
-
-
 def store_command(*, start: bool = False, stop: bool = False, status: bool = False,
                   show_credentials: bool = False, root: str | os.PathLike[str] | None = None,
-                  dry_run: bool = False) -> StoreStatus:
-    """`invoke store`: start, stop or describe the embedded store; never prints a secret."""
+                  dry_run: bool = False, bucket: str | None = None, prefix: str | None = None) -> StoreStatus:
+    """`invoke store`: start, stop or describe the embedded store; never prints a secret. A start
+    records `bucket` and `prefix` (the caller's pins) for consumers that have none."""
     if start and stop:
         raise ConfigError("`invoke store` got both --start and --stop; pass one of them.")
-    store = EmbeddedStore(root)
+    store = EmbeddedStore(root, bucket=bucket, prefix=prefix)
     if dry_run:
         info(f"dry run: would {'start' if start else 'stop' if stop else 'inspect'} the embedded store in "
              f"{store.root} ({weed_binary()} server on {LOOPBACK}, authentication on)")

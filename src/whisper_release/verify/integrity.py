@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import HPARAM_ORDER, ModelPin
-from whisper_release.layout.artifacts import sha256_file
+from whisper_release.core.pins import ModelPin
+from whisper_release.layout import artifacts as layout
+from whisper_release.layout.artifacts import HPARAM_ORDER, sha256_file
 from whisper_release.weights import ggml
 
 SUMS = "SHA256SUMS"
@@ -314,14 +315,11 @@ def parse_sums(path: Path) -> tuple[dict[str, str], list[Finding]]:
         return {}, [Finding(str(path), "SHA256SUMS", "a SHA256SUMS file in the artifact directory", "none")]
     except UnicodeDecodeError:
         return {}, [Finding(str(path), "SHA256SUMS", "UTF-8 text", "undecodable bytes")]
-    for n, line in enumerate(text.splitlines(), 1):
-        digest, sep, name = line.partition("  ")
-        if not sep:
-            digest, sep, name = line.partition(" *")
-        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or not name:
-            findings.append(Finding(str(path), f"line {n}", "'<64 hex sha256>  <file name>'", repr(line)))
-            continue
-        entries[name] = digest
+    entries, bad = layout.read_sha256sums(text)
+    for n, line in bad:
+        findings.append(
+            Finding(str(path), f"line {n}", "'<64 hex sha256>  <file name>', each file once", repr(line))
+        )
     return entries, findings
 
 
@@ -414,7 +412,16 @@ def check_manifest(root: Path, artifact_dir: Path) -> list[Finding]:
 
 def model_name_of(artifact_dir: Path) -> str:
     """`whisper_<model>_xeon` -> `<model>`."""
-    name = artifact_dir.name
-    if not (name.startswith("whisper_") and name.endswith("_xeon")):
+    model = layout.model_of_dir_name(artifact_dir.name)
+    if model is None:
         raise VerificationError(f"{artifact_dir} is not an artifact directory: wanted whisper_<model>_xeon.")
-    return name[len("whisper_") : -len("_xeon")]
+    return model
+
+
+def check_metadata(artifact_dir: Path) -> list[Finding]:
+    """artifact.json: its v1 shape, and every fact it states true of the directory's files."""
+    where = str(artifact_dir / layout.METADATA)
+    return [
+        Finding(where, f"field {fld!r}", wanted, got, "pull or build the artifact again")
+        for fld, wanted, got in layout.check_metadata(artifact_dir)
+    ]

@@ -228,7 +228,7 @@ def pinned_wer_sets(
     from whisper_release.inputs.fetch import fetch_speech
 
     real = real_speech_clips(fetch_speech(pins), pins.speech)
-    return wer_sets(Path(source_dir) / pins.sample["path"], pins.sample["reference"], clips_file, real)
+    return wer_sets(Path(source_dir) / pins.sample.path, pins.sample.reference, clips_file, real)
 
 
 def all_clips(sets: dict[str, list[Clip]]) -> list[Clip]:
@@ -409,9 +409,10 @@ def changed_utterances(
     return out
 
 
-def bootstrap_settings(verify_pins: dict[str, Any]) -> tuple[int, int]:
-    """(resamples, seed) from release.toml [verify]; both must be positive integers."""
-    resamples, seed = verify_pins.get("bootstrap_resamples"), verify_pins.get("bootstrap_seed")
+def bootstrap_settings(verify_pins: Any) -> tuple[int, int]:
+    """(resamples, seed) from release.toml [verify] (core.pins.VerifyPins, or its table as a dict)."""
+    get = verify_pins.get if isinstance(verify_pins, dict) else (lambda k: getattr(verify_pins, k, None))
+    resamples, seed = get("bootstrap_resamples"), get("bootstrap_seed")
     if not (isinstance(resamples, int) and resamples >= 100 and isinstance(seed, int) and seed >= 0):
         raise ConfigError(
             f"release.toml [verify] needs bootstrap_resamples (an integer >= 100) and bootstrap_seed (an "

@@ -3,7 +3,7 @@
 Pure format code: numpy and the standard library only, no I/O at import time. It serves the
 CTranslate2 converter, the artifact integrity check and the generated benchmark models alike.
 
-Layout (little-endian, no padding; FACTS.md): u32 magic, 11 x i32 hparams in pins.HPARAM_ORDER,
+Layout (little-endian, no padding; FACTS.md): u32 magic, 11 x i32 hparams in layout.artifacts.HPARAM_ORDER,
 mel filters (i32 n_mel, i32 n_fft, f32 x n_mel*n_fft), vocab (i32 count, then u32 length + bytes
 per token), then tensor records until EOF: i32 n_dims, i32 name_len, i32 ttype, i32 x n_dims dims
 (innermost first, ggml's `ne`), the name, the raw data.
@@ -26,9 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from whisper_release.core.errors import VerificationError
-from whisper_release.core.pins import HPARAM_ORDER
-
-GGML_MAGIC = 0x67676D6C
+from whisper_release.layout.artifacts import GGML_MAGIC, HPARAM_ORDER
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1

@@ -1,0 +1,102 @@
+"""`<prefix>/latest.json`: the release `pull --release latest` gets, moved only forward.
+
+"Latest" once meant the newest manifest upload, so a `push --force` of an old version made it
+latest. The pointer names a version and the sha256 of that version's manifest. push() writes it
+after the release's manifest, so it never names a release that is not visible, and moves it to a
+lower version (by version_key) only when asked (force_latest). consume/pull.py reads it and checks
+the manifest it names against the recorded sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from whisper_release.core.console import info
+from whisper_release.core.errors import PublishError
+from whisper_release.s3.config import S3Config
+
+LATEST_KEY = "latest.json"
+MANIFEST = "manifest.json"
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order versions by their runs of digits as numbers: 1.8.5-r2 < 1.8.5-r10 < 1.9.0.
+
+    A version that extends another (1.8.5-r1 after 1.8.5) comes later, so a pre-release suffix
+    such as -rc1 also sorts after its final version: name such releases so they sort, or move the
+    pointer with force_latest.
+    """
+    return tuple((1, int(run)) if run.isdigit() else (0, run) for run in re.findall(r"\d+|\D+", version))
+
+
+def pointer_bytes(version: str, manifest_sha256: str) -> bytes:
+    return (json.dumps({"version": version, "manifest_sha256": manifest_sha256}, indent=2) + "\n").encode()
+
+
+def _code(e: Exception) -> str:
+    resp = getattr(e, "response", None) or {}
+    return str(resp.get("Error", {}).get("Code", "")) or type(e).__name__
+
+
+def read_pointer(client: Any, cfg: S3Config) -> dict[str, Any] | None:
+    """The current pointer's JSON, None when there is none; a read that fails is an error, never "none"."""
+    key = cfg.key(LATEST_KEY)
+    try:
+        raw = client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read(64 << 10)
+    except Exception as e:  # botocore raises many types; only "not found" means no pointer yet
+        if _code(e) in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise PublishError(
+            f"Reading s3://{cfg.bucket}/{key} failed ({_code(e)}); the latest-release pointer was left "
+            "unchanged: rerun the push (it uploads nothing already there)."
+        ) from None
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def update_latest(client: Any, cfg: S3Config, report: Any, *, force_latest: bool = False) -> None:
+    """Point latest.json at the release push() just made visible, unless a newer one is latest."""
+    if report.dry_run:
+        return
+    manifest = next((p.local for p in report.plan if p.local.relpath == MANIFEST), None)
+    if manifest is None:
+        return
+    version = report.version
+    key = cfg.key(LATEST_KEY)
+    where = f"s3://{cfg.bucket}/{key}"
+    current = read_pointer(client, cfg)
+    was = current.get("version") if current else None
+    if current is not None and not force_latest:
+        if not isinstance(was, str):
+            raise PublishError(
+                f"Release {version} was published, but {where} is not a valid pointer, so it was not "
+                "replaced; pass --force-latest to overwrite it with this release."
+            )
+        if version_key(was) > version_key(version):
+            info(f"{where} stays at {was}, which is newer than {version} (--force-latest moves it back)")
+            return
+    data = pointer_bytes(version, manifest.sha256)
+    if current == json.loads(data):
+        return
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        client.put_object(Bucket=cfg.bucket, Key=key, Body=data, ContentType="application/json",
+                          Metadata={"sha256": digest})
+        stored = client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read(64 << 10)
+    except Exception as e:
+        raise PublishError(
+            f"Release {version} was published, but writing {where} failed ({_code(e)}); `pull --release "
+            "latest` still gets the previous one: rerun the push (it uploads nothing already there)."
+        ) from None
+    if stored != data:
+        raise PublishError(
+            f"Release {version} was published, but reading back {where} gave other bytes than were written; "
+            "rerun the push."
+        )
+    info(f"{where} -> {version}" + (f" (was {was})" if was else ""))
