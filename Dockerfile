@@ -11,7 +11,7 @@ ENV LC_ALL=C.UTF-8 TZ=UTC
 COPY packaging/compile.sh /packaging/compile.sh
 COPY source/ /src/whisper.cpp/
 RUN ["/bin/bash", "/packaging/compile.sh"]
-ARG QUANTIZE
+ARG QUANTIZE_JOBS
 COPY packaging/quantize.sh /packaging/quantize.sh
 COPY models/ /inputs/models/
 RUN ["/bin/bash", "/packaging/quantize.sh"]

@@ -4,7 +4,7 @@
 set -euo pipefail
 
 readonly EX_OK=0 EX_INTERNAL=1 EX_USAGE=2 EX_NO_CLIENT=3 EX_LOCAL=4 EX_UNREACHABLE=5 EX_AUTH=6 \
-  EX_NO_BUCKET=7 EX_UPLOAD=8 EX_EXISTS=9
+  EX_NO_BUCKET=7 EX_UPLOAD=8 EX_EXISTS=9 EX_POINTER=10
 
 usage() {
   cat <<'EOF'
@@ -15,6 +15,9 @@ whisper_<model>_xeon/ folders each with a SHA256SUMS, to
   s3://BUCKET/PREFIX/VERSION/whisper_<model>_xeon/<file>  and  s3://BUCKET/PREFIX/VERSION/manifest.json
 Data files go first, then every SHA256SUMS, then manifest.json: a release is complete once its
 manifest is listed. Each object carries its sha256 as metadata (x-amz-meta-sha256).
+Last, s3://BUCKET/PREFIX/latest.json (what `whisper-release pull --release latest` gets) is
+pointed at VERSION and read back, unless it names a newer version: runs of digits compare as
+numbers (1.8.5-r2 < 1.8.5-r10 < 1.9.0), as with `invoke push`. A failed read of it is an error.
 
 Options (each also read from the environment, shown in brackets):
   -e, --endpoint URL    S3 endpoint, http(s)://host[:port]   [AWS_ENDPOINT_URL, MINIO_ENDPOINT]
@@ -26,6 +29,8 @@ Options (each also read from the environment, shown in brackets):
   -r, --retries N       attempts per object before giving up (default 4; backoff 1, 2, 4... s)
   -f, --force           replace a published release whose manifest differs (objects the
                         tree does not have are deleted)
+      --force-latest    point latest.json at VERSION even if it names a newer version, or
+                        holds something that is not a pointer
   -n, --dry-run         check the local files and settings, print the plan, contact nothing
   -h, --help            this text
 
@@ -45,6 +50,8 @@ Exit codes:
   2 usage or setting error               7 bucket does not exist
   3 no usable client found               8 an upload failed after all retries
   4 local artifacts invalid              9 release exists with a different manifest (use --force)
+  10 release published, but latest.json was not moved to it: it could not be read, written or
+     read back (rerun), or it is not a pointer (--force-latest overwrites it)
 EOF
 }
 
@@ -53,6 +60,59 @@ EOF
 redact() { sed -E 's#(https?)://[^[:space:]'"'"'"]*@#\1://***@#g' <<<"$*"; }
 log() { echo "push_to_minio: $(redact "$*")" >&2; }
 die() { local code=$1; shift; log "error: $*"; exit "$code"; }
+
+# ---- latest.json: the same bytes and order as src/whisper_release/publish/pointer.py ------------
+# Both publishers must be able to move a pointer the other wrote, so each treats as valid only the
+# exact bytes pointer_bytes() makes, and orders versions as version_key() does; tests/unit/
+# test_pointer.py runs one table of cases through both.
+readonly MAX_POINTER_BYTES=65536
+pointer_json() {  # pointer_json VERSION SHA256: the pointer's bytes (json.dumps(..., indent=2) + "\n")
+  printf '{\n  "version": "%s",\n  "manifest_sha256": "%s"\n}\n' "$1" "$2"
+}
+pointer_version() {  # pointer_version FILE: the version FILE names if it is a pointer as written, else fail
+  local LC_ALL=C raw v sum
+  local re=$'^\\{\n  "version": "([A-Za-z0-9][A-Za-z0-9._+-]*)",\n  "manifest_sha256": "([0-9a-f]{64})"\n\\}\n$'
+  (($(stat -c %s -- "$1") <= MAX_POINTER_BYTES)) || return 1
+  IFS= read -r -d '' raw <"$1" || true
+  [[ "$raw" =~ $re ]] || return 1
+  v="${BASH_REMATCH[1]}" sum="${BASH_REMATCH[2]}"
+  # read stops at a NUL byte: only a byte comparison with the regenerated pointer is exact.
+  cmp -s -- "$1" <(pointer_json "$v" "$sum") || return 1
+  printf '%s\n' "$v"
+}
+version_cmp() {  # version_cmp A B: prints <, = or >, comparing as pointer.py's version_key does
+  # Runs of digits compare as numbers (any length: by length without leading zeros, then digit by
+  # digit) and above any non-digit run at the same place; other runs compare byte by byte; when
+  # one version is a prefix of the other (in runs), the shorter comes first.
+  LC_ALL=C awk '
+    function runs(s, out,   n) {
+      n = 0
+      while (s != "") {
+        if (!match(s, /^[0-9]+/)) match(s, /^[^0-9]+/)
+        out[++n] = substr(s, 1, RLENGTH) ""; s = substr(s, RLENGTH + 1)
+      }
+      return n
+    }
+    function cmp_run(x, y,   dx, dy) {
+      dx = (x ~ /^[0-9]/); dy = (y ~ /^[0-9]/)
+      if (dx != dy) return dx ? 1 : -1
+      if (dx) {
+        sub(/^0+/, "", x); sub(/^0+/, "", y)
+        if (length(x) != length(y)) return length(x) < length(y) ? -1 : 1
+      }
+      x = x ""; y = y ""
+      return x < y ? -1 : (x > y ? 1 : 0)
+    }
+    BEGIN {
+      na = runs(ARGV[1], a); nb = runs(ARGV[2], b); c = 0
+      for (i = 1; c == 0 && i <= na && i <= nb; i++) c = cmp_run(a[i], b[i])
+      if (c == 0 && na != nb) c = na < nb ? -1 : 1
+      print (c < 0 ? "<" : (c > 0 ? ">" : "="))
+      exit
+    }' "$1" "$2"
+}
+# Sourced (tests/unit/test_pointer.py): the functions above are all it needs.
+(return 0 2>/dev/null) && return 0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 pins="$here/../release.toml"
@@ -74,6 +134,7 @@ mc_bin="${MC_BIN:-}"
 mc_bin_arg=0
 retries=4
 force=0
+force_latest=0
 dry_run=0
 artifacts=""
 
@@ -88,6 +149,7 @@ while (($#)); do
     -m|--mc) mc_bin="${2?--mc needs a value}"; mc_bin_arg=1; shift 2 ;;
     -r|--retries) retries="${2?--retries needs a value}"; shift 2 ;;
     -f|--force) force=1; shift ;;
+    --force-latest) force_latest=1; shift ;;
     -n|--dry-run) dry_run=1; shift ;;
     --) shift; artifacts="${1:-}"; break ;;
     -*) usage >&2; die $EX_USAGE "unknown option $1 (see --help)" ;;
@@ -244,6 +306,7 @@ fi
 if ((dry_run)); then
   log "dry run: would upload ${#plan[@]} objects to s3://$bucket/$release_key/ at $endpoint, in this order:"
   for rel in "${plan[@]}"; do echo "  $release_key/$rel  $(stat -c %s "$artifacts/$rel") bytes"; done
+  log "then ${prefix:+$prefix/}latest.json -> $version, unless it names a newer version$( ((force_latest)) && echo ' (--force-latest: in any case)')"
   exit $EX_OK
 fi
 
@@ -397,18 +460,20 @@ if grep -qx 'manifest\.json' <<<"$remote_keys"; then
     awsx s3 cp --only-show-errors "s3://$bucket/$release_key/manifest.json" "$remote_manifest" >/dev/null 2>"$tmp/err"
   fi || die $EX_UNREACHABLE "s3://$bucket/$release_key/manifest.json is listed but could not be downloaded ($(tail -n1 "$tmp/err")); nothing was uploaded, rerun"
 fi
+published=0
 if [[ -f "$remote_manifest" ]]; then
   if cmp -s "$remote_manifest" "$artifacts/manifest.json" && ((${#strays[@]} == 0)); then
+    # Still set latest.json below: this completes a push cut off between manifest and pointer.
     log "release $version is already published at s3://$bucket/$release_key/ with this manifest: nothing to upload"
-    exit $EX_OK
-  fi
-  if ! ((force)); then
+    published=1
+  elif ! ((force)); then
     cmp -s "$remote_manifest" "$artifacts/manifest.json" &&
       die $EX_EXISTS "release $version at s3://$bucket/$release_key/ has this manifest but also ${#strays[@]} object(s) the tree does not have (${strays[0]}…); pass --force to delete them"
     die $EX_EXISTS "release $version already exists at s3://$bucket/$release_key/ with a different manifest; bump the version or pass --force"
+  else
+    log "--force: hiding the existing release (deleting its manifest) before replacing it"
+    delete_objects manifest.json
   fi
-  log "--force: hiding the existing release (deleting its manifest) before replacing it"
-  delete_objects manifest.json
 fi
 if ((${#strays[@]})); then
   log "deleting ${#strays[@]} object(s) under s3://$bucket/$release_key/ that the tree does not have: ${strays[*]:0:5}"
@@ -459,6 +524,7 @@ verify_listing() {  # every object but the manifest is stored with its local siz
   done
 }
 total=${#plan[@]}; i=0
+((published)) && plan=()
 for rel in "${plan[@]}"; do
   i=$((i + 1))
   [[ "$rel" == manifest.json ]] && verify_listing
@@ -476,4 +542,54 @@ for rel in "${plan[@]}"; do
   done
   echo "[$i/$total] uploaded $release_key/$rel ($size bytes, sha256 ${sum:0:16}…)"
 done
-log "release $version published at s3://$bucket/$release_key/ ($total objects) via $kind"
+((published)) || log "release $version published at s3://$bucket/$release_key/ ($total objects) via $kind"
+
+# ---- latest.json ------------------------------------------------------------------------------
+# Written only now that the manifest it names is up, so it never points at a release a reader
+# cannot see; the rules are pointer.py's (see pointer_version and version_cmp at the top).
+latest_key="${prefix:+$prefix/}latest.json"
+where="s3://$bucket/$latest_key"
+get_object() {  # get_object KEY FILE: download, errors on stderr
+  if [[ $kind == mc ]]; then
+    mcx cp "$target/$1" "$2" >/dev/null
+  else
+    awsx s3api get-object --bucket "$bucket" --key "$1" "$2" >/dev/null
+  fi
+}
+mkdir "$tmp/cur" "$tmp/new" "$tmp/back"
+# The file name gives mc the content type (by extension) that the aws cli is told explicitly.
+current="$tmp/cur/latest.json" pointer="$tmp/new/latest.json" back="$tmp/back/latest.json"
+if ! get_object "$latest_key" "$current" 2>"$tmp/err"; then
+  # Only "no such key" means "no pointer yet": a store in trouble must not pass for an empty one.
+  grep -qiE 'NoSuchKey|Object does not exist|key does not exist' "$tmp/err" ||
+    die $EX_POINTER "release $version was published, but reading $where failed ($(tail -n1 "$tmp/err")); the latest-release pointer was left unchanged: rerun the push (it uploads nothing already there)"
+  rm -f "$current"
+fi
+was=""
+if [[ -f "$current" ]]; then
+  was="$(pointer_version "$current")" || was=""
+  if ! ((force_latest)); then
+    [[ -n "$was" ]] ||
+      die $EX_POINTER "release $version was published, but $where is not a valid pointer, so it was not replaced; pass --force-latest to overwrite it with this release"
+    if [[ "$(version_cmp "$was" "$version")" == ">" ]]; then
+      log "$where stays at $was, which is newer than $version (--force-latest moves it back)"
+      exit $EX_OK
+    fi
+  fi
+fi
+pointer_json "$version" "$(sha256sum "$artifacts/manifest.json" | cut -d' ' -f1)" >"$pointer"
+if [[ -f "$current" ]] && cmp -s "$current" "$pointer"; then
+  log "$where already names $version"
+  exit $EX_OK
+fi
+sum="$(sha256sum "$pointer" | cut -d' ' -f1)"
+if [[ $kind == mc ]]; then
+  mcx cp --attr "sha256=$sum" "$pointer" "$target/$latest_key" >/dev/null 2>"$tmp/err"
+else
+  awsx s3 cp --only-show-errors --no-progress --content-type application/json --metadata "sha256=$sum" \
+    "$pointer" "s3://$bucket/$latest_key" 2>"$tmp/err"
+fi && get_object "$latest_key" "$back" 2>"$tmp/err" ||
+  die $EX_POINTER "release $version was published, but writing $where failed ($(tail -n1 "$tmp/err")); \`pull --release latest\` still gets the previous one: rerun the push (it uploads nothing already there)"
+cmp -s "$back" "$pointer" ||
+  die $EX_POINTER "release $version was published, but reading back $where gave other bytes than were written; rerun the push"
+log "$where -> $version${was:+ (was $was)}"

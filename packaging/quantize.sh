@@ -1,19 +1,17 @@
 #!/usr/bin/env bash
-# Builder stage, after the compile layer: quantize every f16 model in /inputs/models to every type
-# in QUANTIZE (space-separated, release.toml [build] quantize). A changed model or type list reruns
-# only this layer, never the compile.
+# Builder stage, after the compile layer: quantize the f16 models in /inputs/models as QUANTIZE_JOBS
+# lists them: `<f16 input>:<type>:<output file>` per job (whisper_release.build.docker.quantize_jobs;
+# the output names come from the layout module, their one owner). A changed model or type list
+# reruns only this layer, never the compile.
 set -euxo pipefail
 
-: "${QUANTIZE:?}"
-read -r -a types <<<"$QUANTIZE"
+: "${QUANTIZE_JOBS:?}"
+read -r -a jobs <<<"$QUANTIZE_JOBS"
 out=/build/out/models
 mkdir -p "$out"
-shopt -s nullglob
-models=(/inputs/models/*.bin)
-((${#models[@]})) || { echo "error: no f16 models in /inputs/models; the build context is incomplete." >&2; exit 1; }
-for f16 in "${models[@]}"; do
-  name=$(basename "$f16" .bin)
-  for type in "${types[@]}"; do
-    LD_LIBRARY_PATH=/build/out/lib /build/out/bin/whisper-quantize "$f16" "$out/ggml-${name}-${type}.bin" "$type"
-  done
+for job in "${jobs[@]}"; do
+  IFS=: read -r input type output <<<"$job"
+  f16=/inputs/models/$input
+  [[ -f $f16 ]] || { echo "error: $f16 is missing from the build context; QUANTIZE_JOBS names it." >&2; exit 1; }
+  LD_LIBRARY_PATH=/build/out/lib /build/out/bin/whisper-quantize "$f16" "$out/$output" "$type"
 done

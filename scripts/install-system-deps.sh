@@ -11,6 +11,7 @@ packages=(
   espeak-ng       # synthesised English clips for the WER set
   curl            # shell publisher and diagnostics
   ffmpeg          # the consumer decodes non-WAV audio with it (and its tests encode FLAC)
+  openssl         # the embedded store makes its gRPC mTLS certificates with it
   mc              # GNU Midnight Commander, the real program push_to_minio.sh must refuse as "mc"
 )
 

@@ -25,13 +25,14 @@ from pathlib import Path
 from whisper_release.consume import pull
 from whisper_release.consume.consumer import Transcriber, remote_from_env, write_atomic
 from whisper_release.core.errors import FetchError, ReleaseError
+from whisper_release.layout import artifacts as layout
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".mp4"}
 
 
 def cached_releases(cache: Path, model: str) -> list[Path]:
     """Artifact directories in the cache, oldest pull first."""
-    dirs = [d for d in cache.glob(f"*/{pull.artifact_dirname(model)}") if (d / pull.SUMS).is_file()]
+    dirs = [d for d in cache.glob(f"*/{layout.model_dir_name(model)}") if (d / pull.SUMS).is_file()]
     return sorted(dirs, key=lambda d: d.stat().st_mtime)
 
 
@@ -46,7 +47,7 @@ def ensure_release(cache: Path, model: str, release: str = "latest") -> Path:
             raise
         print(f"worker: bucket unreachable ({e}); using cached {cached[-1]}", file=sys.stderr)
         return cached[-1]
-    dest = cache / version / pull.artifact_dirname(model)
+    dest = cache / version / layout.model_dir_name(model)
     res = pull.pull(remote, version, model, dest, progress=sys.stderr.isatty())
     print(
         f"worker: release {version} {'cached' if res.already_present else 'pulled'} at {dest}",

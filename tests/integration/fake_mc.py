@@ -7,6 +7,8 @@ mc branch, including failures only a stand-in can stage on demand:
 
   FAKE_MC_FAIL_READ=<suffix>   downloading an object whose key ends with <suffix> fails the way a
                                store in trouble does (HTTP 503), while listing still works.
+  FAKE_MC_CORRUPT_WRITE=<suffix>  an upload to a key ending with <suffix> succeeds but stores other
+                               bytes (the first byte flipped), as a broken transfer or store would.
 
 Every call is appended to $FAKE_MC_ROOT.calls, one line of arguments each.
 """
@@ -78,6 +80,11 @@ def main(argv: list[str]) -> None:
         else:
             local(dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, local(dst))
+            suffix = os.environ.get("FAKE_MC_CORRUPT_WRITE")
+            if suffix and dst.endswith(suffix):
+                data = bytearray(local(dst).read_bytes() or b"\0")
+                data[0] ^= 0xFF
+                local(dst).write_bytes(bytes(data))
     elif cmd == "stat":
         target = local(paths[0])
         if not target.is_file():

@@ -240,7 +240,8 @@ def test_model_change_requantizes_without_recompiling(
 def test_scalar_configuration_fails_the_build(dist: Path, tmp_path: Path) -> None:
     """The FACTS.md trap: flags that lose AVX2 must stop the build at configure, before compiling."""
     pins = load_pins()
-    args = build.build_args(pins, baseimage.recipe_for(pins.profile(PROFILE)).tag)
+    prof = pins.profile(PROFILE)
+    args = build.build_args(pins, baseimage.recipe_for(prof).tag, [m.name for m in prof.models])
     args["CMAKE_FLAGS"] = args["CMAKE_FLAGS"].replace("-DGGML_AVX2=ON", "-DGGML_AVX2=OFF")
     context = project_root() / "build" / "context" / PROFILE  # left by the dist fixture's build
     with pytest.raises(BuildError) as e:

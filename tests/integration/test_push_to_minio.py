@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -21,7 +22,10 @@ from test_publish_support import (
     write_sums,
 )
 
+from whisper_release.consume import pull
+from whisper_release.core.errors import PublishError
 from whisper_release.core.pins import project_root
+from whisper_release.publish import pointer
 from whisper_release.publish.push import push
 from whisper_release.s3.client import make_client
 from whisper_release.testing import require_tool
@@ -104,7 +108,7 @@ def run(args, cfg, *, path: str, env_extra=None, timeout=240):
 
 def test_help_documents_exit_codes():
     out = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
-    for code in range(10):
+    for code in range(11):
         assert f"  {code} " in out
     assert "commit-id=" in out and "Midnight Commander" in out
 
@@ -112,14 +116,16 @@ def test_help_documents_exit_codes():
 def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts, tmp_path):
     cfg = store.config()
     shim, log = aws_shim(tmp_path / "shim")
+    make_client(cfg).delete_object(Bucket=cfg.bucket, Key="sh/latest.json")  # whatever ran before
     p = run(["--version", "aws-1", artifacts], cfg, path=_path_with(shim))
     assert p.returncode == 0, p.stderr
     assert f"client: aws ({shim / 'aws'})" in p.stderr
     # One aws cli start per object plus two listings: the checks before any upload, and the sizes
-    # and MD5s of everything stored before the manifest goes up last.
+    # and MD5s of everything stored before the manifest goes up. Then latest.json: read (none
+    # here), written, read back.
     n_objects = len(local_files(artifacts))
-    listing, upload = "s3api list-objects-v2", "s3 cp"
-    assert calls(log) == [listing] + [upload] * (n_objects - 1) + [listing, upload]
+    listing, upload, get = "s3api list-objects-v2", "s3 cp", "s3api get-object"
+    assert calls(log) == [listing] + [upload] * (n_objects - 1) + [listing, upload] + [get, upload, get]
     lines = [line for line in p.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == 9 and lines[-1].startswith("[9/9] uploaded sh/aws-1/manifest.json")
     assert "SHA256SUMS" in lines[-2]
@@ -135,7 +141,7 @@ def test_aws_cli_push_then_sha256_of_every_object_matches(store, artifacts, tmp_
     log.unlink()
     again = run(["--version", "aws-1", artifacts], cfg, path=_path_with(shim))
     assert again.returncode == 0 and "nothing to upload" in again.stderr and "uploaded" not in again.stdout
-    assert calls(log) == ["s3api list-objects-v2", "s3 cp"]
+    assert calls(log) == ["s3api list-objects-v2", "s3 cp", "s3api get-object"]
 
 
 def test_aws_cli_upload_storing_wrong_bytes_is_caught_before_the_manifest(store, tmp_path):
@@ -429,3 +435,207 @@ def test_real_minio_client_push_then_sha256_matches(minio_client, store, artifac
     client = make_client(cfg)
     assert stored_files(client, cfg, "sh/mc-1") == local_files(artifacts)
     assert cfg.secret_key not in p.stdout + p.stderr
+
+
+# ---- latest.json (issue 13 item 4): the pointer `pull --release latest` follows ----------------
+# The rules are pointer.py's; tests/unit/test_pointer.py checks the version order and the pointer
+# bytes of both publishers against one table. Here: the script against the real store, each prefix
+# its own so the pointers of the tests above do not interfere.
+
+LISTING, UPLOAD, GET = "s3api list-objects-v2", "s3 cp", "s3api get-object"
+
+
+def stored_pointer(client, cfg, prefix: str) -> bytes | None:
+    try:
+        return client.get_object(Bucket=cfg.bucket, Key=f"{prefix}/latest.json")["Body"].read()
+    except client.exceptions.NoSuchKey:
+        return None
+
+
+def pointer_for(version: str, tree: Path) -> bytes:
+    return pointer.pointer_bytes(version, hashlib.sha256((tree / "manifest.json").read_bytes()).hexdigest())
+
+
+def test_aws_release_pushed_by_the_script_is_pulled_as_latest(store, tmp_path):
+    cfg = store.config()
+    client = make_client(cfg)
+    tree = make_artifacts(tmp_path / "release", models=("base",), big=1000)
+    shim, log = aws_shim(tmp_path / "shim")
+    p = run(["--prefix", "ptr-pull", "--version", "2.0.0", tree], cfg, path=_path_with(shim))
+    assert p.returncode == 0, p.stderr
+    want = pointer_for("2.0.0", tree)
+    assert stored_pointer(client, cfg, "ptr-pull") == want
+    head = client.head_object(Bucket=cfg.bucket, Key="ptr-pull/latest.json")
+    assert head["ContentType"] == "application/json"
+    assert head["Metadata"]["sha256"] == hashlib.sha256(want).hexdigest()
+    # After the manifest: the current pointer read (none yet), the new one written and read back.
+    n = len(local_files(tree))
+    assert calls(log) == [LISTING] + [UPLOAD] * (n - 1) + [LISTING, UPLOAD] + [GET, UPLOAD, GET]
+    assert "push_to_minio: s3://whisper-sh/ptr-pull/latest.json -> 2.0.0\n" in p.stderr
+    # The consumer finds it as `latest`, with no version given.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MINIO_", "WHISPER_RELEASE_"))}
+    env.update(cfg.client_env(), WHISPER_RELEASE_BUCKET=cfg.bucket, WHISPER_RELEASE_PREFIX="ptr-pull")
+    dest = tmp_path / "dest"
+    pulled = subprocess.run(
+        [str(Path(sys.executable).with_name("whisper-release")), "pull", "--release", "latest", "--model",
+         "base", "--dest", str(dest), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert pulled.returncode == 0, pulled.stderr
+    assert local_files(dest) == local_files(tree / "whisper_base_xeon")
+    # A rerun uploads nothing and finds the pointer already right: listing, manifest, pointer.
+    log.unlink()
+    again = run(["--prefix", "ptr-pull", "--version", "2.0.0", tree], cfg, path=_path_with(shim))
+    assert again.returncode == 0 and "latest.json already names 2.0.0" in again.stderr, again.stderr
+    assert calls(log) == [LISTING, UPLOAD, GET]
+
+
+def test_either_publisher_moves_the_pointer_the_other_wrote_only_forward(store, tmp_path):
+    cfg = store.config()
+    client = make_client(cfg)
+    py_cfg = cfg.with_target(prefix="ptr-both")
+    trees = {v: tiny_release(tmp_path / v, v) for v in ("1.8.5-r9", "1.8.5-r10", "1.8.5-r11")}
+    script = ["--prefix", "ptr-both"]
+    push(trees["1.8.5-r10"], py_cfg, version="1.8.5-r10", progress=False)
+    by_python = stored_pointer(client, cfg, "ptr-both")
+    assert by_python == pointer_for("1.8.5-r10", trees["1.8.5-r10"])
+    # r9 < r10 as numbers (as strings "r9" > "r1..."): published, the pointer stays.
+    p = run([*script, "--version", "1.8.5-r9", trees["1.8.5-r9"]], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert ("s3://whisper-sh/ptr-both/latest.json stays at 1.8.5-r10, which is newer than 1.8.5-r9 "
+            "(--force-latest moves it back)") in p.stderr
+    assert stored_pointer(client, cfg, "ptr-both") == by_python
+    assert "manifest.json" in stored_files(client, cfg, "ptr-both/1.8.5-r9")
+    # --force-latest moves it back, to exactly the bytes pointer.py would write.
+    p = run([*script, "--version", "1.8.5-r9", "--force-latest", trees["1.8.5-r9"]], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert "latest.json -> 1.8.5-r9 (was 1.8.5-r10)" in p.stderr
+    assert stored_pointer(client, cfg, "ptr-both") == pointer_for("1.8.5-r9", trees["1.8.5-r9"])
+    # The Python publisher moves the script's pointer forward (its rerun uploads nothing else)...
+    push(trees["1.8.5-r10"], py_cfg, version="1.8.5-r10", progress=False)
+    assert stored_pointer(client, cfg, "ptr-both") == by_python
+    # ...and the script moves the Python publisher's pointer forward.
+    p = run([*script, "--version", "1.8.5-r11", trees["1.8.5-r11"]], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert stored_pointer(client, cfg, "ptr-both") == pointer_for("1.8.5-r11", trees["1.8.5-r11"])
+    remote = pull.remote_from_config(py_cfg)
+    assert pull.read_latest(remote) == pull.Latest("1.8.5-r11", hashlib.sha256(
+        (trees["1.8.5-r11"] / "manifest.json").read_bytes()).hexdigest())
+
+
+def test_aws_invalid_pointer_is_replaced_only_with_force_latest(store, tmp_path):
+    cfg = store.config()
+    client = make_client(cfg)
+    tree = tiny_release(tmp_path / "release", "x")
+    # Valid JSON naming an older version, but not the bytes a publisher writes: neither publisher
+    # guesses what a hand-edited pointer meant.
+    edited = json.dumps({"version": "0.1", "manifest_sha256": "0" * 64}).encode()
+    client.put_object(Bucket=cfg.bucket, Key="ptr-bad/latest.json", Body=edited)
+    p = run(["--prefix", "ptr-bad", "--version", "1.0", tree], cfg, path=_path_with())
+    assert p.returncode == 10, p.stderr
+    assert ("push_to_minio: error: release 1.0 was published, but s3://whisper-sh/ptr-bad/latest.json is not "
+            "a valid pointer, so it was not replaced; pass --force-latest to overwrite it with this release"
+            ) in p.stderr
+    assert stored_pointer(client, cfg, "ptr-bad") == edited
+    assert "manifest.json" in stored_files(client, cfg, "ptr-bad/1.0")
+    with pytest.raises(PublishError, match="is not a valid pointer"):
+        push(tree, cfg.with_target(prefix="ptr-bad"), version="1.0", progress=False)
+    p = run(["--prefix", "ptr-bad", "--version", "1.0", "--force-latest", tree], cfg, path=_path_with())
+    assert p.returncode == 0, p.stderr
+    assert stored_pointer(client, cfg, "ptr-bad") == pointer_for("1.0", tree)
+
+
+def test_aws_pointer_that_cannot_be_read_or_written_is_an_error(store, tmp_path):
+    # Real refusals: SeaweedFS enforces these bucket policies on latest.json alone.
+    cfg = store.config().with_target(bucket="whisper-sh-deny", prefix="ptr")
+    client = make_client(cfg)
+    client.create_bucket(Bucket=cfg.bucket)
+    newer = pointer.pointer_bytes("9.0", "1" * 64)
+    client.put_object(Bucket=cfg.bucket, Key="ptr/latest.json", Body=newer)
+
+    def deny(action: str) -> None:
+        client.put_bucket_policy(Bucket=cfg.bucket, Policy=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Deny", "Principal": "*", "Action": action,
+                           "Resource": f"arn:aws:s3:::{cfg.bucket}/ptr/latest.json"}],
+        }))
+
+    tree = tiny_release(tmp_path / "release", "x")
+    deny("s3:GetObject")
+    # Were a failed read "no pointer yet", this older release would replace the pointer to 9.0.
+    p = run(["--version", "1.0", tree], cfg, path=_path_with())
+    assert p.returncode == 10, p.stderr
+    assert ("push_to_minio: error: release 1.0 was published, but reading "
+            "s3://whisper-sh-deny/ptr/latest.json failed (") in p.stderr and "AccessDenied" in p.stderr
+    assert "the latest-release pointer was left unchanged: rerun the push" in p.stderr
+    client.delete_bucket_policy(Bucket=cfg.bucket)
+    assert stored_pointer(client, cfg, "ptr") == newer
+    assert "manifest.json" in stored_files(client, cfg, "ptr/1.0")
+    # The write refused: the release stays published, the pointer names the previous one.
+    client.put_object(Bucket=cfg.bucket, Key="ptr/latest.json", Body=pointer.pointer_bytes("0.9", "2" * 64))
+    deny("s3:PutObject")
+    p = run(["--version", "1.0", tree], cfg, path=_path_with())
+    assert p.returncode == 10, p.stderr
+    assert ("push_to_minio: error: release 1.0 was published, but writing "
+            "s3://whisper-sh-deny/ptr/latest.json failed (") in p.stderr
+    assert "`pull --release latest` still gets the previous one" in p.stderr
+    client.delete_bucket_policy(Bucket=cfg.bucket)
+    assert stored_pointer(client, cfg, "ptr") == pointer.pointer_bytes("0.9", "2" * 64)
+    # Once the store allows it, a rerun completes the pointer (and uploads nothing else).
+    p = run(["--version", "1.0", tree], cfg, path=_path_with())
+    assert p.returncode == 0 and "nothing to upload" in p.stderr, p.stderr
+    assert stored_pointer(client, cfg, "ptr") == pointer_for("1.0", tree)
+
+
+def test_mc_pointer_written_last_read_back_moved_only_forward(store, tmp_path):
+    # The mc branch through the stand-in fake_mc.py (MinIO's client is not installable, FACTS.md);
+    # it also stages what the real store cannot: a read that fails with 503, a write that stores
+    # other bytes.
+    cfg = store.config()
+    mc, root = fake_mc(tmp_path, cfg.bucket)
+    calls_file = Path(f"{root}.calls")
+    stored = root / cfg.bucket / "sh" / "latest.json"
+    trees = {v: tiny_release(tmp_path / v, v) for v in ("2.0", "10.0", "3.0")}
+    env = {"FAKE_MC_ROOT": str(root)}
+
+    def push_mc(version: str, *extra: str, **more: str):
+        return run(["--mc", mc, "--version", version, *extra, trees[version]], cfg, path=_path_with(),
+                   env_extra={**env, **more})
+
+    p = push_mc("2.0")
+    assert p.returncode == 0, p.stderr
+    assert stored.read_bytes() == pointer_for("2.0", trees["2.0"])
+    # Each call as logged (local paths left out), without the options every call carries.
+    made = [c.replace("--config-dir --no-color --quiet ", "") for c in calls_file.read_text().splitlines()]
+    manifest_sha = hashlib.sha256((trees["2.0"] / "manifest.json").read_bytes()).hexdigest()
+    manifest_up = made.index(f"cp --attr sha256={manifest_sha} wrpush/whisper-sh/sh/2.0/manifest.json")
+    sha = hashlib.sha256(pointer_for("2.0", trees["2.0"])).hexdigest()
+    assert made[manifest_up + 1:] == [
+        "stat --json wrpush/whisper-sh/sh/2.0/manifest.json",  # the manifest's stored size
+        "cp wrpush/whisper-sh/sh/latest.json",  # the current pointer: none yet
+        f"cp --attr sha256={sha} wrpush/whisper-sh/sh/latest.json",
+        "cp wrpush/whisper-sh/sh/latest.json",  # read back
+    ]
+    # 10.0 > 2.0 as numbers (not as strings): the pointer moves forward.
+    assert push_mc("10.0").returncode == 0
+    assert stored.read_bytes() == pointer_for("10.0", trees["10.0"])
+    p = push_mc("3.0")
+    assert p.returncode == 0 and "latest.json stays at 10.0, which is newer than 3.0" in p.stderr, p.stderr
+    assert stored.read_bytes() == pointer_for("10.0", trees["10.0"])
+    # A read that fails is an error, never "no pointer yet" (which would move it back to 3.0).
+    p = push_mc("3.0", FAKE_MC_FAIL_READ="latest.json")
+    assert p.returncode == 10, p.stderr
+    assert ("release 3.0 was published, but reading s3://whisper-sh/sh/latest.json failed (mc: <ERROR> "
+            "Unable to download") in p.stderr
+    assert stored.read_bytes() == pointer_for("10.0", trees["10.0"])
+    # --force-latest moves it back; a store that keeps other bytes is caught by the read-back.
+    p = push_mc("3.0", "--force-latest", FAKE_MC_CORRUPT_WRITE="latest.json")
+    assert p.returncode == 10, p.stderr
+    assert ("release 3.0 was published, but reading back s3://whisper-sh/sh/latest.json gave other bytes "
+            "than were written; rerun the push") in p.stderr
+    # What that store kept is not a pointer: replaced only when asked.
+    p = push_mc("3.0")
+    assert p.returncode == 10 and "latest.json is not a valid pointer, so it was not replaced" in p.stderr
+    p = push_mc("3.0", "--force-latest")
+    assert p.returncode == 0 and "s3://whisper-sh/sh/latest.json -> 3.0\n" in p.stderr, p.stderr
+    assert stored.read_bytes() == pointer_for("3.0", trees["3.0"])

@@ -37,13 +37,19 @@ def inputs(tmp_path: Path) -> build.BuildInputs:
 
 def test_build_args_come_from_the_pins() -> None:
     pins = load_pins()
-    args = build.build_args(pins, "base:tag")
+    args = build.build_args(pins, "base:tag", ["tiny.en", "base"])
     assert tuple(args["CMAKE_FLAGS"].split()) == pins.build.cmake_flags
     assert args["EXPECTED_CPU_VARIANT"] == pins.build.expected_cpu_variant
     assert args["SOURCE_DATE_EPOCH"] == str(pins.build.source_date_epoch)
     assert args["WHISPER_BUILD_COMMIT"] == pins.source.commit
     assert args["BASE_IMAGE"] == "base:tag"
     assert args["JOBS"] == "2"
+    # quantize.sh gets every file name from the layout (one owner of names): input:type:output.
+    jobs = [j.split(":") for j in args["QUANTIZE_JOBS"].split()]
+    assert jobs[:2] == [
+        ["base.bin", "q5_1", "ggml-base-q5_1.bin"], ["base.bin", "q8_0", "ggml-base-q8_0.bin"]
+    ]
+    assert len(jobs) == 2 * len(pins.quantizations)
 
 
 def test_dockerfile_has_no_pins_and_pulls_nothing() -> None:

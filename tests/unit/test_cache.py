@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,13 @@ def test_root_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Non
 
 def test_blob_with_wrong_size_is_dropped(tmp_path: Path) -> None:
     c = Cache(tmp_path)
-    p = c.blob_path("sha256", "AB" * 32)
-    assert p.name == "ab" * 32
+    digest = hashlib.sha256(b"12345").hexdigest()
+    p = c.blob_path("sha256", digest.upper())
+    assert p.name == digest
     p.parent.mkdir(parents=True)
     p.write_bytes(b"12345")
-    assert c.has_blob("sha256", "ab" * 32, 5) == p
-    assert c.has_blob("sha256", "ab" * 32, 6) is None
+    assert c.has_blob("sha256", digest, 5) == p
+    assert c.has_blob("sha256", digest, 6) is None
     assert not p.exists()
     with pytest.raises(ValueError):
         c.blob_path("md5", "00")

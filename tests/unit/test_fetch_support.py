@@ -222,11 +222,11 @@ def wheel(members: dict[str, bytes]) -> bytes:
 
 
 def cache_files(root: Path) -> list[str]:
-    """Every file in the cache outside tmp/ (what a later run could find), relative paths."""
+    """Every file in the cache outside tmp/ and locks/ (what a later run could find), relative paths."""
     if not root.exists():
         return []
     return sorted(
         str(p.relative_to(root))
         for p in root.rglob("*")
-        if not p.is_dir() and p.relative_to(root).parts[0] != "tmp"
+        if not p.is_dir() and p.relative_to(root).parts[0] not in ("tmp", "locks")
     )

@@ -116,7 +116,7 @@ def test_manifest_without_subjects_is_refused(tree, manifest):
 
 def test_bad_sums_line(tree):
     (tree / "whisper_base_xeon" / "SHA256SUMS").write_text("nonsense\n")
-    with pytest.raises(VerificationError, match=r"SHA256SUMS:1 is not a sha256sum line"):
+    with pytest.raises(VerificationError, match=r"SHA256SUMS line 1 is not '<sha256>  <name>'"):
         scan_artifacts(tree)
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from whisper_release.consume import place, pull
 from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.layout import artifacts as layout
 
 H1 = hashlib.sha256(b"one").hexdigest()
 H2 = hashlib.sha256(b"two").hexdigest()
@@ -63,10 +64,10 @@ def test_manifest_without_usable_subjects_is_refused(m):
 
 
 def test_dirname_round_trip():
-    assert pull.artifact_dirname("tiny.en") == "whisper_tiny.en_xeon"
-    assert pull.model_of_dirname("whisper_tiny.en_xeon") == "tiny.en"
-    assert pull.model_of_dirname("whisper__xeon") is None
-    assert pull.model_of_dirname("README.md") is None
+    assert layout.model_dir_name("tiny.en") == "whisper_tiny.en_xeon"
+    assert layout.model_of_dir_name("whisper_tiny.en_xeon") == "tiny.en"
+    assert layout.model_of_dir_name("whisper__xeon") is None
+    assert layout.model_of_dir_name("README.md") is None
 
 
 def _listing():

@@ -71,7 +71,7 @@ def build_reference(name: str, *, pins: Pins | None = None, out: Path | None = N
             link.unlink()
         link.symlink_to(root / item)
     context = build.assemble_context(pins, inputs, base_tag, base_id, fake_root)
-    args = {**build.build_args(pins, base_tag), **settings}
+    args = {**build.build_args(pins, base_tag, [m.name for m in offline.models]), **settings}
     tag = f"{REFERENCE_REPO}:{name}"
     docker = which("docker", "Install Docker Engine (docker.io).")
     cmd = [docker, "build", "--network=none", "--force-rm", "--target", REFERENCE_STAGE, "-t", tag]

@@ -65,7 +65,15 @@ def artifact_tag(profile: ResolvedProfile) -> str:
     return f"{ARTIFACTS_REPO}:{profile.name}"
 
 
-def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
+def quantize_jobs(models: Sequence[str], quantize: Sequence[str]) -> str:
+    """QUANTIZE_JOBS for packaging/quantize.sh: `<f16 input>:<type>:<output>` per model and type, the
+    output names from the layout (their one owner), so the script composes no file name itself."""
+    return " ".join(
+        f"{model}.bin:{q}:{artifacts.model_file_name(model, q)}" for model in sorted(models) for q in quantize
+    )
+
+
+def build_args(pins: Pins, base_tag: str, models: Sequence[str]) -> dict[str, str]:
     """Docker build args, every value from release.toml (no secrets, no literals in the Dockerfile)."""
     b = pins.build
     return {
@@ -75,7 +83,7 @@ def build_args(pins: Pins, base_tag: str) -> dict[str, str]:
         "WHISPER_BUILD_COMMIT": pins.source.commit,
         "WHISPER_BUILD_NUMBER": "0",
         "SOURCE_DATE_EPOCH": str(b.source_date_epoch),
-        "QUANTIZE": " ".join(pins.quantizations),
+        "QUANTIZE_JOBS": quantize_jobs(models, pins.quantizations),
         "JOBS": "2",
     }
 
@@ -374,7 +382,7 @@ def build(
 ) -> Path:
     """Build the artifacts of `profile` and extract them into `out` (replaced atomically)."""
     base_tag = baseimage.recipe_for(profile).tag
-    args = build_args(pins, base_tag)
+    args = build_args(pins, base_tag, [m.name for m in profile.models])
     if dry_run:
         info(f"would make or reuse base image {base_tag}")
         info(

@@ -184,6 +184,7 @@ def open_artifact(
             sums = layout.parse_sha256sums(sums_path.read_text(encoding="utf-8", errors="replace"))
         except layout.LayoutError as e:
             raise VerificationError(f"{sums_path}: {e}; pull the artifact again.") from None
+        require_listed(d, sums, model)
         bad = sorted(
             n for n, digest in sums.items() if not (d / n).is_file() or layout.sha256_file(d / n) != digest
         )
@@ -192,6 +193,25 @@ def open_artifact(
                 f"{d}: {', '.join(bad)} missing or not matching {layout.SUMS}; pull the artifact again."
             )
     return Artifact(d, model, meta)
+
+
+def loaded_files(d: Path, model: Path) -> list[str]:
+    """What a transcription reads from `d`: the model, and every shared library there (libwhisper
+    finds its ggml libraries and libgomp through its $ORIGIN rpath, so any .so beside it may load)."""
+    libs = {p.name for p in d.iterdir() if p.is_file() and (p.name.endswith(".so") or ".so." in p.name)}
+    return sorted(libs | {model.name, LIBRARY})
+
+
+def require_listed(d: Path, sums: dict[str, str], model: Path) -> None:
+    """Refuse an artifact whose SHA256SUMS leaves out a file that would be loaded: checking only
+    the listed files would let an added or unlisted library or model through unverified."""
+    unlisted = [n for n in loaded_files(d, model) if n not in sums]
+    if unlisted:
+        raise VerificationError(
+            f"{d}: {', '.join(unlisted)} would be loaded but {'is' if len(unlisted) == 1 else 'are'} not "
+            f"listed in {layout.SUMS}, so {'it' if len(unlisted) == 1 else 'they'} cannot be verified; "
+            "remove what you added, or pull the artifact again."
+        )
 
 
 def quant_of(model_file: Path) -> str:

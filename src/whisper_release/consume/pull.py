@@ -35,27 +35,18 @@ from tqdm import tqdm
 from whisper_release.consume import place
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, FetchError, VerificationError
+from whisper_release.layout import artifacts as layout
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.s3.client import make_client
 
-MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
+MANIFEST = layout.MANIFEST
+SUMS = layout.SUMS
 LATEST = "latest"
 # The pointer publish/pointer.py writes; tests/unit/test_pointer.py ties the two sides together.
 LATEST_KEY = "latest.json"
 MiB = 1 << 20
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def artifact_dirname(model: str) -> str:
-    return f"whisper_{model}_xeon"
-
-
-def model_of_dirname(name: str) -> str | None:
-    if name.startswith("whisper_") and name.endswith("_xeon") and len(name) > len("whisper__xeon"):
-        return name[len("whisper_") : -len("_xeon")]
-    return None
 
 
 @dataclass(frozen=True)
@@ -287,29 +278,19 @@ def manifest_digests(manifest: dict[str, Any]) -> dict[str, str]:
 
 
 def models_in(manifest_files: dict[str, str]) -> list[str]:
-    models = {model_of_dirname(name.split("/", 1)[0]) for name in manifest_files if "/" in name}
+    models = {layout.model_of_dir_name(name.split("/", 1)[0]) for name in manifest_files if "/" in name}
     return sorted(m for m in models if m)
 
 
 def parse_sums(text: str, where: str) -> dict[str, str]:
-    """`<sha256>  <name>` lines (sha256sum's format; a `*` binary marker is allowed)."""
-    sums: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split(None, 1)
-        if len(parts) != 2 or len(parts[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in parts[0]):
-            raise VerificationError(
-                f"{where} line {n} is not '<sha256>  <file>': {line[:80]!r}; republish the release."
-            )
-        name = parts[1].strip().lstrip("*")
-        if name.startswith("./"):
-            name = name[2:]
-        if "/" in name or name in ("", ".", "..") or name in sums:
-            raise VerificationError(
-                f"{where} line {n} names an unsafe or repeated file {name!r}; republish the release."
-            )
-        sums[name] = parts[0].lower()
+    """A downloaded SHA256SUMS through the one parser (layout.read_sha256sums)."""
+    sums, bad = layout.read_sha256sums(text)
+    if bad:
+        n, line = bad[0]
+        raise VerificationError(
+            f"{where} line {n} is not '<sha256>  <file>' naming a plain file once (an unsafe or repeated "
+            f"name counts): {line[:80]!r}; republish the release."
+        )
     if not sums:
         raise VerificationError(f"{where} lists no files; republish the release.")
     return sums
@@ -467,7 +448,7 @@ def pull(
             f"Model {model!r} is not in release {version} ({remote.where(version)}): available models are "
             f"{', '.join(models) or 'none'}."
         )
-    dirname = artifact_dirname(model)
+    dirname = layout.model_dir_name(model)
     dest_path = Path(dest) if dest is not None else Path(f"{dirname}-{version}")
     dest_path = dest_path.absolute()
     dir_key = remote.key(version, dirname)

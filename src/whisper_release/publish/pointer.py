@@ -5,6 +5,11 @@ latest. The pointer names a version and the sha256 of that version's manifest. p
 after the release's manifest, so it never names a release that is not visible, and moves it to a
 lower version (by version_key) only when asked (force_latest). consume/pull.py reads it and checks
 the manifest it names against the recorded sha256.
+
+minio/push_to_minio.sh writes the same bytes and applies the same rules in bash and awk, so either
+publisher can move a pointer the other wrote. To keep the two provably identical, a pointer counts
+as valid only when it is byte for byte what pointer_bytes() makes of a version and a digest
+(parse_pointer); tests/unit/test_pointer.py checks both sides against one table of cases.
 """
 
 from __future__ import annotations
@@ -16,10 +21,17 @@ from typing import Any
 
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError
+from whisper_release.layout import artifacts as layout
 from whisper_release.s3.config import S3Config
 
 LATEST_KEY = "latest.json"
-MANIFEST = "manifest.json"
+MANIFEST = layout.MANIFEST
+# A pointer is small; anything longer is not one (the shell publisher applies the same bound).
+MAX_POINTER_BYTES = 64 << 10
+# Exactly the bytes pointer_bytes() writes for a version push accepts and a lowercase sha256.
+_POINTER_RE = re.compile(
+    rb'\{\n  "version": "([A-Za-z0-9][A-Za-z0-9._+-]*)",\n  "manifest_sha256": "([0-9a-f]{64})"\n\}\n'
+)
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -36,16 +48,23 @@ def pointer_bytes(version: str, manifest_sha256: str) -> bytes:
     return (json.dumps({"version": version, "manifest_sha256": manifest_sha256}, indent=2) + "\n").encode()
 
 
+def parse_pointer(raw: bytes) -> str | None:
+    """The version a pointer names, or None when `raw` is not exactly what a publisher writes."""
+    m = _POINTER_RE.fullmatch(raw) if len(raw) <= MAX_POINTER_BYTES else None
+    return m[1].decode() if m else None
+
+
 def _code(e: Exception) -> str:
     resp = getattr(e, "response", None) or {}
     return str(resp.get("Error", {}).get("Code", "")) or type(e).__name__
 
 
-def read_pointer(client: Any, cfg: S3Config) -> dict[str, Any] | None:
-    """The current pointer's JSON, None when there is none; a read that fails is an error, never "none"."""
+def read_pointer(client: Any, cfg: S3Config) -> bytes | None:
+    """The current pointer's bytes, None when there is none; a read that fails is an error, never "none"."""
     key = cfg.key(LATEST_KEY)
     try:
-        raw = client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read(64 << 10)
+        # One byte past the bound tells a pointer of exactly MAX_POINTER_BYTES from a longer object.
+        return bytes(client.get_object(Bucket=cfg.bucket, Key=key)["Body"].read(MAX_POINTER_BYTES + 1))
     except Exception as e:  # botocore raises many types; only "not found" means no pointer yet
         if _code(e) in ("NoSuchKey", "404", "NotFound"):
             return None
@@ -53,11 +72,6 @@ def read_pointer(client: Any, cfg: S3Config) -> dict[str, Any] | None:
             f"Reading s3://{cfg.bucket}/{key} failed ({_code(e)}); the latest-release pointer was left "
             "unchanged: rerun the push (it uploads nothing already there)."
         ) from None
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return {}
-    return doc if isinstance(doc, dict) else {}
 
 
 def update_latest(client: Any, cfg: S3Config, report: Any, *, force_latest: bool = False) -> None:
@@ -71,9 +85,9 @@ def update_latest(client: Any, cfg: S3Config, report: Any, *, force_latest: bool
     key = cfg.key(LATEST_KEY)
     where = f"s3://{cfg.bucket}/{key}"
     current = read_pointer(client, cfg)
-    was = current.get("version") if current else None
+    was = parse_pointer(current) if current is not None else None
     if current is not None and not force_latest:
-        if not isinstance(was, str):
+        if was is None:
             raise PublishError(
                 f"Release {version} was published, but {where} is not a valid pointer, so it was not "
                 "replaced; pass --force-latest to overwrite it with this release."
@@ -82,7 +96,7 @@ def update_latest(client: Any, cfg: S3Config, report: Any, *, force_latest: bool
             info(f"{where} stays at {was}, which is newer than {version} (--force-latest moves it back)")
             return
     data = pointer_bytes(version, manifest.sha256)
-    if current == json.loads(data):
+    if current == data:
         return
     digest = hashlib.sha256(data).hexdigest()
     try:

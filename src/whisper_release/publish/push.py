@@ -43,14 +43,15 @@ from tqdm import tqdm
 from whisper_release.core.console import info
 from whisper_release.core.errors import PublishError, VerificationError
 from whisper_release.core.pins import load_pins
+from whisper_release.layout import artifacts as layout
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.publish.pointer import update_latest
 from whisper_release.publish.target import publish_config
 from whisper_release.s3.client import make_client
 from whisper_release.s3.config import S3Config, shorten_key
 
-MANIFEST = "manifest.json"
-SUMS = "SHA256SUMS"
+MANIFEST = layout.MANIFEST
+SUMS = layout.SUMS
 META_SHA256 = "sha256"
 MiB = 1024 * 1024
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -89,17 +90,10 @@ class LocalObject:
 
 
 def _parse_sums(path: Path) -> dict[str, str]:
-    entries: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        m = re.match(r"^([0-9a-f]{64}) [ *](.+)$", line)
-        if not m:
-            raise VerificationError(
-                f"{path}:{n} is not a sha256sum line (expected '<64 hex>  <name>'); rebuild the artifacts."
-            )
-        entries[m.group(2)] = m.group(1)
-    return entries
+    try:
+        return layout.parse_sha256sums(path.read_text(encoding="utf-8"), str(path))
+    except layout.LayoutError as e:
+        raise VerificationError(f"{e}; rebuild the artifacts.") from None
 
 
 def _manifest_subjects(manifest: Any) -> dict[str, str] | None:

@@ -36,6 +36,8 @@ import numpy as np
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.layout.artifacts import HPARAM_ORDER
 from whisper_release.runtime import cpu
+from whisper_release.runtime.known_defects import BINDING_VERSION, SHORT_AUDIO_MIN_SAMPLES
+from whisper_release.weights import ggml
 
 LIBRARY = "libwhisper.so"
 SAMPLE_RATE = 16000
@@ -280,6 +282,7 @@ class Context:
             raise VerificationError(
                 f"Model file {model_path} does not exist; pass the path of a ggml .bin file."
             )
+        _check_tensor_headers(model_path)
         lib = whisper.lib
         cparams = lib.whisper_context_default_params()
         cparams.use_gpu = use_gpu
@@ -340,6 +343,10 @@ class Context:
                 f"Audio for {self.model_path.name} must be non-empty 1-D float32 16 kHz mono samples, "
                 f"got shape {pcm.shape}; decode it with whisper_release.runtime.audio.read_wav."
             )
+        if pcm.size < SHORT_AUDIO_MIN_SAMPLES:
+            # Known defect (runtime/known_defects.py, #3956): 1.8.5 reads past shorter input.
+            # Trailing silence changes no transcript.
+            pcm = np.concatenate([pcm, np.zeros(SHORT_AUDIO_MIN_SAMPLES - pcm.size, dtype=np.float32)])
         lib = self.whisper.lib
         h = self._handle()
         n_audio_ctx = int(lib.whisper_model_n_audio_ctx(h))
@@ -382,6 +389,13 @@ class Context:
         return segments
 
 
+def _check_tensor_headers(model_path: Path) -> None:
+    """Every tensor header well-formed (n_dims 1..4, names, types, sizes): 1.8.5 copies n_dims
+    dims into a 4-slot stack array unchecked (runtime/known_defects.py, #3957). Reads headers only."""
+    for _tensor in ggml.iter_tensors(model_path):
+        pass
+
+
 _loaded: dict[Path, Whisper] = {}
 _load_lock = threading.Lock()
 
@@ -418,6 +432,15 @@ def load(
                 ) from None
             fn.restype = restype
             fn.argtypes = argtypes
+        version = (lib.whisper_version() or b"").decode("utf-8", "replace")
+        if version != BINDING_VERSION:
+            # whisper_full takes its params struct by value: another release's layout would be
+            # read as garbage (or past the struct) inside the library.
+            raise VerificationError(
+                f"{path} is whisper.cpp {version or '(no version)'}, but this binding was written for "
+                f"whisper.cpp {BINDING_VERSION}'s C API; use the libwhisper.so of the same release, or a "
+                f"whisper-release made for {version or 'that library'}."
+            )
         whisper = Whisper(lib, path)
         _loaded[path] = whisper
         return whisper

@@ -6,12 +6,16 @@ repository root, or $WHISPER_RELEASE_STORE):
   credentials.json   generated once, mode 0600, never printed (`invoke store --show-credentials`
                      writes an env file instead)
   data/              SeaweedFS volumes and metadata (survives restarts)
-  run/state.json     pid and ports of the running server; run/s3.json its one identity (0600);
-                     run/weed.log its output
+  run/               mode 0700: state.json (pid and ports of the running server), ports.json,
+                     s3.json (its one identity), security.toml (JWT signing keys), all 0600;
+                     weed.log its output
 
 Every port the server opens (master, volume, filer, S3 and their gRPC twins) is chosen free at
-start and bound to 127.0.0.1. The server's environment carries no AWS_* or MINIO_* variable:
-SeaweedFS would turn those into an extra admin identity (FACTS.md).
+start and bound to 127.0.0.1, where every local user can reach it, so none may take an
+unauthenticated write: S3 checks its identity; the volume server wants a JWT signed with keys only
+the server holds (security.toml); the master's and filer's HTTP APIs are off. The server's
+environment carries no AWS_* or MINIO_* variable: SeaweedFS would turn those into an extra admin
+identity (FACTS.md).
 """
 
 from __future__ import annotations
@@ -112,14 +116,71 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
+GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "client")
+
+
+def _make_pki(run_dir: Path) -> None:
+    """A throwaway CA and one certificate for every gRPC endpoint and client of this server (mTLS):
+    the gRPC ports take no call without a certificate from this CA, whose key never leaves run/."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise ToolError(
+            "The embedded S3 store needs 'openssl' to make the certificates that close its gRPC ports to "
+            "other local users; install it (Debian: apt-get install openssl)."
+        )
+    pki = run_dir / "pki"
+    pki.mkdir(mode=0o700, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    (pki / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                 "extendedKeyUsage=serverAuth,clientAuth\n")
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650",
+         "-subj", "/CN=whisper-release embedded store CA"],
+        [openssl, "req", *ec, "-keyout", "node.key", "-out", "node.csr",
+         "-subj", "/CN=whisper-release-store"],
+        [openssl, "x509", "-req", "-in", "node.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "node.crt", "-days", "3650", "-extfile", "ext.cnf"],
+    ]
+    old_umask = os.umask(0o077)
+    try:
+        for cmd in steps:
+            proc = subprocess.run(cmd, cwd=pki, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                raise ToolError(
+                    f"openssl failed making the embedded store's certificates ({' '.join(cmd[1:3])}, exit "
+                    f"{proc.returncode}): {proc.stderr.strip()[-300:]}"
+                )
+    finally:
+        os.umask(old_umask)
+
+
+def _security_toml(run_dir: Path) -> str:
+    """SeaweedFS's security.toml (read from weed's working directory, run/): fresh JWT signing keys
+    each start, so the volume server takes reads and writes only with a token the master signed,
+    and the filer only with one the S3 gateway signed; mutual TLS on every gRPC port."""
+    keys = {name: secrets.token_urlsafe(32) for name in
+            ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")}
+    body = "".join(f'[{name}]\nkey = "{key}"\nexpires_after_seconds = 10\n\n' for name, key in keys.items())
+    body += "[access]\nui = false\n\n[filer.expose_directory_metadata]\nenabled = false\n\n"
+    pki = run_dir / "pki"
+    body += f'[grpc]\nca = "{pki / "ca.crt"}"\n\n'
+    for comp in GRPC_COMPONENTS:
+        body += f'[grpc.{comp}]\ncert = "{pki / "node.crt"}"\nkey = "{pki / "node.key"}"\n\n'
+    return body
+
+
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` is our weed server: alive, not a zombie, this user's, running weed. A pid
+    recycled to another user's process is not ours, even if root could signal it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return False
     try:
+        if os.stat(f"/proc/{pid}").st_uid != os.getuid():
+            return False
         stat = Path(f"/proc/{pid}/stat").read_text()
         # A zombie (state Z) has exited; only its parent has not reaped it yet.
         if stat.rsplit(")", 1)[1].split()[0] == "Z":
@@ -263,6 +324,8 @@ class EmbeddedStore:
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Keys, credentials and the server's sockets' neighbours live here: this user's only.
+        self.run_dir.chmod(0o700)
         with open(self.run_dir / "lock", "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
@@ -285,6 +348,7 @@ class EmbeddedStore:
 
     def _spawn(self, creds: dict[str, str], timeout: float) -> S3Config:
         weed = weed_binary()
+        self._config(None, creds)  # a bad bucket or prefix is refused before a server is left running
         data_dir = self.root / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         ports_file = self.run_dir / "ports.json"
@@ -296,7 +360,7 @@ class EmbeddedStore:
         if not ports or not _ports_free(ports):
             ports = _free_ports(len(PORT_FLAGS))
         port_map = dict(zip(PORT_FLAGS, ports, strict=True))
-        ports_file.write_text(json.dumps(port_map, indent=2) + "\n")
+        _write_private(ports_file, json.dumps(port_map, indent=2) + "\n")
         s3_json = self.run_dir / "s3.json"
         identity = {"identities": [{
             "name": "whisper-release",
@@ -304,6 +368,8 @@ class EmbeddedStore:
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}
         _write_private(s3_json, json.dumps(identity, indent=2) + "\n")
+        _make_pki(self.run_dir)
+        _write_private(self.run_dir / "security.toml", _security_toml(self.run_dir))
         cmd = [
             weed, "server",
             f"-dir={data_dir}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
@@ -314,14 +380,19 @@ class EmbeddedStore:
             "-master.resumeState=false",
             # Small volumes and an automatic count suit a developer's disk; the default is 30 GiB each.
             "-master.volumeSizeLimitMB=1024", "-volume.max=0", "-volume.preStopSeconds=0",
+            # Master and filer HTTP take unauthenticated writes (/dir/assign hands out volume
+            # write tokens, /col/delete drops a bucket's volumes); S3 needs neither, only gRPC.
+            "-disableHttp", "-filer.disableHttp",
         ]
         # A minimal environment: no AWS_*/MINIO_* (they would create an extra admin identity).
         env = {k: v for k, v in os.environ.items()
                if k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")}
         info(f"starting the embedded S3 store (SeaweedFS) in {self.root}, log {self.log_path}")
         with open(self.log_path, "ab") as log:
+            # umask 077: weed's unix sockets (/tmp/seaweedfs-*.sock, its components' local gRPC) and
+            # data files are this user's only; connecting to a unix socket needs write permission.
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
-                                    cwd=self.run_dir, start_new_session=True)
+                                    cwd=self.run_dir, start_new_session=True, umask=0o077)
         self._proc = proc
         state = {"pid": proc.pid, "ports": port_map, "started": time.time()}
         _write_private(self.state_path, json.dumps(state, indent=2) + "\n")
@@ -359,20 +430,19 @@ class EmbeddedStore:
         )
 
     def _volumes_missing(self) -> int:
-        """Volumes on disk the master does not know yet: reads of older objects fail until it does."""
+        """Volumes on disk the volume server has not loaded yet: reads of older objects fail until
+        it has (it registers them with the master in the same heartbeat). The master's HTTP status
+        page is off (-disableHttp); the volume server's /status is read-only and needs no token."""
         import urllib.request
 
         state = self._state()
         if not state:
             return 0
         on_disk = len(list((self.root / "data").glob("*.dat")))
-        url = f"http://{LOOPBACK}:{state['ports']['master.port']}/dir/status"
+        url = f"http://{LOOPBACK}:{state['ports']['volume.port']}/status"
         with urllib.request.urlopen(url, timeout=2) as resp:
-            topo = json.loads(resp.read())["Topology"]
-        nodes = [n for dc in topo.get("DataCenters") or [] for r in dc.get("Racks") or []
-                 for n in r.get("DataNodes") or []]
-        known = sum(int(n.get("Volumes", 0)) for n in nodes)
-        return max(on_disk - known, 0) if nodes else max(on_disk, 1)
+            loaded = len(json.loads(resp.read()).get("Volumes") or [])
+        return max(on_disk - loaded, 0)
 
     def _log_tail(self, n: int = 15) -> str:
         try:

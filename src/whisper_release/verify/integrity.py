@@ -20,8 +20,8 @@ from whisper_release.layout import artifacts as layout
 from whisper_release.layout.artifacts import HPARAM_ORDER, sha256_file
 from whisper_release.weights import ggml
 
-SUMS = "SHA256SUMS"
-MANIFEST = "manifest.json"
+SUMS = layout.SUMS
+MANIFEST = layout.MANIFEST
 # Blocks decoded per step: bounds the numeric check's memory to ~100 MB whatever the model size.
 _CHUNK_BLOCKS = 1 << 18
 
