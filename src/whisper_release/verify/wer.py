@@ -29,6 +29,8 @@ import numpy as np
 
 from whisper_release.core.console import run, which
 from whisper_release.core.errors import ConfigError, ToolError, VerificationError
+from whisper_release.inputs.fetch import fetch_speech
+from whisper_release.inputs.speech import clip_paths
 from whisper_release.runtime import audio
 
 VOICES = ("en-us", "en-gb")
@@ -197,8 +199,6 @@ MIN_GATED_UTTERANCES = 5
 
 def real_speech_clips(set_dir: str | os.PathLike[str], speech: Any) -> list[Clip]:
     """The pinned real-speech clips ([speech], a core.pins.SpeechPins) in a verified set directory."""
-    from whisper_release.inputs.speech import clip_paths
-
     return [Clip(c.name, p, c.reference) for c, p in clip_paths(Path(set_dir), speech)]
 
 
@@ -225,8 +225,6 @@ def pinned_wer_sets(
     pins: Any, source_dir: str | os.PathLike[str], clips_file: str | os.PathLike[str]
 ) -> dict[str, list[Clip]]:
     """The three sets from the pins: [speech] fetched and verified, jfk.wav from the verified source tree."""
-    from whisper_release.inputs.fetch import fetch_speech
-
     real = real_speech_clips(fetch_speech(pins), pins.speech)
     return wer_sets(Path(source_dir) / pins.sample.path, pins.sample.reference, clips_file, real)
 
