@@ -91,5 +91,6 @@ def test_transcribe(
     )
     assert texts and all(isinstance(t, str) for t in texts)
     # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.
-    ceiling = float(request.getfixturevalue("pins").verify.wer_ceiling.get(cfg.model, 1.0))
+    ceilings = request.getfixturevalue("pins").verify.wer_ceiling.values()  # one table per WER set
+    ceiling = max(float(c.get(cfg.model, 1.0)) for c in ceilings)
     assert result.wer <= ceiling + 0.10, f"{cfg.id} {decode}: WER {result.wer:.3f} on the sample set"

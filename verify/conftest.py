@@ -1,9 +1,10 @@
 """Acceptance suite fixtures: one parametrised case per artifact directory, a shared report.
 
 Artifacts come from --artifacts, else $WHISPER_RELEASE_ARTIFACTS, else dist/release_artifacts.
-The report (per model: instruction counts, WER of f16 and of each quantized file, the worst
-quantization error / bound per quantized file, findings)
-is printed as a table at the end and written to dist/verify-report.json (--report to move it).
+The report (per model: instruction counts, WER of f16 and of each quantized file per set with 95%
+intervals, the paired f16 comparison, the utterances whose transcript changed, the worst
+quantization error / bound per quantized file, findings) is printed as tables at the end and
+written to dist/verify-report.json (--report to move it).
 """
 
 from __future__ import annotations
@@ -120,9 +121,15 @@ def source_dir(pins: Pins, artifacts: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def clips(pins: Pins, source_dir: Path) -> list[wer.Clip]:
-    sample = pins.sample
-    return wer.sample_set(source_dir / sample.path, sample.reference, HERE / "clips.txt")
+def wer_sets(pins: Pins, source_dir: Path) -> dict[str, list[wer.Clip]]:
+    """The WER sets (wer.SETS): real speech ([speech], fetched and verified), synthetic, jfk."""
+    return wer.pinned_wer_sets(pins, source_dir, HERE / "clips.txt")
+
+
+@pytest.fixture(scope="session")
+def clips(wer_sets: dict[str, list[wer.Clip]]) -> list[wer.Clip]:
+    """Every utterance of every set: one transcription run per model file covers them all."""
+    return wer.all_clips(wer_sets)
 
 
 @pytest.fixture(scope="session")
@@ -201,8 +208,8 @@ def _fmt(v: Any, spec: str) -> str:
 
 
 def summary_lines(data: dict[str, Any]) -> list[str]:
-    """One row per model and quantized file: instruction counts, WER f16 vs the quantized file, the
-    WER difference and the worst quantization error / bound."""
+    """One row per model and quantized file: instruction counts, WER f16 vs the quantized file over
+    every utterance, the WER difference and the worst quantization error / bound."""
     head = (
         f"{'model':<10} {'file':<5} {'AVX2':>6} {'FMA':>6} {'AVX512':>6} {'AMX':>4} {'WER f16':>8} "
         f"{'WER':>8} {'delta pp':>8} {'worst err/bound':>15}"
@@ -217,15 +224,51 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
         }
         w = m.get("wer", {})
         nums = m.get("numerics", {})
+        f16_all = w.get("f16", {}).get("sets", {}).get(wer.POOLED, {})
         for q in sorted(set(w.get("quantized", {})) | set(nums)) or ["-"]:
-            wq = w.get("quantized", {}).get(q, {})
+            wq = w.get("quantized", {}).get(q, {}).get("sets", {}).get(wer.POOLED, {})
             lines.append(
                 f"{model:<10} {q:<5} {_fmt(tot['avx2'] if isa else None, 'd'):>6} "
                 f"{_fmt(tot['fma'] if isa else None, 'd'):>6} "
                 f"{_fmt(tot['avx512'] if isa else None, 'd'):>6} {_fmt(tot['amx'] if isa else None, 'd'):>4} "
-                f"{_fmt(w.get('f16', {}).get('wer'), '.2%'):>8} {_fmt(wq.get('wer'), '.2%'):>8} "
-                f"{_fmt(wq.get('delta_pp'), '+.2f'):>8} {_fmt(nums.get(q, {}).get('worst_ratio'), '.4f'):>15}"
+                f"{_fmt(f16_all.get('wer'), '.2%'):>8} {_fmt(wq.get('wer'), '.2%'):>8} "
+                f"{_fmt(wq.get('paired', {}).get('delta_pp'), '+.2f'):>8} "
+                f"{_fmt(nums.get(q, {}).get('worst_ratio'), '.4f'):>15}"
             )
+    return lines
+
+
+def wer_lines(data: dict[str, Any]) -> list[str]:
+    """WER per model, file and set with its 95% interval; for quantized files the paired difference
+    with f16 and its interval; then every utterance whose transcript changed."""
+    head = (
+        f"{'model':<10} {'file':<5} {'set':<9} {'n':>3} {'WER':>7} {'95% CI (%)':>14} "
+        f"{'vs f16 pp':>9} {'95% CI (pp)':>14} {'gate':>10}"
+    )
+    lines = [head, "-" * len(head)]
+    changed: list[str] = []
+    for model, m in sorted(data["models"].items()):
+        w = m.get("wer", {})
+        files = [("f16", w.get("f16", {}))] + sorted(w.get("quantized", {}).items())
+        for label, f in files:
+            for set_name, r in f.get("sets", {}).items():
+                p = r.get("paired")
+                gate = "-" if not p else ("FAIL" if p["failed"] else ("pass" if p["gated"] else "not gated"))
+                lines.append(
+                    f"{model:<10} {label:<5} {set_name:<9} {r['n_utterances']:>3} {r['wer']:>7.2%} "
+                    f"{wer.interval_text(*r['ci95']):>14} "
+                    f"{_fmt(p and p['delta_pp'], '+.2f'):>9} "
+                    f"{wer.interval_text(p['ci95_pp'][0], p['ci95_pp'][1], pp=True) if p else '-':>14} "
+                    f"{gate:>10}"
+                )
+            for c in f.get("changed", []):
+                changed.append(
+                    f"{model} {label} {c['set']}/{c['name']}: f16 {c['f16']!r} -> {label} {c['quantized']!r} "
+                    f"(edits {c['f16_edits']} -> {c['quantized_edits']}"
+                    f"{'' if c['words_changed'] else ', same words after normalisation'})"
+                )
+    lines.append("utterances whose transcript changed between f16 and a quantized file:")
+    lines += [f"  {c}" for c in changed] or ["  none"]
     return lines
 
 
@@ -236,6 +279,10 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("whisper-release verification summary")
     for line in summary_lines(data):
         terminalreporter.write_line(line)
+    if any(m.get("wer") for m in data["models"].values()):
+        terminalreporter.write_line("")
+        for line in wer_lines(data):
+            terminalreporter.write_line(line)
     path = _report_path(config)
     terminalreporter.write_line(f"report: {path}")
 

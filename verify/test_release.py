@@ -166,6 +166,7 @@ def test_quantized_loads_and_transcribes(
     quant: str,
     pins: Pins,
     clips: list[wer.Clip],
+    wer_sets: dict[str, list[wer.Clip]],
     threads: int,
     report: dict[str, Any],
 ) -> None:
@@ -184,11 +185,42 @@ def test_quantized_loads_and_transcribes(
         for k, v in want.items()
         if out["hparams"][k] != v
     ]
-    jfk = clips[0]
+    (jfk,) = wer_sets["jfk"]
     if not out["segments"].get(jfk.name):
         findings.append(Finding(str(jfk.path), "segments", "at least one transcribed segment", "none"))
     report.setdefault("hparams_loaded", {})[quant] = out["hparams"]
     _fail_on(findings, f"{model_file.name}: load and transcribe")
+
+
+def _worst(clips: list[wer.Clip], r: wer.SetResult, k: int = 3) -> str:
+    """The utterances that contribute most edits to a set's WER: where to look first."""
+    ranked = sorted(zip(clips, r.edits, strict=True), key=lambda ce: -ce[1])[:k]
+    words = {c.name: len(wer.normalize(c.reference).split()) for c in clips}
+    return ", ".join(f"{c.name} ({e} edits / {words[c.name]} words)" for c, e in ranked if e) or "none"
+
+
+def _ceiling_finding(
+    path: Path, set_name: str, clips: list[wer.Clip], r: wer.SetResult, ceiling: float
+) -> Finding:
+    return Finding(
+        str(path),
+        f"WER on the {set_name} set ({r.n} utterances, {r.words} words)",
+        f"<= {ceiling:.2%} (release.toml [verify.wer_ceiling.{set_name}])",
+        f"{r.wer:.2%}, 95% interval {wer.interval_text(r.low, r.high)} %; "
+        f"worst utterances: {_worst(clips, r)}",
+        "check those clips' transcripts and reference texts in dist/verify-report.json",
+    )
+
+
+def _paired_finding(path: Path, quant: str, g: wer.PairedGate, gate: str, moved: list[str]) -> Finding:
+    return Finding(
+        str(path),
+        f"WER {quant} minus f16 on the {g.set} set ({g.n} utterances, paired bootstrap)",
+        f"95% interval's lower bound <= {g.max_delta_pp:.2f} pp (release.toml [verify] {gate})",
+        f"{g.delta_pp:+.2f} pp, 95% interval {wer.interval_text(g.low_pp, g.high_pp, pp=True)}; "
+        f"words changed in: {', '.join(moved) or 'none'}",
+        "see models.<m>.wer.quantized.<q>.changed in dist/verify-report.json",
+    )
 
 
 def test_word_error_rate(
@@ -199,19 +231,15 @@ def test_word_error_rate(
     quant: str,
     pins: Pins,
     clips: list[wer.Clip],
+    wer_sets: dict[str, list[wer.Clip]],
     threads: int,
     report: dict[str, Any],
 ) -> None:
-    refs = [c.reference for c in clips]
-    results: dict[str, Any] = {}
-    # The f16 transcription is cached per session (run_worker): one run serves every quantized file.
-    for label, path in (("f16", f16_model), (quant, model_file)):
-        hyp = _transcripts(artifact, path, clips, threads, label)
-        r = wer.corpus_wer(refs, [hyp[c.name] for c in clips])
-        results[label] = {**r.as_dict(), "transcripts": hyp}
-    delta_pp = 100.0 * (results[quant]["wer"] - results["f16"]["wer"])
+    """WER of f16 and of the quantized file on each set (and all sets pooled) with 95% bootstrap
+    intervals; each under its ceiling; the file against f16 by the paired bootstrap gate."""
     gates = pins.verify
-    ceiling = gates.wer_ceiling[model_name]
+    resamples, seed = wer.bootstrap_settings(gates)
+    gate = f"max_{quant}_wer_delta_pp"
     if quant not in gates.max_wer_delta_pp:
         pytest.fail(
             f"release.toml [verify] has no max_{quant}_wer_delta_pp, the WER gate for the shipped {quant} "
@@ -219,33 +247,46 @@ def test_word_error_rate(
             pytrace=False,
         )
     max_delta = gates.max_wer_delta_pp[quant]
+    tables = gates.wer_ceiling
+    missing = [s for s in wer_sets if model_name not in tables.get(s, {})]
+    if missing:
+        pytest.fail(
+            f"release.toml [verify.wer_ceiling.<set>] has no ceiling for {model_name} in set(s) "
+            f"{', '.join(missing)} (wanted one per set of {', '.join(wer_sets)}); add it.",
+            pytrace=False,
+        )
+    ceilings = {s: float(tables[s][model_name]) for s in wer_sets}
+    # The f16 transcription is cached per session (run_worker): one run serves every quantized file.
+    files = (("f16", f16_model), (quant, model_file))
+    hyp = {label: _transcripts(artifact, path, clips, threads, label) for label, path in files}
+    scored = {**wer_sets, wer.POOLED: clips}
     w = report.setdefault("wer", {})
     w.update(
-        f16=results["f16"],
-        ceiling=ceiling,
-        clips=[{"name": c.name, "voice": c.voice, "reference": c.reference} for c in clips],
-    )
-    w.setdefault("quantized", {})[quant] = {**results[quant], "delta_pp": delta_pp, "max_delta_pp": max_delta}
+        bootstrap={"resamples": resamples, "seed": seed, "confidence": wer.CONFIDENCE},
+        ceiling=ceilings,
+        clips={s: [{"name": c.name, "voice": c.voice, "reference": c.reference} for c in cs]
+               for s, cs in wer_sets.items()},
+    )  # fmt: skip
     findings = []
-    for label, path in (("f16", f16_model), (quant, model_file)):
-        if results[label]["wer"] > ceiling:
-            findings.append(
-                Finding(
-                    str(path),
-                    f"WER over {len(clips)} clips",
-                    f"<= {ceiling:.2%} (release.toml [verify.wer_ceiling])",
-                    f"{results[label]['wer']:.2%}",
-                    "see the transcripts in dist/verify-report.json",
-                )
-            )
-    if delta_pp > max_delta:
-        findings.append(
-            Finding(
-                str(model_file),
-                f"WER {quant} minus f16",
-                f"<= {max_delta:.2f} pp",
-                f"{delta_pp:+.2f} pp",
-                "see the transcripts in dist/verify-report.json",
-            )
-        )
+    for label, path in files:
+        entry: dict[str, Any] = {"transcripts": hyp[label], "sets": {}}
+        for set_name, set_clips in scored.items():
+            r = wer.score_set(set_name, set_clips, hyp[label], resamples=resamples, seed=seed)
+            entry["sets"][set_name] = r.as_dict()
+            if set_name in ceilings and r.wer > ceilings[set_name]:
+                findings.append(_ceiling_finding(path, set_name, list(set_clips), r, ceilings[set_name]))
+            if label == "f16":
+                continue
+            g = wer.paired_gate(set_name, set_clips, hyp["f16"], hyp[label], max_delta, resamples=resamples,
+                                seed=seed)  # fmt: skip
+            entry["sets"][set_name]["paired"] = g.as_dict()
+            if g.failed:
+                changed = wer.changed_utterances({set_name: list(set_clips)}, hyp["f16"], hyp[label])
+                findings.append(_paired_finding(path, quant, g, gate, [c["name"] for c in changed
+                                                                       if c["words_changed"]]))  # fmt: skip
+        if label == "f16":
+            w["f16"] = entry
+        else:
+            entry["changed"] = wer.changed_utterances(wer_sets, hyp["f16"], hyp[label])
+            w.setdefault("quantized", {})[quant] = entry
     _fail_on(findings, f"{model_name}: word error rate")

@@ -8,12 +8,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import wave
 from pathlib import Path
 
 import pytest
 
 from whisper_release.core.pins import load_pins, project_root
-from whisper_release.inputs import download, fetch
+from whisper_release.inputs import download, fetch, speech
 from whisper_release.inputs.cache import file_digest
 from whisper_release.weights import ggml
 from whisper_release.weights.gittree import tree_hash
@@ -50,7 +51,7 @@ def test_fetch_offline_profile_for_real(tmp_path: Path, monkeypatch: pytest.Monk
     print(warm.stdout)
     lines = warm.stdout.splitlines()
     rows = lines[3 : next(i for i, line in enumerate(lines) if line.startswith("source: "))]
-    assert len(rows) == 3 and all(line.rstrip().endswith("cached") for line in rows), warm.stdout
+    assert len(rows) == 4 and all(line.rstrip().endswith("cached") for line in rows), warm.stdout
 
     # Prove the products independently of the report.
     monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(cache))
@@ -70,3 +71,11 @@ def test_fetch_offline_profile_for_real(tmp_path: Path, monkeypatch: pytest.Monk
         if pin.ggml_sha256:
             assert file_digest(path) == pin.ggml_sha256
     assert res.provenance()["models"]["base"]["sha256"] == file_digest(res.models["base"])
+    # The real-speech set: every clip a 16 kHz mono WAV whose sha256 is its pin.
+    sp = pins.speech
+    assert sp is not None and res.speech is not None
+    for clip, path in speech.clip_paths(res.speech, sp):
+        assert file_digest(path) == clip.sha256
+        with wave.open(str(path), "rb") as w:
+            assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 16000), clip.name
+            assert 0.5 < w.getnframes() / 16000 < 8, clip.name

@@ -169,6 +169,7 @@ def build_world(
         raw["profiles"]["toy"] = {
             "source": "github", "models": ["toy-official", "toy-ct2"], "debian": "mirror"
         }
+        raw.pop("speech")  # the real-speech input has its own loopback tests (test_speech.py)
 
     world = World(server, make_pins(tmp_path, base), want_tree, [base], tmp_path, model_bin)
     return world

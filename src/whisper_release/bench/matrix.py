@@ -185,14 +185,14 @@ def resolve_model(ref: str, pins: Pins) -> str:
 
 
 def sample_clips(pins: Pins, *, quick: bool = False, root: Path | None = None) -> list[wer.Clip]:
-    """The audio every transcription is timed on: the verification suite's sample set (jfk.wav and
-    the clips of verify/clips.txt), or jfk.wav alone when `quick`."""
+    """The audio every transcription is timed on: the verification suite's three WER sets pooled
+    (real speech, the clips of verify/clips.txt, jfk.wav), or jfk.wav alone when `quick`."""
     source = fetch_source(pins, pins.profile("offline").source)
     sample = pins.sample
     if quick:
         return [wer.Clip("jfk", source / sample.path, sample.reference)]
     clips_txt = (root or project_root()) / "verify" / "clips.txt"
-    return wer.sample_set(source / sample.path, sample.reference, clips_txt)
+    return wer.all_clips(wer.pinned_wer_sets(pins, source, clips_txt))
 
 
 def bench_threads(pins: Pins) -> int:

@@ -4,7 +4,8 @@ Everything else asks this module for pins; nothing else parses release.toml. Eac
 frozen dataclass, and `load_pins` checks every key of the file against the field types when it
 loads: a missing, mistyped or unknown key is a ConfigError naming the file, the table, the key,
 what was expected and what was found (all problems of the file in one error). A new section is one
-dataclass below plus one field of `Pins`; the loader reads the fields, nothing else changes.
+dataclass below plus one field of `Pins`; the loader (core/tomltables.py) reads the fields,
+nothing else changes.
 
 A profile name is resolved once, at an entry point, by `Pins.profile(name)` into a
 `ResolvedProfile` (its source provider and that provider's settings, its model pins, its base-image
@@ -16,15 +17,26 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-import types
 from collections.abc import Callable
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, Union, cast, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from whisper_release.core import settings
 from whisper_release.core.errors import ConfigError
 from whisper_release.core.paths import project_root
+from whisper_release.core.tomltables import (
+    BAD,
+    TABLE_NAME,
+    Loader,
+    describe_expected,
+    describe_found,
+    keys_matching,
+    loaded_as,
+    parsed_by,
+    table_name,
+    toml_key,
+)
 from whisper_release.layout.artifacts import HPARAM_ORDER
 
 # Quantization types the release can ship: the ones whisper_release.weights.ggml decodes, so that the
@@ -36,31 +48,6 @@ DEBIAN_ARCHIVES = ("mirror", "snapshot")
 
 def default_pins_path() -> Path:
     return project_root() / "release.toml"
-
-
-# ---- how a field is read (metadata of dataclass fields; the loader below honours them) ----------
-def toml_key(name: str) -> dict[str, Any]:
-    """The field is read from TOML key `name` (for keys that are no Python identifier)."""
-    return {"toml": name}
-
-
-def keys_matching(pattern: str) -> dict[str, Any]:
-    """A dict field gathered from the table's keys that fullmatch `pattern`, keyed by its group 1."""
-    return {"pattern": re.compile(pattern)}
-
-
-def parsed_by(parse: Callable[[Any], Any]) -> dict[str, Any]:
-    """The raw value goes through `parse`, which returns the field's value or raises
-    ValueError(what was expected)."""
-    return {"parse": parse}
-
-
-def loaded_as(cls: type, then: Callable[[Any], Any]) -> dict[str, Any]:
-    """The field is read as dataclass `cls` (every key checked), then turned into its value by `then`."""
-    return {"load_as": cls, "then": then}
-
-
-TABLE_NAME: dict[str, Any] = {"table_name": True}  # the field holds the table's own key, not a value
 
 
 # ---- the sections ---------------------------------------------------------------------------------
@@ -252,7 +239,11 @@ class BuildPins:
 
 @dataclass(frozen=True)
 class VerifyPins:
-    wer_ceiling: dict[str, float]
+    # [verify.wer_ceiling.<set>] <model> = ceiling (whisper_release.verify.wer.SETS)
+    wer_ceiling: dict[str, dict[str, float]]
+    # The seeded percentile bootstrap of the WER intervals and the paired gate (docs/verify.md).
+    bootstrap_resamples: int
+    bootstrap_seed: int
     # max_<type>_wer_delta_pp, one per [build] quantize type, keyed by the type
     max_wer_delta_pp: dict[str, float] = field(
         default_factory=dict, metadata=keys_matching(r"max_(q[0-9]_[0-9k]+)_wer_delta_pp")
@@ -349,6 +340,7 @@ class Pins:
     publish: PublishPins
     sbom: SbomPins
     bench: BenchPins
+    speech: SpeechPins | None = None
     # The parsed TOML as read (tests re-parse a changed copy); code reads the typed fields.
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -433,161 +425,53 @@ def quantizations(value: object, where: object = "release.toml") -> tuple[str, .
         ) from None
 
 
-# ---- the loader -----------------------------------------------------------------------------------
-T = TypeVar("T")
-_BAD = object()  # a value that produced a problem (already recorded)
-_SIMPLE = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-_PLURAL = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+# ---- [speech]: the real human-speech set (whisper_release.inputs.speech, docs/verify.md) ---------
+SPEECH_FORMATS = ("wav", "s16le-16k-mono")
 
 
-def _optional_inner(tp: Any) -> Any:
-    """X for `X | None`, else tp."""
-    if get_origin(tp) in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
-
-
-def _expected(tp: Any) -> str:
-    tp = _optional_inner(tp)
-    if tp in _SIMPLE:
-        return _SIMPLE[tp]
-    origin, args = get_origin(tp), get_args(tp)
-    if origin in (tuple, list):
-        return f"a list of {_PLURAL.get(args[0], 'tables')}"
-    if origin is dict:
-        return f"a table of {_PLURAL.get(args[1], 'tables')}"
-    if tp is Any:
-        return "any value"
-    return "a table"
-
-
-def _found(value: Any) -> str:
-    kinds = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
-    if isinstance(value, dict):
-        return "a table"
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({kinds.get(type(value), type(value).__name__)})"
-
-
-def _table_name(parts: tuple[str, ...]) -> str:
-    bare = re.compile(r"[A-Za-z0-9_-]+")
-    return ".".join(p if bare.fullmatch(p) else f'"{p}"' for p in parts)
-
-
-class _Loader:
-    """One read of a pins file: converts tables into the dataclasses, collecting every problem."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def value(self, tp: Any, value: Any, table: tuple[str, ...], key: str) -> Any:
-        tp = _optional_inner(tp)
-        where = f"[{_table_name(table)}] {key}" if table else f"[{key}]"
-
-        def bad() -> Any:
-            self.problems.append(f"{where} must be {_expected(tp)}, found {_found(value)}")
-            return _BAD
-
-        if tp is Any:
-            return value
-        if tp in (str, bool):
-            return value if type(value) is tp else bad()
-        if tp is int:
-            return value if type(value) is int else bad()
-        if tp is float:
-            return float(value) if type(value) in (int, float) else bad()
-        origin, args = get_origin(tp), get_args(tp)
-        if origin in (tuple, list):
-            if not isinstance(value, list):
-                return bad()
-            if is_dataclass(args[0]):
-                items = [
-                    self.table(cast(type, args[0]), v, (*table, key, str(i)))
-                    if isinstance(v, dict)
-                    else self.value(args[0], v, table, f"{key}[{i}]")
-                    for i, v in enumerate(value)
-                ]
-            else:
-                items = [self.value(args[0], v, table, f"{key}[{i}]") for i, v in enumerate(value)]
-            return _BAD if _BAD in items else origin(items)
-        if origin is dict:
-            if not isinstance(value, dict):
-                return bad()
-            conv = {k: self.item(args[1], v, (*table, key), k) for k, v in value.items()}
-            return _BAD if _BAD in conv.values() else conv
-        if is_dataclass(tp):
-            return self.table(cast(type, tp), value, (*table, key)) if isinstance(value, dict) else bad()
-        raise TypeError(f"pins loader cannot read a field of type {tp!r}")  # a programming error
-
-    def item(self, tp: Any, value: Any, table: tuple[str, ...], key: str) -> Any:
-        """One entry of a dict field: a dataclass gets its key as table name."""
-        if is_dataclass(tp) and isinstance(value, dict):
-            return self.table(cast(type, tp), value, (*table, key))
-        return self.value(tp, value, table, key)
-
-    def table(self, cls: type[T], raw: dict[str, Any], table: tuple[str, ...]) -> T:
-        hints = get_type_hints(cls)
-        here = f"[{_table_name(table)}]"
-        left = dict(raw)
-        kwargs: dict[str, Any] = {}
-        ok = True
-        patterned: list[Field[Any]] = []
-        for f in fields(cast(Any, cls)):
-            meta = f.metadata
-            if meta.get("table_name"):
-                kwargs[f.name] = table[-1]
-                continue
-            if "pattern" in meta:
-                patterned.append(f)
-                continue
-            key = meta.get("toml", f.name)
-            if key not in left:
-                if f.default is MISSING and f.default_factory is MISSING:
-                    what = "a table" if is_dataclass(hints[f.name]) else _expected(hints[f.name])
-                    self.problems.append(f"{here} lacks the key {key}: expected {what}, found nothing")
-                    ok = False
-                continue
-            value = left.pop(key)
-            if "parse" in meta:
-                try:
-                    kwargs[f.name] = meta["parse"](value)
-                except ValueError as e:
-                    self.problems.append(f"{here} {key} must be {e}, found {_found(value)}")
-                    ok = False
-                continue
-            got = self.value(meta.get("load_as", hints[f.name]), value, table, key)
-            ok = ok and got is not _BAD
-            kwargs[f.name] = meta["then"](got) if "then" in meta and got is not _BAD else got
-        for f in patterned:
-            pattern, inner = f.metadata["pattern"], get_args(hints[f.name])[1]
-            found: dict[str, Any] = {}
-            for key in [k for k in left if pattern.fullmatch(k)]:
-                found[pattern.fullmatch(key).group(1)] = got = self.value(inner, left.pop(key), table, key)
-                ok = ok and got is not _BAD
-            kwargs[f.name] = found
-        for key in left:
-            self.problems.append(
-                f"{here} has an unknown key {key} (expected only: {', '.join(_keys_of(cls))})"
+def _speech_clip_value(kind: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        ok = isinstance(value, str) and (
+            re.fullmatch(r"[0-9a-f]{64}", value) if kind == "sha256" else value in SPEECH_FORMATS
+        )
+        if not ok:
+            raise ValueError(
+                "a lowercase hex sha256" if kind == "sha256" else f"one of {', '.join(SPEECH_FORMATS)}"
             )
-            ok = False
-        return cls(**kwargs) if ok else cast(T, _BAD)
+        return str(value)
+
+    return parse
 
 
-def _keys_of(cls: Any) -> list[str]:
-    """The TOML keys a table may hold, for the message about an unknown one."""
-    out = []
-    for f in fields(cls):
-        if f.metadata.get("table_name"):
-            continue
-        if "pattern" in f.metadata:
-            out.append(re.sub(r"\(.*?\)", "<type>", f.metadata["pattern"].pattern))
-        else:
-            out.append(f.metadata.get("toml", f.name))
-    return out
+@dataclass(frozen=True, kw_only=True)
+class SpeechClip:
+    """[[speech.clips]]: one recording, pinned by the sha256 of the 16 kHz mono WAV handed on."""
+
+    name: str
+    member: str  # path inside the package file
+    sha256: str = field(metadata=parsed_by(_speech_clip_value("sha256")))
+    reference: str
+    origin: str
+    # "wav" (copied as is) or "s16le-16k-mono" (headerless samples, wrapped in a WAV)
+    format: str = field(default="wav", metadata=parsed_by(_speech_clip_value("format")))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechPins:
+    """[speech]: recordings of real human speech inside one pinned package file."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    size: int | None = None
+    license: str
+    origin: str
+    clips: tuple[SpeechClip, ...]
+
+    @property
+    def package_file(self) -> PackageFile:
+        return PackageFile(self.package, self.version, self.filename, self.sha256, self.size)
 
 
 def _cross_checks(pins: Pins) -> list[str]:
@@ -595,17 +479,17 @@ def _cross_checks(pins: Pins) -> list[str]:
     problems = []
     providers = pins.source.providers.available()
     for name, p in pins.profiles.items():
-        where = f"[profiles.{_table_name((name,))}]"
+        where = f"[profiles.{table_name((name,))}]"
         if p.source not in providers:
             problems.append(
                 f"{where} source must name a table of [source.providers] "
-                f"({', '.join(sorted(providers)) or 'none'}), found {_found(p.source)}"
+                f"({', '.join(sorted(providers)) or 'none'}), found {describe_found(p.source)}"
             )
         for m in p.models:
             if m not in pins.models:
                 problems.append(
                     f"{where} models must name tables of [models] ({', '.join(pins.models)}), "
-                    f"found {_found(m)}"
+                    f"found {describe_found(m)}"
                 )
     b = pins.build
     try:
@@ -613,14 +497,14 @@ def _cross_checks(pins: Pins) -> list[str]:
     except (KeyError, IndexError, ValueError):
         problems.append(
             f"[build] debian_snapshot_url must be a URL with {{snapshot}} as its only placeholder, "
-            f"found {_found(b.debian_snapshot_url)}"
+            f"found {describe_found(b.debian_snapshot_url)}"
         )
     return problems
 
 
 def parse_pins(raw: dict[str, Any], path: Path) -> Pins:
     """Pins from a parsed pins file; ConfigError naming every missing, mistyped or unknown key."""
-    loader = _Loader()
+    loader = Loader()
     top = dict(raw)
     sections: dict[str, Any] = {}
     hints = get_type_hints(Pins)
@@ -629,7 +513,7 @@ def parse_pins(raw: dict[str, Any], path: Path) -> Pins:
             continue
         if f.name not in top:
             if f.default is MISSING and f.default_factory is MISSING:
-                loader.problems.append(f"lacks the [{f.name}] table ({_expected(hints[f.name])})")
+                loader.problems.append(f"lacks the [{f.name}] table ({describe_expected(hints[f.name])})")
             continue
         sections[f.name] = loader.value(hints[f.name], top.pop(f.name), (), f.name)
     for key in top:
@@ -638,7 +522,7 @@ def parse_pins(raw: dict[str, Any], path: Path) -> Pins:
             f"{', '.join(f.name for f in fields(Pins) if f.name not in ('path', 'raw'))})"
         )
     problems = loader.problems
-    if not problems and _BAD not in sections.values():
+    if not problems and BAD not in sections.values():
         pins = Pins(path=path, raw=raw, **sections)
         problems = _cross_checks(pins)
         if not problems:

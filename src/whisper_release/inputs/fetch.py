@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_release.core import settings
-from whisper_release.core.errors import VerificationError
+from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import (
     ModelPin,
     PackageFile,
@@ -30,6 +30,7 @@ from whisper_release.inputs.cache import Cache
 from whisper_release.inputs.download import RetryPolicy, download
 from whisper_release.inputs.models import cached_model, fetch_model_file, ggml_sha256_pin, model_key
 from whisper_release.inputs.sources import SOURCE_DIR_NAME, cached_source, fetch_source_tree, source_key
+from whisper_release.inputs.speech import cached_speech, fetch_speech_set, speech_key
 from whisper_release.layout.artifacts import sha256_file
 from whisper_release.weights.convert import ASSETS_ENV, ConvertResult, convert_ct2_dir
 
@@ -59,6 +60,7 @@ class FetchResult:
     records: list[Record] = field(default_factory=list)
     dry_run: bool = False
     _provenance: dict[str, Any] = field(default_factory=dict, repr=False)
+    speech: Path | None = None  # the verified real-speech set ([speech]); None when not pinned
 
     def provenance(self) -> dict[str, Any]:
         """What the build manifest records about the inputs (no local paths)."""
@@ -241,6 +243,28 @@ class _Fetcher:
         )
         return path
 
+    # ---- real speech ([speech]) -------------------------------------------------------------
+    def speech(self) -> Path | None:
+        sp = self.pins.speech
+        if sp is None:
+            return None
+        label = f"speech set ({sp.package} {sp.version}, {len(sp.clips)} clips)"
+        pin = f"sha256 x{len(sp.clips)}"
+        # Every clip is re-hashed against its pin on each use, so what was verified is the pins.
+        verified = f"sha256 of {len(sp.clips)} clips == [[speech.clips]] sha256"
+        self.cache.use("speech", speech_key(sp))
+        hit = cached_speech(self.cache, sp)
+        if hit is not None:
+            self._record(Record(label, "index", pin, None, "cached", str(hit), None, verified))
+            return hit
+        if self.dry_run:
+            self.package_file(sp.package_file)
+            self._record(Record(label, "index", pin, None, "would extract", ""))
+            return self.cache.item_path("speech", speech_key(sp))
+        path = fetch_speech_set(self.cache, sp, self.package_file)
+        self._record(Record(label, "index", pin, None, "extracted", str(path), None, verified))
+        return path
+
 
 # ---- the contract (docs/contracts.md) --------------------------------------------------------
 
@@ -275,17 +299,30 @@ def fetch_model(pins: Pins, name: str) -> Path:
     return _Fetcher(pins).model(pins.model(name))  # unknown model -> ConfigError
 
 
+def fetch_speech(pins: Pins) -> Path:
+    """The verified real-speech set ([speech]): one <name>.wav per pinned clip, in the cache."""
+    path = _Fetcher(pins).speech()
+    if path is None:
+        raise ConfigError(
+            f"{pins.path} has no [speech] table, the pinned real-speech set the WER gates need; "
+            f"restore it from git."
+        )
+    return path
+
+
 # The provider settings the build manifest records (by TOML key; local paths and licences stay out).
 _PROVENANCE_KEYS = ("url", "package", "version", "filename", "sha256")
 
 
 def fetch_profile(profile: ResolvedProfile, pins: Pins, *, dry_run: bool = False) -> FetchResult:
-    """Every input of `profile`: the source tree, its models and the sample audio, each verified."""
+    """Every input of `profile`: the source tree, its models, the sample audio and the real-speech
+    set ([speech], when pinned), each verified."""
     for pin in profile.models:
         model_key(pins, pin)  # refuse a broken model pin before any download
     f = _Fetcher(pins, dry_run=dry_run)
     source_dir = f.source(profile.source)
     models = {pin.name: f.model(pin) for pin in profile.models}
+    speech = f.speech()
     sample = source_dir / pins.sample.path
     if not dry_run and not sample.is_file():
         raise VerificationError(
@@ -326,7 +363,7 @@ def fetch_profile(profile: ResolvedProfile, pins: Pins, *, dry_run: bool = False
                 }
             ),
         }
-    return FetchResult(profile.name, source_dir, models, sample, f.records, dry_run, prov)
+    return FetchResult(profile.name, source_dir, models, sample, f.records, dry_run, prov, speech=speech)
 
 
 def _human(n: int | None) -> str:
@@ -355,3 +392,5 @@ def print_report(result: FetchResult, file: Any = None) -> None:
         for name, path in result.models.items():
             print(f"model {name}: {path}", file=out)
         print(f"sample: {result.sample}", file=out)
+        if result.speech is not None:
+            print(f"speech: {result.speech}", file=out)
