@@ -111,7 +111,7 @@ version_cmp() {  # version_cmp A B: prints <, = or >, comparing as pointer.py's 
       exit
     }' "$1" "$2"
 }
-# Sourced (tests/unit/test_pointer.py): the functions above are all it needs.
+# Sourced (tests/unit/publish/test_pointer.py): the functions above are all it needs.
 (return 0 2>/dev/null) && return 0
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

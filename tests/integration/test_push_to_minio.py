@@ -438,7 +438,7 @@ def test_real_minio_client_push_then_sha256_matches(minio_client, store, artifac
 
 
 # ---- latest.json (issue 13 item 4): the pointer `pull --release latest` follows ----------------
-# The rules are pointer.py's; tests/unit/test_pointer.py checks the version order and the pointer
+# The rules are pointer.py's; tests/unit/publish/test_pointer.py checks the version order and the pointer
 # bytes of both publishers against one table. Here: the script against the real store, each prefix
 # its own so the pointers of the tests above do not interfere.
 

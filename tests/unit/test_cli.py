@@ -47,7 +47,7 @@ def test_the_library_never_imports_the_entry_point() -> None:
 
 def test_info_prints_artifact_json_as_text_and_json(tmp_path: Path, capsys) -> None:
     d = _artifact(tmp_path)
-    # The text's artifact.json part; its SBOM part is tests/unit/test_sbom.py's (on a real layout).
+    # The text's artifact.json part; its SBOM part is tests/unit/layout/test_sbom.py's (on a real layout).
     out = info.format_info(json.loads((d / METADATA).read_text()))
     assert "ggml-base-q5_1.bin" in out and "(primary)" in out and "avx, avx2, fma, sse4_2" in out
     assert cli.main(["info", str(d)]) == VerificationError.exit_code  # this fake artifact has no SBOM

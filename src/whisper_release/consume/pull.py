@@ -42,7 +42,7 @@ from whisper_release.s3.client import make_client
 MANIFEST = layout.MANIFEST
 SUMS = layout.SUMS
 LATEST = "latest"
-# The pointer publish/pointer.py writes; tests/unit/test_pointer.py ties the two sides together.
+# The pointer publish/pointer.py writes; tests/unit/publish/test_pointer.py ties the two sides together.
 LATEST_KEY = "latest.json"
 MiB = 1 << 20
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")

@@ -9,7 +9,7 @@ the manifest it names against the recorded sha256.
 minio/push_to_minio.sh writes the same bytes and applies the same rules in bash and awk, so either
 publisher can move a pointer the other wrote. To keep the two provably identical, a pointer counts
 as valid only when it is byte for byte what pointer_bytes() makes of a version and a digest
-(parse_pointer); tests/unit/test_pointer.py checks both sides against one table of cases.
+(parse_pointer); tests/unit/publish/test_pointer.py checks both sides against one table of cases.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Known defects of the pinned whisper.cpp and the guard this project keeps against each.
 
-One table, tied to the version the binding was written for: tests/unit/test_known_defects.py fails
+One table, tied to the version the binding was written for: tests/unit/runtime/test_known_defects.py fails
 once release.toml pins a version at or past a defect's `fixed_in`, naming the guard that can then go
 (and the binding refuses a library of any other version, so a guard never silently outlives its pin).
 Standard library only: the consumer imports it, and it must not read release.toml.

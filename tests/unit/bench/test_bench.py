@@ -18,7 +18,7 @@ from whisper_release.bench.matrix import matrix, pytest_args
 from whisper_release.core.errors import ConfigError, ReleaseError
 from whisper_release.core.pins import load_pins
 
-BENCH = Path(__file__).parents[2] / "src" / "whisper_release" / "bench"
+BENCH = Path(__file__).parents[3] / "src" / "whisper_release" / "bench"
 # What a function may import itself: the optional peers and what only the [test]/[bench] extras install.
 OPTIONAL = {"faster_whisper", "ctranslate2", "pywhispercpp", "matplotlib", "pytest"}
 
@@ -133,7 +133,7 @@ def test_reference_settings_come_from_release_toml():
 
 
 def test_dockerfile_has_one_reference_stage_driven_by_build_args():
-    text = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    text = (Path(__file__).parents[3] / "Dockerfile").read_text()
     assert text.count(f"AS {references.REFERENCE_STAGE}\n") == 1
     assert 'CMAKE_FLAGS="$REF_CMAKE_FLAGS" EXPECTED_CPU_VARIANT="$REF_CPU_VARIANT"' in text
 

@@ -241,7 +241,7 @@ def test_a_profile_naming_what_does_not_exist_fails_at_load(change: dict[str, An
     assert wanted in _error(lambda raw: raw["profiles"]["offline"].update(change))
 
 
-SRC = Path(__file__).resolve().parents[2] / "src" / "whisper_release"
+SRC = Path(__file__).resolve().parents[3] / "src" / "whisper_release"
 
 
 def _offences(tree: ast.AST) -> Iterator[str]:

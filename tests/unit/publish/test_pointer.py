@@ -43,7 +43,7 @@ def test_the_pointer_the_publisher_writes_is_what_pull_reads():
 
 # ---- one rule, two publishers: pointer.py and minio/push_to_minio.sh -----------------------------
 
-SCRIPT = Path(__file__).resolve().parents[2] / "minio" / "push_to_minio.sh"
+SCRIPT = Path(__file__).resolve().parents[3] / "minio" / "push_to_minio.sh"
 TABLE = Path(__file__).with_name("version_order.tsv")
 MIRROR = {"<": ">", "=": "=", ">": "<"}
 
