@@ -7,6 +7,7 @@ Needs built artifacts: $WHISPER_RELEASE_ARTIFACTS, else dist/release_artifacts (
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -235,11 +236,40 @@ def test_library_differing_from_its_sbom_entry(copy: tuple[Path, Path], tmp_path
     with lib.open("ab") as f:
         f.write(b"\0")
     now = _sha(lib)
-    sums = d / "SHA256SUMS"
-    sums_before = _sha(sums)
-    sums.write_text(sums.read_text().replace(built, now))
-    manifest = root / "manifest.json"
-    manifest.write_text(manifest.read_text().replace(built, now).replace(sums_before, _sha(sums)))
+    meta = d / "artifact.json"
+    meta_before = _sha(meta)
+    meta.write_text(meta.read_text().replace(built, now))
+    _rehash(root, d, {built: now, meta_before: _sha(meta)})
     out = _verify(root, tmp_path, "files or sbom")
     assert f"{lib}: sha256: wanted {built} (sbom.cdx.json), got {now}" in out
-    assert "_ test_files_sha256sums_and_manifest[" not in out, out
+    assert "_ test_files_sha256sums_manifest_and_metadata[" not in out, out
+
+
+def _rehash(root: Path, d: Path, replaced: dict[str, str]) -> None:
+    """Rewrite SHA256SUMS and the manifest as a careless re-packer would: the new digests everywhere."""
+    sums = d / "SHA256SUMS"
+    before = _sha(sums)
+    text = sums.read_text()
+    for old, new in replaced.items():
+        text = text.replace(old, new)
+    sums.write_text(text)
+    manifest = root / "manifest.json"
+    text = manifest.read_text().replace(before, _sha(sums))
+    for old, new in replaced.items():
+        text = text.replace(old, new)
+    manifest.write_text(text)
+
+
+def test_edited_artifact_json_names_the_file_and_the_field(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    """artifact.json edited (a model file's size) with SHA256SUMS and the manifest made to agree: the
+    metadata check still compares every stated fact with the files, and names file and field."""
+    root, d = copy
+    meta = d / "artifact.json"
+    before = _sha(meta)
+    data = json.loads(meta.read_text())
+    data["model_files"][0]["size"] += 1
+    meta.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    _rehash(root, d, {before: _sha(meta)})
+    out = _verify(root, tmp_path, "files_sha256sums")
+    assert f"{meta}: field 'model_files[0].size': wanted " in out, out
+    assert f"{meta}: sha256" not in out  # the sums agree: only the fact it states is wrong
