@@ -40,7 +40,8 @@ def ensure_release(cache: Path, model: str, release: str = "latest") -> Path:
     """The artifact directory of the newest release, pulled into the cache only if it is not there."""
     try:
         remote = remote_from_env()
-        version = pull.resolve_release(pull.list_releases(remote), release, remote)
+        latest = pull.read_latest(remote) if release == pull.LATEST else None  # <prefix>/latest.json
+        version = pull.resolve_release(pull.list_releases(remote), release, remote, latest)
     except FetchError as e:
         cached = cached_releases(cache, model)
         if not cached:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from test_publish_support import make_artifacts
 
-from whisper_release.core.pins import project_root
+from whisper_release.core.pins import load_pins, project_root
 from whisper_release.testing import require_tool, unavailable
 
 pytestmark = pytest.mark.integration
@@ -198,8 +198,10 @@ def test_no_credential_reaches_output_files_or_image_layers(tmp_path: Path, inde
         run(invoke, "store", "--start")
         state = json.loads((store / "run" / "state.json").read_text())
         endpoint = f"http://127.0.0.1:{state['ports']['s3.port']}"
+        # The consumer reads no release.toml: it names the bucket the publisher used.
         run.env = dict(store_env, AWS_ENDPOINT_URL=endpoint, MINIO_ENDPOINT=endpoint.removeprefix("http://"),
-                       MINIO_SECURE="false")
+                       MINIO_SECURE="false", WHISPER_RELEASE_BUCKET=load_pins().publish.bucket,
+                       WHISPER_RELEASE_PREFIX=load_pins().publish.prefix)
         run(invoke, "push", "--create-bucket")
         run(BIN / "whisper-release", "pull", "--model", "tiny.en", "--dest", root / "pulled", "--no-progress")
         small = make_artifacts(tmp_path / "small", models=("base",), big=100_000)
