@@ -95,8 +95,6 @@ class SdistSource:
     subdir: str
     size: int | None = None
     license: str | None = None
-    # OpenAI's MIT licence of Whisper (code and weights), shipped as the weights' licence text.
-    license_file: str | None = None
 
     @property
     def package_file(self) -> PackageFile:
