@@ -376,68 +376,22 @@ def artifact_parts(
             continue
         purl: Purl = ("generic", "whisper-release", dir_name, release, (), rel)
         digest = _sha256_file(d / rel)
+        # What kind of file it is decides its licence, texts, role and the input it was made from.
+        kind: dict[str, Any]
         if rel in input_of:
             dep, lic, texts = input_of[rel]
-            part = Part(
-                _file_ref(rel),
-                rel,
-                "file",
-                release,
-                purl,
-                digest,
-                license=lic,
-                texts=texts,
-                role="library",
-                depends_on=(dep,),
-            )
+            kind = {"license": lic, "texts": texts, "role": "library", "depends_on": (dep,)}
         elif rel.startswith("libggml"):
-            part = Part(
-                _file_ref(rel),
-                rel,
-                "file",
-                release,
-                purl,
-                digest,
-                license=src_license,
-                texts=(WHISPER_CPP_TEXT,),
-                role="library",
-                depends_on=(ggml_ref,),
-            )
+            kind = {"license": src_license, "texts": (WHISPER_CPP_TEXT,), "role": "library",
+                    "depends_on": (ggml_ref,)}
         elif rel in model_files:
-            part = Part(
-                _file_ref(rel),
-                rel,
-                "file",
-                release,
-                purl,
-                digest,
-                license=m_license,
-                texts=(WEIGHTS_TEXT,),
-                role="model",
-                depends_on=(model_ref,),
-            )
+            kind = {"license": m_license, "texts": (WEIGHTS_TEXT,), "role": "model",
+                    "depends_on": (model_ref,)}
         elif rel.startswith(LICENSE_DIR + "/"):
-            part = Part(
-                _file_ref(rel),
-                rel,
-                "file",
-                release,
-                purl,
-                digest,
-                role="license-text",
-                text_of=_text_of(rel, src_license, m_license),
-            )
+            kind = {"role": "license-text", "text_of": _text_of(rel, src_license, m_license)}
         else:
-            part = Part(
-                _file_ref(rel),
-                rel,
-                "file",
-                release,
-                purl,
-                digest,
-                role="readme" if rel == "README.md" else "other",
-            )
-        parts.append(part)
+            kind = {"role": "readme" if rel == "README.md" else "other"}
+        parts.append(Part(_file_ref(rel), rel, "file", release, purl, digest, **kind))
     root = Part(
         f"artifact:{dir_name}",
         dir_name,
