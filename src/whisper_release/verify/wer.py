@@ -176,17 +176,6 @@ def synthesized_clips(
     return clips
 
 
-def sample_set(
-    sample_wav: str | os.PathLike[str],
-    sample_reference: str,
-    clips_file: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> list[Clip]:
-    """The WER set: the pinned recording (jfk.wav) first, then the synthesised clips."""
-    recording = Clip(Path(sample_wav).stem, Path(sample_wav), sample_reference)
-    return [recording, *synthesized_clips(load_texts(clips_file), cache_dir=cache_dir)]
-
-
 # ---- the sets ------------------------------------------------------------------------------------
 
 SETS = ("real", "synthetic", "jfk")
