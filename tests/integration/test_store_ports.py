@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import ssl
 import stat
@@ -22,6 +21,7 @@ import pytest
 from whisper_release.core.errors import ConfigError
 from whisper_release.publish.push import make_client
 from whisper_release.s3.store import EmbeddedStore
+from whisper_release.testing import require_tool
 
 pytestmark = pytest.mark.integration
 
@@ -152,9 +152,7 @@ def _other_users_weed() -> subprocess.Popen[bytes] | int:
     if os.getuid() != 0:
         assert os.stat("/proc/1").st_uid != os.getuid()
         return 1
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is needed to start a process of another user")
+    setpriv = require_tool("setpriv", "util-linux: starts a process of another user")
     return subprocess.Popen([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "bash", "-c",
                              "exec -a /usr/local/bin/weed sleep 120"])
 
