@@ -15,7 +15,6 @@ The only files allowed to hold a canary are the store's key files, which must be
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
@@ -24,11 +23,11 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_fetch_support import Server, http_server  # noqa: F401  (fixture)
 from test_publish_support import make_artifacts
 
 from whisper_release.core.pins import load_pins, project_root
@@ -58,24 +57,10 @@ class Canaries:
         return [v.encode() for v in (self.access_key, self.secret_key, self.session_token, self.index_token)]
 
 
-@pytest.fixture(scope="module")
-def index_404() -> Iterator[int]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+@pytest.fixture
+def index_404(http_server: Server) -> int:  # noqa: F811
+    """The port of a loopback package index that answers 404 to everything (no routes)."""
+    return http_server.port
 
 
 def _copy_project(dest: Path) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_isa import symbol_offset
 
 from whisper_release.core.errors import VerificationError
 from whisper_release.core.pins import project_root
@@ -49,22 +50,6 @@ def _audit(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _function_offset(lib: Path, name: str) -> int:
-    from elftools.elf.elffile import ELFFile
-    from elftools.elf.sections import SymbolTableSection
-
-    with lib.open("rb") as f:
-        elf = ELFFile(f)
-        dynsym = elf.get_section_by_name(".dynsym")
-        assert isinstance(dynsym, SymbolTableSection)
-        syms = dynsym.get_symbol_by_name(name)
-        assert syms, f"{name} is not a dynamic symbol"
-        (sym,) = syms
-        assert sym["st_info"]["type"] == "STT_FUNC", sym
-        (off,) = elf.address_offsets(sym["st_value"])
-        return int(off)
-
-
 def test_audit_passes_the_built_artifacts(built: Path) -> None:
     p = _audit(built)
     assert p.returncode == 0, p.stdout + p.stderr
@@ -88,7 +73,7 @@ def test_one_planted_instruction_fails_the_audit(
     copy = tmp_path / src.name
     shutil.copytree(src, copy)
     lib = copy / CPU_LIB
-    at = _function_offset(lib, FUNCTION)
+    at = symbol_offset(lib, FUNCTION, function=True)
     with lib.open("r+b") as f:
         f.seek(at)
         f.write(bytes.fromhex(code))

@@ -3,15 +3,13 @@ output. Real loopback HTTP servers and the real script; no mocks."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import socket
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_fetch_support import Server, http_server  # noqa: F401  (fixture)
 
 from whisper_release.core.console import info
 from whisper_release.core.errors import ConfigError, FetchError, ReleaseError, ToolError
@@ -58,25 +56,10 @@ def test_every_release_error_and_info_line_is_redacted(capsys) -> None:
 
 
 @pytest.fixture
-def index_404() -> Iterator[str]:
-    """A loopback package index that answers 404 to everything, like a wrong project name."""
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://__token__:{TOKEN}@127.0.0.1:{server.server_address[1]}/simple"
-    finally:
-        server.shutdown()
-        server.server_close()
+def index_404(http_server: Server) -> str:  # noqa: F811
+    """A loopback package index that answers 404 to everything, like a wrong project name (the shared
+    loopback server with no routes)."""
+    return f"http://__token__:{TOKEN}@127.0.0.1:{http_server.port}/simple"
 
 
 def test_index_errors_never_show_the_token(index_404: str) -> None:

@@ -14,9 +14,9 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
 from test_fetch import build_world
-from test_fetch_support import (  # noqa: F401  (fixture)
+from test_fetch_support import (  # noqa: F401  (fixtures)
+    cache_dir,
     http_server,
     make_pins,
     tar_gz,
@@ -30,15 +30,6 @@ from whisper_release.inputs.cache import Cache
 from whisper_release.weights.gittree import tree_hash
 
 PREFIX = "whisper.cpp-0123456789abcdef"
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(d))
-    monkeypatch.setenv("WHISPER_RELEASE_RETRIES", "1")
-    monkeypatch.setenv("WHISPER_RELEASE_BACKOFF", "0.01")
-    return d
 
 
 def _github(http_server, tmp_path: Path):  # noqa: F811

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 from test_convert import fake_assets, fake_ct2_whisper
-from test_fetch_support import (  # noqa: F401  (fixture)
+from test_fetch_support import (  # noqa: F401  (fixtures)
     Server,
+    cache_dir,
     cache_files,
     dead_port_url,
     http_server,
@@ -76,15 +77,6 @@ class World:
 
         self.pins = make_pins(self.tmp, all_changes)
         return self.pins
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(d))
-    monkeypatch.setenv("WHISPER_RELEASE_RETRIES", "1")
-    monkeypatch.setenv("WHISPER_RELEASE_BACKOFF", "0.01")
-    return d
 
 
 def build_world(
@@ -360,7 +352,7 @@ def test_sample_must_be_in_tree(http_server, cache_dir, tmp_path, monkeypatch) -
         fetch.fetch_profile(pins.profile("toy"), pins)
 
 
-def test_unknown_profile_and_model(tmp_path, cache_dir) -> None:
+def test_unknown_profile_and_model(tmp_path, cache_dir) -> None:  # noqa: F811
     pins = make_pins(tmp_path)
     with pytest.raises(ConfigError, match="Unknown profile 'nightly'"):
         pins.profile("nightly")

@@ -125,6 +125,16 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 
 @pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty fetch cache for one test, with fast retries."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(d))
+    monkeypatch.setenv("WHISPER_RELEASE_RETRIES", "1")
+    monkeypatch.setenv("WHISPER_RELEASE_BACKOFF", "0.01")
+    return d
+
+
+@pytest.fixture
 def http_server() -> Iterator[Server]:
     state = Server("127.0.0.1", 0)
     httpd = _QuietServer(("127.0.0.1", 0), _handler(state))

@@ -8,7 +8,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_fetch_support import (  # noqa: F401  (fixture)
+from test_fetch_support import (  # noqa: F401  (fixtures)
+    cache_dir,
     cache_files,
     dead_port_url,
     http_server,
@@ -24,15 +25,6 @@ from whisper_release.inputs.sources import extract_subdir
 from whisper_release.weights.gittree import tree_hash
 
 PREFIX = "whisper.cpp-0123456789abcdef"
-
-
-@pytest.fixture
-def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    d = tmp_path / "cache"
-    monkeypatch.setenv("WHISPER_RELEASE_CACHE", str(d))
-    monkeypatch.setenv("WHISPER_RELEASE_RETRIES", "1")
-    monkeypatch.setenv("WHISPER_RELEASE_BACKOFF", "0.01")
-    return d
 
 
 @pytest.fixture

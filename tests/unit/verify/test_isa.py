@@ -64,7 +64,8 @@ blob:
     )
 
 
-def _symbol_offset(so: Path, name: str) -> int:
+def symbol_offset(so: Path, name: str, *, function: bool = False) -> int:
+    """File offset of dynamic symbol `name` in `so` (with `function`, it must be a function)."""
     from elftools.elf.elffile import ELFFile
     from elftools.elf.sections import SymbolTableSection
 
@@ -75,6 +76,8 @@ def _symbol_offset(so: Path, name: str) -> int:
         syms = dynsym.get_symbol_by_name(name)
         assert syms, f"{name} is not a dynamic symbol"
         (sym,) = syms
+        if function:
+            assert sym["st_info"]["type"] == "STT_FUNC", sym
         (off,) = elf.address_offsets(sym["st_value"])
         return int(off)
 
@@ -114,7 +117,7 @@ def test_one_planted_instruction_is_named(tmp_path: Path, feature: str) -> None:
     v = a.examples[0]
     assert (v.library, v.offset, v.function, v.instruction) == (
         so.name,
-        _symbol_offset(so, "blob"),
+        symbol_offset(so, "blob"),
         "blob",
         text,
     )
