@@ -5,7 +5,7 @@ ARG BASE_IMAGE
 
 FROM ${BASE_IMAGE} AS builder
 # One instruction each: the legacy builder commits a layer per instruction (seconds apiece).
-ARG CMAKE_FLAGS EXPECTED_CPU_VARIANT WHISPER_BUILD_COMMIT WHISPER_BUILD_NUMBER=0 SOURCE_DATE_EPOCH JOBS=2
+ARG CMAKE_FLAGS EXPECTED_CPU_VARIANT CPU_VARIANTS WHISPER_BUILD_COMMIT WHISPER_BUILD_NUMBER=0 SOURCE_DATE_EPOCH JOBS=2
 ENV LC_ALL=C.UTF-8 TZ=UTC
 # Source and compile first: a changed model or packaging script must not recompile.
 COPY packaging/compile.sh /packaging/compile.sh

@@ -20,6 +20,7 @@ import pytest
 
 from whisper_release.core.pins import Pins, load_pins, project_root
 from whisper_release.layout.artifacts import load_metadata, model_file_name
+from whisper_release.runtime import modules
 from whisper_release.verify import integrity, wer
 
 pytest_plugins = ["whisper_release.testing"]
@@ -141,16 +142,21 @@ def f16_model(pins: Pins, model_name: str) -> Path:
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without anything that could make the loader find libraries for us."""
-    return {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT")}
+    """This environment without anything that could make the loader find libraries for us, or force
+    a CPU module (the tests that want one pass it explicitly)."""
+    drop = ("LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", modules.FORCE)
+    return {k: v for k, v in os.environ.items() if k not in drop}
 
 
-_worker_cache: dict[tuple[str, str, int], dict[str, Any]] = {}
+_worker_cache: dict[tuple[str, str, int, str], dict[str, Any]] = {}
 
 
-def run_worker(lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads: int) -> dict[str, Any]:
-    """verify/worker.py in a fresh interpreter; results cached per (library, model) for the session."""
-    key = (str(lib_dir), str(model or ""), len(clips))
+def run_worker(
+    lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads: int, cpu_module: str | None = None
+) -> dict[str, Any]:
+    """verify/worker.py in a fresh interpreter; results cached per (library, model, CPU module) for the
+    session. `cpu_module`: force that CPU module (WHISPER_RELEASE_CPU_MODULE), else the binding chooses."""
+    key = (str(lib_dir), str(model or ""), len(clips), cpu_module or "")
     if key in _worker_cache:
         return _worker_cache[key]
     job = {
@@ -166,7 +172,7 @@ def run_worker(lib_dir: Path, model: Path | None, clips: list[wer.Clip], threads
         input=json.dumps(job),
         text=True,
         capture_output=True,
-        env=clean_env(),
+        env={**clean_env(), **({modules.FORCE: cpu_module} if cpu_module else {})},
         timeout=3600,
     )
     try:

@@ -13,7 +13,7 @@ import pytest
 from conftest import run_worker
 
 from whisper_release.core.pins import Pins
-from whisper_release.layout.artifacts import expected_files
+from whisper_release.layout.artifacts import expected_files, load_metadata, model_file_name
 from whisper_release.runtime import cpu
 from whisper_release.verify import integrity, isa, sbom, wer
 from whisper_release.verify.integrity import Finding, format_findings
@@ -44,7 +44,8 @@ def test_host_cpu_has_the_required_flags(pins: Pins) -> None:
 def test_files_sha256sums_manifest_and_metadata(
     artifact: Path, artifacts: Path, model_name: str, pins: Pins, report: dict[str, Any]
 ) -> None:
-    findings = integrity.check_layout(artifact, expected_files(model_name, pins.quantizations))
+    want = expected_files(model_name, pins.quantizations, pins.build.cpu_variants)
+    findings = integrity.check_layout(artifact, want)
     findings += integrity.check_sums(artifact)
     findings += integrity.check_manifest(artifacts, artifact)
     findings += integrity.check_metadata(artifact)
@@ -105,9 +106,15 @@ def test_library_loads_alone_and_reports_avx2_fma(
             pytrace=False,
         )
     info = out["system_info"]
+    module = out["cpu_module"]
     report["system_info"] = info
     report["library_version"] = out["version"]
+    report["cpu_module"] = module
     flags = dict(re.findall(r"([A-Z0-9_]+) = (\d+)", info))
+    # What the chosen module was built for decides what ggml may report (a module above the floor
+    # reports its own ISA; the floor, linked or loaded, none of AVX-512, VNNI or AMX).
+    built_for = set(next(v["cpu_flags"] for v in load_metadata(artifact)["cpu_variants"]
+                         if v["name"] == module["variant"]))  # fmt: skip
     findings = [
         Finding(
             str(artifact / "libwhisper.so"),
@@ -120,11 +127,84 @@ def test_library_loads_alone_and_reports_avx2_fma(
         if flags.get(k) != "1"
     ]
     findings += [
-        Finding(str(artifact / "libwhisper.so"), f"whisper_print_system_info {k}", "0", v, REBUILD_ISA)
-        for k, v in flags.items()
-        if (k.startswith("AVX512") or k.startswith("AMX")) and v != "0"
-    ]
-    _fail_on(findings, f"{artifact.name}: the library's own report ({info.strip()})")
+        Finding(str(artifact / module["library"]), f"whisper_print_system_info {k} "
+                f"(module {module['variant']})", want, flags.get(k, "absent"), REBUILD_ISA)
+        for k, flag in SYSTEM_INFO_FLAGS.items()
+        if flags.get(k, "0") != (want := "1" if flag in built_for else "0")
+    ]  # fmt: skip
+    _fail_on(findings, f"{artifact.name}: the library's own report ({info.strip()}) with {module['variant']}")
+
+
+# whisper_print_system_info's key -> the CPU flag a module must be built for to report it as 1.
+SYSTEM_INFO_FLAGS = {
+    "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni",
+    "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni", "AMX_INT8": "amx_int8",
+}  # fmt: skip
+
+
+def test_every_cpu_module_this_host_runs(
+    artifact: Path,
+    model_name: str,
+    pins: Pins,
+    clips: list[wer.Clip],
+    wer_sets: dict[str, list[wer.Clip]],
+    threads: int,
+    report: dict[str, Any],
+) -> None:
+    """Each CPU module this CPU can run transcribes every clip with the primary model file, forced
+    (WHISPER_RELEASE_CPU_MODULE), and its WER equals the floor's within the primary type's paired
+    gate; a module this CPU lacks the flags for is recorded as not exercised here, by name."""
+    meta = load_metadata(artifact)
+    variants = meta.get("cpu_variants", [])
+    quant = pins.primary_quantization
+    primary = artifact / model_file_name(model_name, quant)
+    have = cpu.cpuid_flags()
+    resamples, seed = wer.bootstrap_settings(pins.verify)
+    max_delta = pins.verify.max_wer_delta_pp[quant]
+    rows: dict[str, Any] = report.setdefault("cpu_modules", {})
+    findings: list[Finding] = []
+    floor = variants[0]["name"] if variants else None
+    if len(variants) <= 1:
+        rows[floor or "haswell"] = {"exercised": "by every other test (linked, single ISA)"}
+        return
+    hyp: dict[str, dict[str, str]] = {}
+    for v in variants:
+        missing = [f for f in v["cpu_flags"] if f not in have]
+        if missing:
+            rows[v["name"]] = {"exercised": False, "reason": f"this CPU lacks {', '.join(missing)}"}
+            continue
+        out = run_worker(artifact, primary, clips, threads, cpu_module=v["name"])
+        if "error" in out:
+            what = f"{quant} transcription with module {v['name']}"
+            lib = str(artifact / v["library"])
+            findings.append(Finding(lib, what, "every clip transcribed", out["error"]))
+            continue
+        hyp[v["name"]] = {n: "".join(s[2] for s in segs) for n, segs in out["segments"].items()}
+        rows[v["name"]] = {"exercised": True, "module": out["cpu_module"]}
+    if floor not in hyp:
+        _fail_on(findings, f"{artifact.name}: CPU modules")
+        return
+    library = {str(v["name"]): artifact / str(v["library"]) for v in variants}
+    for name, h in hyp.items():
+        if name == floor:
+            continue
+        per_set = {}
+        for set_name, set_clips in {**wer_sets, wer.POOLED: clips}.items():
+            g = wer.paired_gate(set_name, set_clips, hyp[floor], h, max_delta, resamples=resamples, seed=seed)
+            per_set[set_name] = g.as_dict()
+            if g.failed:
+                findings.append(Finding(
+                    str(library[name]),
+                    f"WER of {primary.name} with module {name} minus with {floor}, {g.set} set "
+                    f"({g.n} utterances, paired bootstrap)",
+                    f"95% interval's lower bound <= {g.max_delta_pp:.2f} pp (release.toml [verify] "
+                    f"max_{quant}_wer_delta_pp)",
+                    f"{g.delta_pp:+.2f} pp, 95% interval {wer.interval_text(g.low_pp, g.high_pp, pp=True)}",
+                    f"leave {name} out of release.toml [build] cpu_variants until its kernels agree",
+                ))  # fmt: skip
+        same = sum(h[c] == hyp[floor][c] for c in h)
+        rows[name].update(paired_against_floor=per_set, clips=len(h), identical_transcripts=same)
+    _fail_on(findings, f"{artifact.name}: CPU modules")
 
 
 def test_quantized_model_file(
@@ -133,7 +213,8 @@ def test_quantized_model_file(
     sums, bad = integrity.parse_sums(artifact / integrity.SUMS)
     findings = bad + integrity.check_model_file(model_file, pins.model(model_name), quant, sums=sums)
     report.setdefault("model_file", {})[quant] = {
-        "path": str(model_file), "findings": [f.as_dict() for f in findings]
+        "path": str(model_file),
+        "findings": [f.as_dict() for f in findings],
     }
     _fail_on(findings, f"{model_file.name}: header, tensors, length and sha256")
 

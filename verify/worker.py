@@ -3,7 +3,8 @@ reports what the library says about itself, loads one model and transcribes the 
 
 Input (stdin, JSON): {"lib_dir", "required_flags", "model", "clips": [{"name", "path"}], "threads"},
 optionally "audio_ctx" and "max_tokens" (kept tiny for runs on an emulated CPU).
-Output (stdout, JSON): {"version", "system_info", "hparams", "model_type", "segments": {name: [...]}}
+Output (stdout, JSON): {"version", "system_info", "cpu_module" (the module runtime/modules.py chose),
+"hparams", "model_type", "segments": {name: [...]}}
 or {"error": "..."} with the error's exit code. A separate process is the point: whatever the
 library needs must come from its own directory ($ORIGIN), not from this test process.
 """
@@ -21,7 +22,11 @@ def main() -> int:
     job = json.load(sys.stdin)
     try:
         whisper = binding.load(job["lib_dir"], required_flags=job["required_flags"])
-        out: dict[str, object] = {"version": whisper.version, "system_info": whisper.system_info()}
+        out: dict[str, object] = {
+            "version": whisper.version,
+            "system_info": whisper.system_info(),
+            "cpu_module": whisper.cpu_module.as_dict(),
+        }
         if job.get("model"):
             with whisper.open(job["model"]) as ctx:
                 out["hparams"] = ctx.hparams()

@@ -20,7 +20,7 @@ import pytest
 from whisper_release.build import baseimage
 from whisper_release.build import docker as build
 from whisper_release.core.errors import BuildError
-from whisper_release.core.pins import load_pins, project_root
+from whisper_release.core.pins import Pins, load_pins, project_root
 from whisper_release.layout import artifacts, readme
 from whisper_release.testing import require_tool
 
@@ -75,10 +75,15 @@ def test_layout_and_sha256sums(dist: Path, models: tuple[str, ...]) -> None:
             assert p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o644
 
 
+def _ours(cpu_variants: tuple[str, ...]) -> tuple[str, ...]:
+    """The shipped libraries built from whisper.cpp (libgomp comes from the image's GCC)."""
+    return tuple(lib for lib in artifacts.libraries(cpu_variants) if lib != artifacts.OPENMP_LIBRARY)
+
+
 def test_libraries_load_from_origin(dist: Path, models: tuple[str, ...]) -> None:
     readelf = require_tool("readelf")
     d = dist / artifacts.model_dir_name(models[0])
-    for lib in artifacts.LIBRARIES[:4]:
+    for lib in _ours(load_pins().build.cpu_variants):
         dyn = subprocess.run([readelf, "-d", d / lib], capture_output=True, text=True, check=True).stdout
         assert re.search(r"\((?:RUNPATH|RPATH)\)\s+Library r(?:un)?path: \[\$ORIGIN\]", dyn), f"{lib}:\n{dyn}"
     dyn = subprocess.run(
@@ -88,18 +93,24 @@ def test_libraries_load_from_origin(dist: Path, models: tuple[str, ...]) -> None
     assert {"libggml.so.0", "libggml-base.so.0"} <= needed
 
 
-def test_cpu_library_has_avx2_fma_and_no_avx512(dist: Path, models: tuple[str, ...]) -> None:
+def _floor_and_general_libraries_have_avx2_fma_and_no_avx512(d: Path, cpu_variants: tuple[str, ...]) -> None:
+    """The floor's CPU library has AVX2/FMA/F16C code; it and every library that is not a module
+    above the floor hold no AVX-512 (those modules are held to their own ISA by the exact audit)."""
     objdump = require_tool("objdump")
-    d = dist / artifacts.model_dir_name(models[0])
+    libs = artifacts.libraries(cpu_variants)
+    floor = (
+        artifacts.cpu_module_file(cpu_variants[0]) if len(cpu_variants) > 1 else artifacts.LINKED_CPU_LIBRARY
+    )
     cpu = subprocess.run(
-        [objdump, "-d", "--no-show-raw-insn", d / "libggml-cpu.so.0"],
+        [objdump, "-d", "--no-show-raw-insn", d / floor],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     for wanted in ("vfmadd", "vpmaddubsw", "%ymm", "vcvtph2ps"):
-        assert wanted in cpu, f"libggml-cpu.so.0 has no {wanted}: not an AVX2/FMA/F16C build"
-    for lib in artifacts.LIBRARIES:
+        assert wanted in cpu, f"{floor} has no {wanted}: not an AVX2/FMA/F16C build"
+    higher = {artifacts.cpu_module_file(v) for v in cpu_variants[1:]}
+    for lib in (lib for lib in libs if lib not in higher):
         text = subprocess.run(
             [objdump, "-d", "--no-show-raw-insn", d / lib], capture_output=True, text=True, check=True
         ).stdout
@@ -107,12 +118,21 @@ def test_cpu_library_has_avx2_fma_and_no_avx512(dist: Path, models: tuple[str, .
         assert not hits, f"{lib} holds AVX-512 code: {hits[:10]}"
 
 
+def test_cpu_library_has_avx2_fma_and_no_avx512(dist: Path, models: tuple[str, ...]) -> None:
+    _floor_and_general_libraries_have_avx2_fma_and_no_avx512(
+        dist / artifacts.model_dir_name(models[0]), load_pins().build.cpu_variants
+    )
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_readme_example_transcribes_the_sample(
     dist: Path, inputs: build.BuildInputs, models: tuple[str, ...], index: int, tmp_path: Path
 ) -> None:
+    _readme_example_transcribes(dist, inputs, models[index], tmp_path)
+
+
+def _readme_example_transcribes(dist: Path, inputs: build.BuildInputs, model: str, tmp_path: Path) -> None:
     pins = load_pins()
-    model = models[index]
     d = dist / artifacts.model_dir_name(model)
     code = readme.python_example((d / "README.md").read_text())
     script = tmp_path / "transcribe.py"
@@ -238,12 +258,33 @@ def test_model_change_requantizes_without_recompiling(
     ).read_bytes()
 
 
-def test_scalar_configuration_fails_the_build(dist: Path, tmp_path: Path) -> None:
-    """The FACTS.md trap: flags that lose AVX2 must stop the build at configure, before compiling."""
+def _single_isa_pins() -> Pins:
+    """release.toml with [build] cpu_variants = ["haswell"]: the single-ISA build."""
     pins = load_pins()
+    return dataclasses.replace(pins, build=dataclasses.replace(pins.build, cpu_variants=("haswell",)))
+
+
+@pytest.mark.parametrize(
+    ("single_isa", "change", "wanted"),
+    [
+        # The FACTS.md trap: flags that lose AVX2 must stop the build at configure.
+        (True, ("CMAKE_FLAGS", "-DGGML_AVX2=ON", "-DGGML_AVX2=OFF"),
+         "cmake chose CPU backend flags '-msse4.2;-mf16c;-mfma;-mbmi2;-mavx'"),
+        # A runtime module whose flags are not the pinned ones (here: a pin that lost AVX512BW).
+        (False, ("CPU_VARIANTS", "-mavx512dq;-mavx512bw icelake", "-mavx512dq icelake"),
+         "cmake chose flags '-msse4.2;-mf16c;-mfma;-mbmi2;-mavx;-mavx2;-mavx512f;-mavx512cd;-mavx512vl;"
+         "-mavx512dq;-mavx512bw' for CPU module skylakex"),
+    ],
+)  # fmt: skip
+def test_wrong_cpu_flags_fail_the_build_at_configure(
+    dist: Path, tmp_path: Path, single_isa: bool, change: tuple[str, str, str], wanted: str
+) -> None:
+    pins = _single_isa_pins() if single_isa else load_pins()
     prof = pins.profile(PROFILE)
     args = build.build_args(pins, baseimage.recipe_for(prof).tag, [m.name for m in prof.models])
-    args["CMAKE_FLAGS"] = args["CMAKE_FLAGS"].replace("-DGGML_AVX2=ON", "-DGGML_AVX2=OFF")
+    key, old, new = change
+    assert old in args[key]
+    args[key] = args[key].replace(old, new)
     context = project_root() / "build" / "context" / PROFILE  # left by the dist fixture's build
     with pytest.raises(BuildError) as e:
         build.docker_build(
@@ -251,8 +292,31 @@ def test_scalar_configuration_fails_the_build(dist: Path, tmp_path: Path) -> Non
         )
     msg = str(e.value)
     assert 'RUN ["/bin/bash", "/packaging/compile.sh"]' in msg
-    assert "cmake chose CPU backend flags '-msse4.2;-mf16c;-mfma;-mbmi2;-mavx'" in msg
+    assert wanted in msg
     assert "Building CXX object" not in (tmp_path / "log").read_text()
+
+
+def test_haswell_alone_builds_the_single_isa_artifact(
+    dist: Path, inputs: build.BuildInputs, models: tuple[str, ...], tmp_path: Path
+) -> None:
+    """[build] cpu_variants = ["haswell"]: the plain AVX2+FMA build the release was specified as,
+    libggml-cpu.so.0 linked into libggml, no module loaded at run time, the README example working."""
+    pins = _single_isa_pins()
+    try:
+        out = build.build(inputs.profile, pins, inputs=inputs, out=tmp_path / "single")
+    finally:  # leave the profile's tag and context on the real pins (warm: seconds)
+        build.build(inputs.profile, load_pins(), inputs=inputs, out=tmp_path / "restored")
+    assert artifacts.check_tree(out, models, pins.quantizations, ("haswell",)) == []
+    d = out / artifacts.model_dir_name(models[0])
+    assert not list(d.glob("libggml-cpu-*.so"))
+    meta = artifacts.load_metadata(d)
+    assert meta["cpu_dispatch"] == "linked"
+    assert [v["library"] for v in meta["cpu_variants"]] == [artifacts.LINKED_CPU_LIBRARY]
+    dyn = subprocess.run([require_tool("readelf"), "-d", d / "libggml.so.0"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "Shared library: [libggml-cpu.so.0]" in dyn
+    _floor_and_general_libraries_have_avx2_fma_and_no_avx512(d, ("haswell",))
+    _readme_example_transcribes(out, inputs, models[0], tmp_path)
 
 
 def test_failing_step_is_a_build_error_with_its_last_lines(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ OUTPUT_STAGE = "output"
 # Files of the repository that enter the build context, relative to the project root.
 _PACKAGING = ("compile.sh", "quantize.sh", "organize.sh", "README.template.md")
 # Run by the organizer with the image's python3.
-_LIBRARY_SCRIPTS = ("artifacts.py", "readme.py", "sbom.py")
+_LIBRARY_SCRIPTS = ("artifacts.py", "readme.py", "sbom.py", "libraries.py")
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _TAIL_LINES = 25
 _BUILT = re.compile(r"^Successfully built ([0-9a-f]{12,64})$")
@@ -86,8 +86,10 @@ def build_args(pins: Pins, base_tag: str, models: Sequence[str]) -> dict[str, st
     b = pins.build
     return {
         "BASE_IMAGE": base_tag,
-        "CMAKE_FLAGS": " ".join(b.cmake_flags),
+        "CMAKE_FLAGS": " ".join(b.effective_cmake_flags),
         "EXPECTED_CPU_VARIANT": b.expected_cpu_variant,
+        # `<variant>=<flags cmake must print>` per shipped CPU module; one entry: the single-ISA build.
+        "CPU_VARIANTS": " ".join(f"{v.name}={v.compile_flags}" for v in b.shipped_variants()),
         "WHISPER_BUILD_COMMIT": pins.source.commit,
         "WHISPER_BUILD_NUMBER": "0",
         "SOURCE_DATE_EPOCH": str(b.source_date_epoch),
@@ -108,8 +110,11 @@ def build_description(
         "profile": profile.name,
         "release_version": pins.release_version,
         "quantize": list(pins.quantizations),
-        "cmake_flags": list(b.cmake_flags),
+        "cmake_flags": list(b.effective_cmake_flags),
         "required_cpu_flags": list(b.required_cpu_flags),
+        "cpu_variants": [
+            {"name": v.name, "cpu_flags": list(v.cpu_flags)} for v in b.shipped_variants()
+        ],
         "source_date_epoch": b.source_date_epoch,
         "source": {
             "version": src.version,
@@ -368,7 +373,14 @@ def _docker(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True)
 
 
-def extract(image: str, out: Path, models: list[str], quantize: Sequence[str], epoch: int) -> Path:
+def extract(
+    image: str,
+    out: Path,
+    models: list[str],
+    quantize: Sequence[str],
+    epoch: int,
+    cpu_variants: Sequence[str] = (artifacts.CPU_FLOOR,),
+) -> Path:
     """Copy /release_artifacts out of the image (create + cp), check it, then swap it into `out`."""
     out = out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -388,7 +400,7 @@ def extract(image: str, out: Path, models: list[str], quantize: Sequence[str], e
         staged = tmp / "release_artifacts"
         # docker cp keeps the image's modes; normalising again makes the host copy independent of it.
         artifacts.normalise(staged, epoch)
-        findings = artifacts.check_tree(staged, models, quantize)
+        findings = artifacts.check_tree(staged, models, quantize, cpu_variants)
         if findings:
             raise BuildError(
                 f"The extracted artifacts in {staged} break the layout contract: " + "; ".join(findings)
@@ -455,6 +467,7 @@ def build(
             sorted(inputs.models),
             pins.quantizations,
             pins.build.source_date_epoch,
+            pins.build.cpu_variants,
         )
     info(f"artifacts in {result}")
     return result

@@ -1,4 +1,5 @@
-"""`whisper-release info DIR`: what an artifact directory is, from its artifact.json alone."""
+"""`whisper-release info DIR`: what an artifact directory is, from its artifact.json, and which of its
+CPU modules this machine would run (runtime/modules.py: CPUID, then the cached self-test)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from whisper_release.core.errors import ConfigError, VerificationError
+from whisper_release.core.errors import ConfigError, CpuError, VerificationError
 from whisper_release.layout import artifacts as layout
 from whisper_release.layout import sbom
 from whisper_release.layout.readme import human_size
+from whisper_release.runtime import cpu, modules
 
 
 def artifact_info(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -41,18 +43,42 @@ def format_info(meta: dict[str, Any]) -> str:
     for f in meta["model_files"]:
         primary = "  (primary)" if f.get("primary") else ""
         lines.append(f"  {f['name']:<28} {f['type']:<6} {human_size(int(f.get('size', 0)))}{primary}")
+    variants = modules.variants_of(meta)
+    if variants:
+        lines.append(
+            f"CPU modules    {'runtime dispatch' if len(variants) > 1 else 'linked (single ISA)'}; "
+            f"the floor is {variants[0].name}"
+        )
+        floor = set(variants[0].cpu_flags)
+        for v in variants:
+            extra = [f for f in v.cpu_flags if f not in floor]
+            lines.append(f"  {v.name:<14} {v.library:<28} {'+ ' + ', '.join(extra) if extra else '(floor)'}")
+        if len(variants) > 1:
+            lines.append(f"  force one with {modules.FORCE}=<name>")
     lines.append("libraries (load order)")
     lines += [f"  {lib['name']:<28} {lib.get('role', '')}" for lib in meta["libraries"]]
     return "\n".join(lines) + "\n"
 
 
+def this_cpu(path: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Which CPU module this machine runs from the artifact, or why it runs none."""
+    try:
+        cpu.require_flags([str(f) for f in meta["required_cpu_flags"]], f"the artifact {path}")
+        return modules.choose(path, meta).as_dict()
+    except CpuError as e:
+        return {"error": str(e)}
+
+
 def info_text(path: str | os.PathLike[str], *, as_json: bool = False) -> str:
-    """artifact.json as text (then the SBOM's components and licences), or the file itself as JSON."""
+    """artifact.json as text (then the module this CPU runs, the SBOM's components and licences), or
+    the file itself as JSON with `this_cpu` added."""
     meta = artifact_info(path)
+    choice = this_cpu(Path(path), meta)
     if as_json:
-        return json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        return json.dumps({**meta, "this_cpu": choice}, indent=2, sort_keys=True) + "\n"
     try:
         components = sbom.sbom_summary(Path(path))
     except sbom.SbomError as e:
         raise VerificationError(str(e)) from None
-    return format_info(meta) + "\n" + components
+    runs = choice.get("error") or modules.Choice(**choice).describe()
+    return format_info(meta) + f"this CPU runs  {runs}\n" + "\n" + components

@@ -21,3 +21,13 @@ def project_root() -> Path:
         if (parent / "release.toml").is_file():
             return parent
     return Path.cwd().resolve()
+
+
+def cache_root() -> Path:
+    """The cache folder: $WHISPER_RELEASE_CACHE, else $XDG_CACHE_HOME/whisper-release (the fetch
+    cache's items and blobs, and the runtime's CPU module self-test verdicts)."""
+    env: Path | None = settings.get("WHISPER_RELEASE_CACHE")
+    if env is not None:
+        return env
+    xdg: Path | None = settings.get("XDG_CACHE_HOME")
+    return ((xdg or Path.home() / ".cache") / "whisper-release").resolve()

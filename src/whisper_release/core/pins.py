@@ -44,6 +44,16 @@ from whisper_release.layout.artifacts import HPARAM_ORDER
 QUANT_TYPES = ("q5_1", "q8_0")
 # [profiles.<name>] debian: which Debian archive the profile's base image is bootstrapped from.
 DEBIAN_ARCHIVES = ("mirror", "snapshot")
+# [build] cpu_variants: ggml's x86 CPU module names (GGML_CPU_ALL_VARIANTS) the release may ship, the
+# floor first. The floor's flags are [build] required_cpu_flags and expected_cpu_variant; every other
+# variant adds its own in [build.cpu_variant.<name>].
+CPU_FLOOR = "haswell"
+CPU_VARIANTS = (
+    CPU_FLOOR, "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4", "alderlake",
+    "sapphirerapids",
+)  # fmt: skip
+# What a multi-module build adds to [build] cmake_flags (ggml loads one CPU module at run time).
+RUNTIME_DISPATCH_FLAGS = ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON")
 
 
 def default_pins_path() -> Path:
@@ -220,6 +230,37 @@ def _quantize(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _cpu_variants(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list)
+        or not value
+        or value[0] != CPU_FLOOR
+        or not all(isinstance(v, str) and v in CPU_VARIANTS for v in value)
+        or len(set(value)) != len(value)
+    ):
+        raise ValueError(f"distinct names out of {', '.join(CPU_VARIANTS)}, {CPU_FLOOR!r} first")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class CpuVariant:
+    """[build.cpu_variant.<name>]: one runtime CPU module above the floor, by what it adds to it: the
+    CPU flags (as /proc/cpuinfo spells them) its code may execute, which the ISA audit allows in that
+    module only, and the compiler flags cmake must print for it."""
+
+    cpu_flags: tuple[str, ...]
+    compile_flags: str
+
+
+@dataclass(frozen=True)
+class ShippedVariant:
+    """A CPU module as the build and the layout see it: its whole flag sets (floor included)."""
+
+    name: str
+    cpu_flags: tuple[str, ...]
+    compile_flags: str
+
+
 @dataclass(frozen=True)
 class BuildPins:
     # Every artifact ships one model file per type, the primary first.
@@ -233,6 +274,27 @@ class BuildPins:
     required_cpu_flags: tuple[str, ...]
     expected_cpu_variant: str
     source_date_epoch: int
+    # The CPU modules shipped, the floor first; ["haswell"] alone is the single-ISA build (the CPU
+    # library linked in, nothing loaded at run time).
+    cpu_variants: tuple[str, ...] = field(default=(CPU_FLOOR,), metadata=parsed_by(_cpu_variants))
+    cpu_variant: dict[str, CpuVariant] = field(default_factory=dict)
+
+    @property
+    def runtime_dispatch(self) -> bool:
+        """Several CPU modules, one chosen at load time (GGML_BACKEND_DL)."""
+        return len(self.cpu_variants) > 1
+
+    @property
+    def effective_cmake_flags(self) -> tuple[str, ...]:
+        return (*self.cmake_flags, *RUNTIME_DISPATCH_FLAGS) if self.runtime_dispatch else self.cmake_flags
+
+    def shipped_variants(self) -> tuple[ShippedVariant, ...]:
+        out = []
+        for name in self.cpu_variants:
+            extra = self.cpu_variant.get(name, CpuVariant((), ""))
+            compile_flags = ";".join(f for f in (self.expected_cpu_variant, extra.compile_flags) if f)
+            out.append(ShippedVariant(name, (*self.required_cpu_flags, *extra.cpu_flags), compile_flags))
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -490,6 +552,20 @@ def _cross_checks(pins: Pins) -> list[str]:
                     f"found {describe_found(m)}"
                 )
     b = pins.build
+    for name in b.cpu_variants[1:]:
+        if name not in b.cpu_variant:
+            problems.append(
+                f"[build] cpu_variants lists {name!r} but there is no [build.cpu_variant.{name}] table "
+                f"(its cpu_flags and compile_flags beyond the floor)"
+            )
+    for name, v in b.cpu_variant.items():
+        if name not in CPU_VARIANTS or name == CPU_FLOOR:
+            problems.append(
+                f"[build.cpu_variant.{name}] names no ggml CPU module above the floor "
+                f"(expected one of {', '.join(CPU_VARIANTS[1:])})"
+            )
+        elif not v.cpu_flags or not v.compile_flags:
+            problems.append(f"[build.cpu_variant.{name}] must add cpu_flags and compile_flags to the floor's")
     try:
         b.debian_snapshot_url.format(snapshot=b.debian_snapshot)
     except (KeyError, IndexError, ValueError):

@@ -120,6 +120,13 @@ def _http_url(raw: str) -> str:
     return raw.strip().rstrip("/")
 
 
+def _variant_name(raw: str) -> str:
+    value = raw.strip()
+    if not value.isascii() or not value.isalnum() or not value.islower():
+        raise _Invalid("a CPU module name such as haswell, skylakex or zen4")
+    return value
+
+
 KNOBS: dict[str, Knob] = {
     k.name: k
     for k in (
@@ -147,6 +154,8 @@ KNOBS: dict[str, Knob] = {
         Knob("WHISPER_RELEASE_CPU_LOCK", _file_path, Path("/tmp/whisper-cpu.lock"), "/tmp/whisper-cpu.lock",
              "the lock file benchmarks hold so that nothing else times the CPU meanwhile"),
         Knob("BENCH_THREADS", _integer(1, 256), 2, "2", "threads each benchmarked engine uses"),
+        Knob("WHISPER_RELEASE_CPU_MODULE", _variant_name, None, "haswell",
+             "force this CPU module of an artifact with several (runtime/modules.py), e.g. the floor"),
         Knob("WHISPER_RELEASE_BENCH_GATE", _number(0.0, 1000.0, lo_open=True), None, "15",
              "fail a benchmark run on a median regression above this many percent"),
     )

@@ -41,19 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisper_release.core import settings
 from whisper_release.core.console import info
+from whisper_release.core.paths import cache_root  # re-exported: the fetch cache lives there
 
 MARKER = "VERIFIED"
-
-
-def cache_root() -> Path:
-
-    env: Path | None = settings.get("WHISPER_RELEASE_CACHE")
-    if env is not None:
-        return env
-    xdg: Path | None = settings.get("XDG_CACHE_HOME")
-    return ((xdg or Path.home() / ".cache") / "whisper-release").resolve()
 
 
 def file_digest(path: Path, algo: str = "sha256") -> str:

@@ -19,18 +19,29 @@ import re
 import shutil
 import struct
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 try:
+    from whisper_release.layout import libraries as shipped
     from whisper_release.layout import readme, sbom
-except ImportError:  # run as a script inside the image, readme.py and sbom.py beside this file
+except ImportError:  # run as a script inside the image, libraries.py, readme.py, sbom.py beside it
+    import libraries as shipped  # type: ignore[no-redef]
     import readme  # type: ignore[no-redef]
     import sbom  # type: ignore[no-redef]
 
-# What every per-model directory ships besides the model, in load order (libwhisper first).
-LIBRARIES = ("libwhisper.so", "libggml.so.0", "libggml-base.so.0", "libggml-cpu.so.0", "libgomp.so.1")
+# Re-exported: the layout's callers name them artifacts.X.
+LayoutError = shipped.LayoutError
+CPU_FLOOR = shipped.CPU_FLOOR
+LIBRARIES = shipped.LIBRARIES
+LINKED_CPU_LIBRARY = shipped.LINKED_CPU_LIBRARY
+OPENMP_LIBRARY = shipped.OPENMP_LIBRARY
+cpu_module_file = shipped.cpu_module_file
+libraries = shipped.libraries
+min_runtime = shipped.min_runtime
+needed_versions = shipped.needed_versions
+
 README = "README.md"
 SUMS = "SHA256SUMS"
 SBOM = sbom.SBOM
@@ -39,14 +50,6 @@ MANIFEST = "manifest.json"
 # examples read instead of the README's prose.
 METADATA = "artifact.json"
 METADATA_SCHEMA = "whisper-release/artifact/v1"
-# What each shipped library is, in LIBRARIES order.
-LIBRARY_ROLES = {
-    "libwhisper.so": "whisper: the C API the binding loads",
-    "libggml.so.0": "ggml: backend registry",
-    "libggml-base.so.0": "ggml-base: tensors and graph",
-    "libggml-cpu.so.0": "ggml-cpu: the CPU kernels (the ISA floor)",
-    "libgomp.so.1": "OpenMP runtime of the builder's GCC",
-}
 # The 11 int32 hparams of a whisper.cpp ggml model header, in file order (FACTS.md).
 HPARAM_ORDER = (
     "n_vocab",
@@ -69,10 +72,6 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "urn:whisper-release:build:docker-multistage:v1"
 BUILDER_ID = "urn:whisper-release:builder:debootstrap-docker"
-
-
-class LayoutError(ValueError):
-    """The artifact tree is not what the release contract says."""
 
 
 def model_dir_name(model: str) -> str:
@@ -99,11 +98,23 @@ def model_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
     return tuple(model_file_name(model, q) for q in quant_types(quantize))
 
 
-def expected_files(model: str, quantize: str | Iterable[str]) -> tuple[str, ...]:
+def expected_files(
+    model: str, quantize: str | Iterable[str], cpu_variants: Sequence[str] = (CPU_FLOOR,)
+) -> tuple[str, ...]:
     """Every file of one artifact directory, as paths relative to it (licence texts in licenses/)."""
-    return tuple(sorted(
-        (*LIBRARIES, *model_files(model, quantize), *sbom.LICENSE_TEXTS, METADATA, README, SBOM, SUMS)
-    ))
+    return tuple(
+        sorted(
+            (
+                *libraries(cpu_variants),
+                *model_files(model, quantize),
+                *sbom.LICENSE_TEXTS,
+                METADATA,
+                README,
+                SBOM,
+                SUMS,
+            )
+        )
+    )
 
 
 def relative_files(directory: Path) -> list[str]:
@@ -164,62 +175,6 @@ def parse_sha256sums(text: str, where: str = SUMS) -> dict[str, str]:
     return out
 
 
-# ---- ELF symbol versions -------------------------------------------------------------------
-_SHT_GNU_VERNEED = 0x6FFFFFFE
-
-
-def needed_versions(path: Path) -> set[str]:
-    """Version names an ELF64 little-endian object requires (its .gnu.version_r), e.g. GLIBC_2.34."""
-    data = path.read_bytes()
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise LayoutError(f"{path} is not a 64-bit little-endian ELF file.")
-    (e_shoff,) = struct.unpack_from("<Q", data, 0x28)
-    e_shentsize, e_shnum = struct.unpack_from("<HH", data, 0x3A)
-    sections = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    names: set[str] = set()
-    for _name, sh_type, _flags, _addr, off, _size, link, info, _align, _entsize in sections:
-        if sh_type != _SHT_GNU_VERNEED:
-            continue
-        str_off = sections[link][4]
-
-        def cstr(o: int, base: int = str_off) -> str:
-            return data[base + o : data.index(b"\0", base + o)].decode()
-
-        pos = off
-        for _ in range(info):  # sh_info = number of Verneed entries
-            _ver, cnt, _file, aux, nxt = struct.unpack_from("<HHIII", data, pos)
-            apos = pos + aux
-            for _ in range(cnt):
-                _hash, _flags2, _other, name, anext = struct.unpack_from("<IHHII", data, apos)
-                names.add(cstr(name))
-                apos += anext
-            pos += nxt
-    return names
-
-
-def _max_version(names: Iterable[str], prefix: str) -> str:
-    best: tuple[int, ...] = ()
-    for n in names:
-        m = re.fullmatch(re.escape(prefix) + r"(\d+(?:\.\d+)*)", n)
-        if m:
-            best = max(best, tuple(int(x) for x in m.group(1).split(".")))
-    return ".".join(map(str, best))
-
-
-def min_runtime(libs: Iterable[Path]) -> tuple[str, str]:
-    """(glibc version, GLIBCXX_x version) the libraries need at least: the max over their symbol versions."""
-    names: set[str] = set()
-    for lib in libs:
-        names |= needed_versions(lib)
-    glibc = _max_version(names, "GLIBC_")
-    glibcxx = _max_version(names, "GLIBCXX_")
-    if not glibc:
-        raise LayoutError(
-            "no GLIBC_ symbol version found in the shipped libraries; they are not glibc-linked."
-        )
-    return glibc, (f"GLIBCXX_{glibcxx}" if glibcxx else "")
-
-
 # ---- artifact.json -------------------------------------------------------------------------
 def read_hparams(path: Path) -> dict[str, int]:
     """The header hparams of a whisper.cpp ggml model file (magic, then 11 x int32)."""
@@ -230,25 +185,26 @@ def read_hparams(path: Path) -> dict[str, int]:
     return dict(zip(HPARAM_ORDER, struct.unpack_from(f"<{len(HPARAM_ORDER)}i", head, 4), strict=True))
 
 
-def metadata(
-    d: Path, model: str, build: Mapping[str, Any], glibc: str, glibcxx: str
-) -> dict[str, Any]:
+def metadata(d: Path, model: str, build: Mapping[str, Any], glibc: str, glibcxx: str) -> dict[str, Any]:
     """artifact.json of the laid-out directory `d`: the facts the README states, machine-readable."""
     source = build["source"]
+    variants = shipped.variant_names(build)
     names = model_files(model, build["quantize"])
     types = quant_types(build["quantize"])
     files = []
     hparams: dict[str, int] = {}
     for name, qtype in zip(names, types, strict=True):
         h = read_hparams(d / name)
-        files.append({
-            "name": name,
-            "type": qtype,
-            "ftype": h.pop("ftype"),
-            "size": (d / name).stat().st_size,
-            "sha256": sha256_file(d / name),
-            "primary": name == names[0],
-        })
+        files.append(
+            {
+                "name": name,
+                "type": qtype,
+                "ftype": h.pop("ftype"),
+                "size": (d / name).stat().st_size,
+                "sha256": sha256_file(d / name),
+                "primary": name == names[0],
+            }
+        )
         if hparams and h != hparams:
             raise LayoutError(f"{d / name}: hparams {h} differ from {names[0]}'s {hparams}.")
         hparams = h
@@ -259,10 +215,23 @@ def metadata(
         "model": {"name": model, "hparams": hparams},
         "model_files": files,
         "required_cpu_flags": [str(f) for f in build["required_cpu_flags"]],
+        # The CPU modules, the floor first: each one's library and the CPU flags its code may use.
+        # "linked": the single-ISA build; "runtime": one module chosen when the library is loaded.
+        "cpu_dispatch": "runtime" if len(variants) > 1 else "linked",
+        "cpu_variants": [
+            {
+                "name": str(v["name"]),
+                "library": cpu_module_file(str(v["name"])) if len(variants) > 1 else LINKED_CPU_LIBRARY,
+                "cpu_flags": [str(f) for f in v["cpu_flags"]],
+            }
+            for v in build.get("cpu_variants")
+            or [{"name": CPU_FLOOR, "cpu_flags": build["required_cpu_flags"]}]
+        ],
         "min_glibc": glibc,
         "min_glibcxx": glibcxx,
         "libraries": [
-            {"name": lib, "role": LIBRARY_ROLES[lib], "sha256": sha256_file(d / lib)} for lib in LIBRARIES
+            {"name": lib, "role": shipped.library_role(lib, variants), "sha256": sha256_file(d / lib)}
+            for lib in libraries(variants)
         ],
     }
 
@@ -308,9 +277,32 @@ def _field_findings(meta: Any) -> list[MetaFinding]:
     ]
     if len(primaries) != 1:
         out.append(("model_files[].primary", "true on exactly one file", repr(primaries)))
+    # Absent in artifacts made before runtime CPU modules: the linked floor.
+    variants = meta.get("cpu_variants", [{"name": CPU_FLOOR, "library": LINKED_CPU_LIBRARY, "cpu_flags": []}])
+    if (
+        not isinstance(variants, list)
+        or not variants
+        or not all(
+            isinstance(v, dict)
+            and isinstance(v.get("name"), str)
+            and isinstance(v.get("library"), str)
+            and isinstance(v.get("cpu_flags"), list)
+            for v in variants
+        )
+        or variants[0]["name"] != CPU_FLOOR
+    ):
+        out.append(
+            ("cpu_variants", f"objects with name, library and cpu_flags, {CPU_FLOOR!r} first", repr(variants))
+        )
+        return out
+    want_libs = list(libraries(shipped.variant_names(meta)))
     libs = [lib.get("name") if isinstance(lib, dict) else lib for lib in meta["libraries"]]
-    if libs != list(LIBRARIES):
-        out.append(("libraries", f"the libraries {list(LIBRARIES)} in load order", repr(libs)))
+    if libs != want_libs:
+        out.append(("libraries", f"the libraries {want_libs} in load order", repr(libs)))
+    if [v["library"] for v in variants] != [lib for lib in want_libs if lib.startswith("libggml-cpu")]:
+        out.append(
+            ("cpu_variants[].library", "each variant's CPU library", repr([v["library"] for v in variants]))
+        )
     return out
 
 
@@ -412,7 +404,8 @@ def lay_out_model(
             )
     d = out / model_dir_name(model)
     d.mkdir(parents=True)
-    for lib in LIBRARIES:
+    libs = libraries(shipped.variant_names(build))
+    for lib in libs:
         src = lib_dir / lib
         if not src.is_file():
             raise LayoutError(
@@ -424,7 +417,7 @@ def lay_out_model(
     (d / sbom.LICENSE_DIR).mkdir()
     for rel in sbom.LICENSE_TEXTS:
         (d / rel).write_bytes(license_texts[rel])
-    glibc, glibcxx = min_runtime(d / lib for lib in LIBRARIES)
+    glibc, glibcxx = min_runtime(d / lib for lib in libs)
     meta = metadata(d, model, build, glibc, glibcxx)
     (d / METADATA).write_text(canonical_json(meta), encoding="utf-8")
     sizes: dict[str, int | None] = {rel: (d / rel).stat().st_size for rel in relative_files(d)}
@@ -433,9 +426,7 @@ def lay_out_model(
     sizes[SUMS] = None
     # The README's licence table comes from the same components as the SBOM (README itself aside).
     _root, parts = sbom.artifact_parts(d, model=model, model_files=names, build=build, facts=facts)
-    values = readme.readme_values(
-        meta=meta, dir_name=d.name, sizes=sizes, licences=sbom.licence_table(parts)
-    )
+    values = readme.readme_values(meta=meta, dir_name=d.name, sizes=sizes, licences=sbom.licence_table(parts))
     (d / README).write_text(readme.render(template, values), encoding="utf-8")
     root, parts = sbom.artifact_parts(d, model=model, model_files=names, build=build, facts=facts)
     tools = sbom.tool_parts(build["sbom"]["tools"])
@@ -574,7 +565,12 @@ def organize(
     normalise(out, epoch)
 
 
-def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str]) -> list[str]:
+def check_tree(
+    root: Path,
+    models: Iterable[str],
+    quantize: str | Iterable[str],
+    cpu_variants: Sequence[str] = (CPU_FLOOR,),
+) -> list[str]:
     """Findings (empty when fine): the contract's files exist, SHA256SUMS and manifest match the bytes."""
     findings: list[str] = []
     manifest_path = root / MANIFEST
@@ -585,7 +581,7 @@ def check_tree(root: Path, models: Iterable[str], quantize: str | Iterable[str])
     media = {s["name"]: s.get("mediaType") for s in stmt_subjects}
     for model in models:
         d = root / model_dir_name(model)
-        want = set(expected_files(model, quantize))
+        want = set(expected_files(model, quantize, cpu_variants))
         got = set(relative_files(d)) if d.is_dir() else set()
         if media.get(f"{d.name}/{SBOM}") != sbom.MEDIA_TYPE:
             findings.append(f"{root / MANIFEST}: subject {d.name}/{SBOM} lacks mediaType {sbom.MEDIA_TYPE}")

@@ -83,6 +83,41 @@ def model_table(files: Sequence[str], types: Sequence[str], sizes: Mapping[str, 
     return "\n".join(rows)
 
 
+def cpu_module_values(meta: Mapping[str, Any]) -> dict[str, str]:
+    """The README's CPU-module prose and table, from artifact.json `cpu_variants`."""
+    variants = list(meta.get("cpu_variants") or [])
+    if len(variants) <= 1:
+        return {
+            "cpu_modules_summary": "This is the single-ISA build: one CPU library, linked in, runs "
+            "everywhere the floor does.",
+            "cpu_modules_table": "One CPU library, `libggml-cpu.so.0`, built for the floor and linked in; "
+            "nothing is chosen at run time.",
+            "cpu_library_loading": "`libggml.so.0` needs `libggml-cpu.so.0`",
+        }
+    floor = variants[0]
+    floor_flags = set(floor["cpu_flags"])
+    rows = ["| module | file | uses beyond the floor |", "|---|---|---|"]
+    for v in variants:
+        extra = [str(f) for f in v["cpu_flags"] if f not in floor_flags]
+        rows.append(f"| {v['name']} | `{v['library']}` | {', '.join(extra) or '(the floor)'} |")
+    names = ", ".join(str(v["name"]) for v in variants[1:])
+    return {
+        "cpu_modules_summary": f"Newer CPUs run their own kernels: one CPU module per variant ({names}); "
+        f"the best one this CPU runs is chosen when the library is loaded.",
+        "cpu_modules_table": "\n".join(rows)
+        + f"\n\nThe floor is `{floor['name']}`: it runs on every CPU this directory supports. At load time "
+        "the program registers one module with ggml (`ggml_backend_load_all_from_path(dir)` picks the "
+        "highest-scoring one by CPUID, as the example does; whisper-release also self-tests a module "
+        "above the floor before it trusts it, and tells which it chose: `whisper-release info "
+        '<dir>`). To force one, register only that file: `ggml_backend_load("<dir>/libggml-cpu-'
+        f'{floor["name"]}.so")` instead, or with whisper-release set `WHISPER_RELEASE_CPU_MODULE='
+        f"{floor['name']}`. Without any registered module whisper.cpp has no CPU backend and cannot "
+        "load a model.",
+        "cpu_library_loading": "`libggml.so.0` loads one `libggml-cpu-<variant>.so` at run time "
+        "(see CPU modules)",
+    }
+
+
 def version_tuple(v: str) -> tuple[int, ...]:
     return tuple(int(x) for x in v.split("."))
 
@@ -127,4 +162,5 @@ def readme_values(
         "cpu_flags_regex": "|".join(flags),
         "cpu_flags_count": len(flags),
         "licences": licences,
+        **cpu_module_values(meta),
     }

@@ -382,11 +382,19 @@ def artifact_parts(
             dep, lic, texts = input_of[rel]
             kind = {"license": lic, "texts": texts, "role": "library", "depends_on": (dep,)}
         elif rel.startswith("libggml"):
-            kind = {"license": src_license, "texts": (WHISPER_CPP_TEXT,), "role": "library",
-                    "depends_on": (ggml_ref,)}
+            kind = {
+                "license": src_license,
+                "texts": (WHISPER_CPP_TEXT,),
+                "role": "library",
+                "depends_on": (ggml_ref,),
+            }
         elif rel in model_files:
-            kind = {"license": m_license, "texts": (WEIGHTS_TEXT,), "role": "model",
-                    "depends_on": (model_ref,)}
+            kind = {
+                "license": m_license,
+                "texts": (WEIGHTS_TEXT,),
+                "role": "model",
+                "depends_on": (model_ref,),
+            }
         elif rel.startswith(LICENSE_DIR + "/"):
             kind = {"role": "license-text", "text_of": _text_of(rel, src_license, m_license)}
         else:
@@ -601,4 +609,3 @@ def sbom_summary(directory: str | Path) -> str:
         where = ", ".join(sorted(texts.get(lic, []))) or "NO TEXT IN THE ARTIFACT"
         lines.append(f"  {lic}: {where}")
     return "\n".join(lines) + "\n"
-

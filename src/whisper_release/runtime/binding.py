@@ -3,7 +3,8 @@
 `whisper_full` takes `struct whisper_full_params` BY VALUE, so every field, nested struct and
 callback slot below mirrors the header in order and type; tests compare each offset with a C probe
 compiled against the verified header. The CPU's flags (from CPUID) are checked before the library is
-loaded: a missing AVX2 must be a Python error, never a SIGILL.
+loaded: a missing AVX2 must be a Python error, never a SIGILL. An artifact with runtime CPU modules
+gets exactly one registered with ggml before any model is opened (runtime/modules.py chooses it).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import numpy as np
 
 from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.layout.artifacts import HPARAM_ORDER
-from whisper_release.runtime import cpu
+from whisper_release.runtime import cpu, modules
 from whisper_release.runtime.known_defects import BINDING_VERSION, SHORT_AUDIO_MIN_SAMPLES
 from whisper_release.weights import ggml
 
@@ -191,10 +192,7 @@ _FUNCTIONS: list[tuple[str, Any, list[Any]]] = [  # type: ignore[assignment]
     ("whisper_full_get_segment_t1", c_int64, [_CTX, c_int]),
     ("whisper_is_multilingual", c_int, [_CTX]),
     ("whisper_model_type_readable", c_char_p, [_CTX]),
-] + [
-    (f"whisper_model_{h}", c_int, [_CTX])
-    for h in HPARAM_ORDER
-]
+] + [(f"whisper_model_{h}", c_int, [_CTX]) for h in HPARAM_ORDER]
 
 # whisper.h has one getter per ggml header field: whisper_model_<name>.
 HPARAM_GETTERS = HPARAM_ORDER
@@ -226,9 +224,11 @@ def fitted_audio_ctx(n_samples: int, floor: int = AUDIO_CTX_FLOOR) -> int:
 class Whisper:
     """One loaded libwhisper. Use `open(model)` as a context manager, or `transcribe` for one-offs."""
 
-    def __init__(self, lib: ctypes.CDLL, path: Path) -> None:
+    def __init__(self, lib: ctypes.CDLL, path: Path, cpu_module: modules.Choice) -> None:
         self.lib = lib
         self.path = path
+        # The CPU module this process runs (a linked floor, or the one registered at load time).
+        self.cpu_module = cpu_module
         self._log: collections.deque[str] = collections.deque(maxlen=40)
         self._log_lock = threading.Lock()
 
@@ -413,15 +413,32 @@ _loaded: dict[Path, Whisper] = {}
 _load_lock = threading.Lock()
 
 
+def _register_cpu_module(lib_dir: Path, choice: modules.Choice) -> None:
+    """ggml_backend_load(lib_dir/<module>): libggml (already loaded as libwhisper's dependency,
+    the same handle) registers that module's CPU backend; nothing else is registered."""
+    path = lib_dir / choice.library
+    ggml_lib = ctypes.CDLL(str(lib_dir / "libggml.so.0"))
+    ggml_lib.ggml_backend_load.restype = c_void_p
+    ggml_lib.ggml_backend_load.argtypes = [c_char_p]
+    if not ggml_lib.ggml_backend_load(os.fsencode(path)):
+        raise VerificationError(
+            f"ggml could not load the CPU module {path} (score 0 on this CPU, or not a ggml backend); "
+            f"pull the artifact again, or set {modules.FORCE}={modules.CPU_FLOOR}."
+        )
+
+
 def load(
     lib_dir: str | os.PathLike[str],
     *,
     required_flags: Sequence[str],
     cpuinfo: str | os.PathLike[str] | None = None,
+    cpu_module: str | None = None,
 ) -> Whisper:
     """Load `lib_dir/libwhisper.so` (its ggml libraries resolve through its $ORIGIN rpath), after
     checking with CPUID that this CPU has `required_flags` (the artifact's artifact.json states
-    them). `cpuinfo`: a file in /proc/cpuinfo's format to check instead (tests describe another CPU)."""
+    them), and register the CPU module runtime/modules.py chooses. `cpuinfo`: a file in
+    /proc/cpuinfo's format to check instead (tests describe another CPU). `cpu_module`: register
+    this variant unchecked and untested (the self-test's own child process only)."""
     cpu.require_flags(list(required_flags), f"the whisper.cpp build in {lib_dir}", cpuinfo)
     path = (Path(lib_dir) / LIBRARY).resolve()
     with _load_lock:
@@ -455,6 +472,15 @@ def load(
                 f"whisper.cpp {BINDING_VERSION}'s C API; use the libwhisper.so of the same release, or a "
                 f"whisper-release made for {version or 'that library'}."
             )
-        whisper = Whisper(lib, path)
+        meta = modules.read_metadata(path.parent)
+        if cpu_module is not None:
+            by_name = {v.name: v for v in modules.variants_of(meta)}
+            v = by_name[cpu_module]
+            choice = modules.Choice("runtime", v.name, v.library, v.score, forced=True)
+        else:
+            choice = modules.choose(path.parent, meta)
+        if choice.dispatch == "runtime":
+            _register_cpu_module(path.parent, choice)
+        whisper = Whisper(lib, path, choice)
         _loaded[path] = whisper
         return whisper

@@ -3,7 +3,9 @@
 Each executable section is decoded with iced-x86, which states the CPUID feature(s) every
 instruction needs; a mnemonic regex cannot (VEX AVX-IFMA `vpmadd52luq` and AVX-NE-CONVERT look like
 plain AVX2 by name). The allow-list is the x86-64 baseline plus the artifact's declared CPU flags
-(artifact.json `required_cpu_flags`, from release.toml `[build]`) and what they imply.
+(artifact.json `required_cpu_flags`, from release.toml `[build]`) and what they imply. A runtime CPU
+module (libggml-cpu-<variant>.so) is held to its own variant's flags (artifact.json `cpu_variants`),
+and must use its variant's ISA at least once.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ class LibraryAudit:
             if n > shown:
                 out.append(f"{self.path}: {n - shown} more instruction(s) needing {feat}")
         out += [
-            f"{self.path}: no {feat} instruction at all (wanted the AVX2+FMA kernels, got a scalar build)"
+            f"{self.path}: no {feat} instruction at all (wanted its CPU variant's kernels, got a build "
+            f"without them)"
             for feat in self.missing
         ]
         return out
@@ -315,17 +318,35 @@ class ArtifactAudit:
         }
 
 
-def must_use(library: Path) -> tuple[str, ...]:
-    """Features `library` must contain at least once: the CPU backend's AVX2 and FMA kernels."""
-    return CPU_BACKEND_MUST_USE if library.name.startswith(CPU_BACKEND_PREFIX) else ()
+def must_use(
+    library: Path, variant_flags: Iterable[str] = (), floor_flags: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """Features `library` must contain at least once: the CPU backend's AVX2 and FMA kernels; for a
+    module above the floor, the first feature its variant adds (AVX512F for skylakex, AVX_VNNI for
+    alderlake), else it was not built for that variant."""
+    if not library.name.startswith(CPU_BACKEND_PREFIX):
+        return ()
+    added = [f for f in variant_flags if f not in set(floor_flags)]
+    return (FLAG_FEATURES[added[0]][0],) if added and FLAG_FEATURES.get(added[0]) else CPU_BACKEND_MUST_USE
+
+
+def variant_flags(meta: dict[str, object]) -> dict[str, list[str]]:
+    """artifact.json `cpu_variants` as library name -> the CPU flags that library may use."""
+    out: dict[str, list[str]] = {}
+    for v in meta.get("cpu_variants") or []:  # type: ignore[attr-defined]
+        out[str(v["library"])] = [str(f) for f in v["cpu_flags"]]
+    return out
 
 
 def audit_artifact(artifact: str | os.PathLike[str], flags: Iterable[str] | None = None) -> ArtifactAudit:
     """Audit every shipped ELF of one artifact directory against `flags` (default: its
     artifact.json `required_cpu_flags`). The CPU backend must also use AVX2 and FMA."""
     d = Path(artifact)
+    per_library: dict[str, list[str]] = {}
     if flags is None:
-        flags = [str(f) for f in load_metadata(d)["required_cpu_flags"]]
+        meta = load_metadata(d)
+        flags = [str(f) for f in meta["required_cpu_flags"]]
+        per_library = variant_flags(meta)
     flags = list(flags)
     libs = shipped_libraries(d)
     if not any(p.name.startswith(CPU_BACKEND_PREFIX) for p in libs):
@@ -334,7 +355,11 @@ def audit_artifact(artifact: str | os.PathLike[str], flags: Iterable[str] | None
             f"rebuild the artifact."
         )
     audits = [
-        audit_library(p, flags, must_use=must_use(p))
+        audit_library(
+            p,
+            per_library.get(p.name, flags),
+            must_use=must_use(p, per_library.get(p.name, flags), flags),
+        )
         for p in libs
     ]
     return ArtifactAudit(str(d), flags, audits)
@@ -358,14 +383,16 @@ def table(audits: list[ArtifactAudit]) -> str:
     """Per library: instruction count, the count of each non-baseline feature, and the verdict."""
     lines = []
     for a in audits:
-        lines.append(f"{a.artifact} (allowed: x86-64 baseline + {', '.join(a.flags)})")
+        lines.append(
+            f"{a.artifact} (allowed: x86-64 baseline + {', '.join(a.flags)}; a CPU module: its variant's)"
+        )
         for lib in a.libraries:
             feats = {k: v for k, v in lib.features.items() if k not in BASELINE}
             verdict = f"VIOLATIONS {sum(lib.violations.values())}" if lib.violations else "ok"
             if lib.missing:
                 verdict = f"{'FAIL' if verdict == 'ok' else verdict}: no {', '.join(lib.missing)}"
             shown = " ".join(f"{k}={v}" for k, v in feats.items()) or "baseline only"
-            lines.append(f"  {Path(lib.path).name:<22} {lib.instructions:>8} instr  {verdict:<14} {shown}")
+            lines.append(f"  {Path(lib.path).name:<28} {lib.instructions:>8} instr  {verdict:<14} {shown}")
     return "\n".join(lines) + "\n"
 
 

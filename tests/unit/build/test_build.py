@@ -42,8 +42,15 @@ def inputs(tmp_path: Path) -> build.BuildInputs:
 def test_build_args_come_from_the_pins() -> None:
     pins = load_pins()
     args = build.build_args(pins, "base:tag", ["tiny.en", "base"])
-    assert tuple(args["CMAKE_FLAGS"].split()) == pins.build.cmake_flags
+    assert tuple(args["CMAKE_FLAGS"].split()) == (
+        *pins.build.cmake_flags, "-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON"
+    )
     assert args["EXPECTED_CPU_VARIANT"] == pins.build.expected_cpu_variant
+    # one `<variant>=<flags cmake must print>` per shipped module, the floor first with the floor's flags
+    variants = [v.split("=", 1) for v in args["CPU_VARIANTS"].split()]
+    assert [n for n, _ in variants] == list(pins.build.cpu_variants)
+    assert variants[0][1] == pins.build.expected_cpu_variant
+    assert all(f.startswith(pins.build.expected_cpu_variant + ";-m") for _, f in variants[1:])
     assert args["SOURCE_DATE_EPOCH"] == str(pins.build.source_date_epoch)
     assert args["WHISPER_BUILD_COMMIT"] == pins.source.commit
     assert args["BASE_IMAGE"] == "base:tag"

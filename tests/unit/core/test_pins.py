@@ -282,3 +282,41 @@ def test_no_layer_looks_a_profile_up_or_branches_on_its_name() -> None:
         for o in _offences(ast.parse(path.read_text(encoding="utf-8")))
     ]
     assert found == []
+
+
+def test_release_ships_runtime_cpu_modules_floor_first() -> None:
+    b = load_pins().build
+    assert b.cpu_variants[0] == "haswell" and b.runtime_dispatch
+    assert "sapphirerapids" not in b.cpu_variants  # its AMX kernels die by SIGILL (docs/performance.md)
+    assert b.effective_cmake_flags[-2:] == ("-DGGML_BACKEND_DL=ON", "-DGGML_CPU_ALL_VARIANTS=ON")
+    shipped = {v.name: v for v in b.shipped_variants()}
+    assert shipped["haswell"].compile_flags == b.expected_cpu_variant
+    assert shipped["haswell"].cpu_flags == b.required_cpu_flags
+    assert shipped["zen4"].compile_flags.startswith(b.expected_cpu_variant + ";-mavx512f")
+    assert set(b.required_cpu_flags) < set(shipped["zen4"].cpu_flags)
+
+
+def test_haswell_alone_is_the_single_isa_build() -> None:
+    b = _pins_with(lambda raw: raw["build"].update(cpu_variants=["haswell"])).build
+    assert not b.runtime_dispatch and b.effective_cmake_flags == b.cmake_flags
+    assert [v.name for v in b.shipped_variants()] == ["haswell"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "wanted"),
+    [
+        (lambda raw: raw["build"].update(cpu_variants=["zen4", "haswell"]), "'haswell' first"),
+        (lambda raw: raw["build"].update(cpu_variants=["haswell", "haswell"]), "distinct names"),
+        (lambda raw: raw["build"].update(cpu_variants=["haswell", "pentium"]), "names out of haswell"),
+        (lambda raw: raw["build"]["cpu_variant"].pop("zen4"),
+         "[build] cpu_variants lists 'zen4' but there is no [build.cpu_variant.zen4] table"),
+        (lambda raw: raw["build"]["cpu_variant"].update(haswell={"cpu_flags": ["avx"], "compile_flags": ""}),
+         "[build.cpu_variant.haswell] names no ggml CPU module above the floor"),
+        (lambda raw: raw["build"]["cpu_variant"]["icelake"].update(cpu_flags=[]),
+         "[build.cpu_variant.icelake] must add cpu_flags and compile_flags"),
+    ],
+)
+def test_bad_cpu_variants_are_one_config_error(
+    mutate: Callable[[dict[str, Any]], object], wanted: str
+) -> None:
+    assert wanted in _error(mutate)

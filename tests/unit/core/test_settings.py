@@ -35,6 +35,7 @@ CASES = [
     ("WHISPER_RELEASE_CPU_LOCK", "{tmp}", "{tmp}/cpu.lock"),
     ("BENCH_THREADS", "0", "4"),
     ("WHISPER_RELEASE_BENCH_GATE", "fifteen", "15"),
+    ("WHISPER_RELEASE_CPU_MODULE", "Zen4; rm", "zen4"),
 ]
 
 

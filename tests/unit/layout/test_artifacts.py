@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from whisper_release.core.pins import load_pins, project_root
-from whisper_release.layout import artifacts
+from whisper_release.layout import artifacts, libraries
 from whisper_release.testing import require_tool
 
 SYSTEM_LIBS = Path("/usr/lib/x86_64-linux-gnu")
@@ -282,7 +282,7 @@ def test_min_runtime_takes_the_max_version() -> None:
     assert re.fullmatch(r"2\.\d+", glibc)
     assert glibcxx == ""  # libstdc++ defines GLIBCXX, it does not need it
     assert (
-        artifacts._max_version(["GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.3.4", "GLIBC_PRIVATE"], "GLIBC_")
+        libraries._max_version(["GLIBC_2.2.5", "GLIBC_2.14", "GLIBC_2.3.4", "GLIBC_PRIVATE"], "GLIBC_")
         == "2.14"
     )
 
