@@ -288,13 +288,14 @@ class BuildPins:
     def effective_cmake_flags(self) -> tuple[str, ...]:
         return (*self.cmake_flags, *RUNTIME_DISPATCH_FLAGS) if self.runtime_dispatch else self.cmake_flags
 
+    def variant(self, name: str) -> ShippedVariant:
+        """A variant's whole flag sets: the floor's plus its [build.cpu_variant.<name>], shipped or not."""
+        extra = self.cpu_variant.get(name, CpuVariant((), ""))
+        compile_flags = ";".join(f for f in (self.expected_cpu_variant, extra.compile_flags) if f)
+        return ShippedVariant(name, (*self.required_cpu_flags, *extra.cpu_flags), compile_flags)
+
     def shipped_variants(self) -> tuple[ShippedVariant, ...]:
-        out = []
-        for name in self.cpu_variants:
-            extra = self.cpu_variant.get(name, CpuVariant((), ""))
-            compile_flags = ";".join(f for f in (self.expected_cpu_variant, extra.compile_flags) if f)
-            out.append(ShippedVariant(name, (*self.required_cpu_flags, *extra.cpu_flags), compile_flags))
-        return tuple(out)
+        return tuple(self.variant(name) for name in self.cpu_variants)
 
 
 @dataclass(frozen=True)
