@@ -37,7 +37,8 @@ def _time_call(benchmark: Any, cfg: Config, w: Any, op: str, rounds: int, env: d
     """Time one worker call (`load` or `encode`) after a warm-up round, with others' CPU share."""
     with CpuMonitor([w.proc.pid]) as mon:
         benchmark.pedantic(lambda: w.call(op), rounds=rounds, warmup_rounds=1)
-    _info(benchmark, cfg, op, env, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share)
+    _info(benchmark, cfg, op, env, peak_rss=w.call("rss"), foreign_cpu_share=mon.foreign_share,
+          cpu_module=w.call("module"))  # fmt: skip
 
 
 def test_load(
@@ -88,6 +89,7 @@ def test_transcribe(
         rtf=benchmark.stats.stats.median / audio_s,
         wer=result.wer,
         options={k: v for k, v in opts.__dict__.items() if v is not None},
+        cpu_module=w.call("module"),
     )
     assert texts and all(isinstance(t, str) for t in texts)
     # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.

@@ -227,7 +227,7 @@ def peak_rss_bytes() -> int:
 def worker_main(stdin: Any = None, stdout: Any = None) -> int:
     """The worker process: JSON requests on stdin, one JSON answer line each on stdout.
 
-    ops: init {spec}, load, encode, audio {paths}, transcribe {opts, threads}, rss, quit.
+    ops: init {spec}, load, encode, audio {paths}, transcribe {opts, threads}, rss, module, quit.
     Timings are taken here too (`seconds`), around the library call alone."""
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
@@ -259,6 +259,9 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
                 result = [engine.transcribe(c, threads, opts) for c in clips]
             elif op == "rss":
                 result = peak_rss_bytes()
+            elif op == "module":  # the CPU module the binding registered (whisper.cpp only)
+                w = getattr(engine, "w", None)
+                result = w.cpu_module.variant if w is not None else None
             elif op == "quit":
                 send({"ok": True})
                 return 0

@@ -23,7 +23,8 @@ from whisper_release.core.errors import ConfigError, VerificationError
 from whisper_release.core.pins import Pins, load_pins, project_root
 from whisper_release.inputs.cache import cache_root
 from whisper_release.inputs.fetch import fetch_model, fetch_package_file, fetch_source
-from whisper_release.runtime import binding
+from whisper_release.runtime import binding, cpu, modules
+from whisper_release.runtime.modules import read_metadata
 from whisper_release.verify import wer
 
 OPS = ("load", "encode", "transcribe")
@@ -149,6 +150,7 @@ def matrix(
                     ops=("load", "transcribe"),
                 )
             )
+    out += module_configs(artifact_dir(models[-1], root), models[-1], shipped)
     for g in generated:
         for build in ("artifact", "native"):
             lib = str(artifact_dir(models[-1], root) if build == "artifact" else reference_dir(build, root))
@@ -168,6 +170,32 @@ def matrix(
     if quick:
         out = [c for c in out if not c.random_weights]
     return out
+
+
+def module_configs(art: Path, model: str, shipped: Sequence[str]) -> list[Config]:
+    """Each CPU module of the artifact this CPU runs (CPUID), forced, on every shipped model file:
+    encoder and greedy transcription, so the report can put each beside the floor's."""
+    meta = read_metadata(art)
+    variants = modules.variants_of(meta)
+    if len(variants) <= 1:
+        return []
+    have = cpu.cpuid_flags()
+    return [
+        Config(
+            f"whisper.cpp-module-{v.name}-{model}-{q}",
+            "whisper.cpp",
+            f"module:{v.name}",
+            model,
+            q,
+            EngineSpec("whisper.cpp", str(art / f"ggml-{model}-{q}.bin"), lib_dir=str(art),
+                       env={modules.FORCE: v.name}),
+            ops=("encode", "transcribe"),
+            decodes=("greedy",),
+        )
+        for v in variants
+        if set(v.cpu_flags) <= have
+        for q in shipped
+    ]  # fmt: skip
 
 
 def resolve_model(ref: str, pins: Pins) -> str:

@@ -18,6 +18,8 @@ from whisper_release.bench.host import MAX_FOREIGN_SHARE
 from whisper_release.core.errors import ConfigError, ReleaseError
 
 MiB = 1024 * 1024
+# The floor CPU module, the baseline of the "modules" section (release.toml [build] cpu_variants[0]).
+FLOOR_MODULE = "haswell"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Row:
     audio_seconds: float | None = None
     random_weights: bool = False
     foreign_cpu_share: float | None = None  # CPU share other processes took while this was timed
+    cpu_module: str | None = None  # the CPU module the binding registered (whisper.cpp rows)
 
     @property
     def disturbed(self) -> bool:
@@ -87,7 +90,7 @@ def load_rows(path: str | os.PathLike[str]) -> tuple[list[Row], dict[str, Any]]:
                 stddev=float(s["stddev"]), rounds=int(s["rounds"]), peak_rss=x.get("peak_rss"),
                 rtf=x.get("rtf"), wer=x.get("wer"), audio_seconds=x.get("audio_seconds"),
                 random_weights=bool(x.get("random_weights", False)),
-                foreign_cpu_share=x.get("foreign_cpu_share"),
+                foreign_cpu_share=x.get("foreign_cpu_share"), cpu_module=x.get("cpu_module"),
             )
         )  # fmt: skip
     if not rows:
@@ -106,7 +109,8 @@ def _find(rows: Iterable[Row], **kw: Any) -> Row | None:
 
 def _label(r: Row) -> str:
     if r.engine == "whisper.cpp":
-        return f"whisper.cpp {r.build} {r.quant}"
+        module = f" ({r.cpu_module})" if r.cpu_module and r.build == "artifact" else ""
+        return f"whisper.cpp {r.build}{module} {r.quant}"
     return f"{r.engine} {r.quant}"
 
 
@@ -143,6 +147,12 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
                     out.append(
                         Ratio("builds", f"{what} {q}", _label(art), _label(other), art.median, other.median)
                     )
+        forced = [r for r in same if r.build.startswith("module:")]
+        for quant in sorted({r.quant for r in forced}):
+            floor = _find(forced, build=f"module:{FLOOR_MODULE}", quant=quant)
+            for mod in (r for r in forced if r.quant == quant and floor and r is not floor):
+                assert floor is not None
+                out.append(_ratio("modules", f"{what} {quant}", mod, floor, mod.build, floor.build))
         for quant in quants:
             for subject_build in ("artifact", "tuned"):
                 art = _find(same, build=subject_build, quant=quant, engine="whisper.cpp")
@@ -171,6 +181,7 @@ def _fmt(v: float, unit: str) -> str:
 
 def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequence[str] = ()) -> str:
     env = machine.get("whisper_release", {})
+    picked = ", ".join(sorted({r.cpu_module for r in rows if r.build == "artifact" and r.cpu_module}))
     lines = ["# whisper-release benchmark", ""]
     lines += [
         f"- Host CPU: {env.get('cpu', machine.get('cpu', {}).get('brand_raw', 'unknown'))}"
@@ -179,6 +190,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         f"faster-whisper {env.get('faster_whisper')} / CTranslate2 {env.get('ctranslate2')}; "
         f"pywhispercpp {env.get('pywhispercpp')}; Python {env.get('python', '?')}, "
         f"kernel {env.get('kernel', '?')}",
+        f"- CPU module the dispatcher picked on this host (artifact rows): {picked or 'none'}",
         f"- Load average at start: {env.get('load_average_at_start', '?')} "
         "(runs refuse to start during builds)",
         "- Times are medians of the timed rounds after a warm-up round; ratios are subject ÷ baseline "
@@ -195,8 +207,10 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
         "tuning": "Recommended decoding settings vs library defaults",
         "builds": "Artifact (AVX2+FMA) vs reference builds of the same source",
         "quantisation": "Shipped quantized files vs f16 (artifact build)",
+        "modules": "CPU modules this host runs vs the floor (each forced; the artifact rows show the "
+        "module the dispatcher picked)",
     }
-    for section in ("peers", "tuning", "builds", "quantisation"):
+    for section in ("peers", "tuning", "builds", "quantisation", "modules"):
         if section not in groups:
             continue
         lines += [

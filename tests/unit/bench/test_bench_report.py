@@ -180,3 +180,29 @@ def test_every_shipped_type_is_compared_with_the_peers_and_f16(tmp_path):
     assert got[("peers", "whisper.cpp artifact q5_1", "faster-whisper int8")] == 2.0
     assert got[("quantisation", "q8_0", "f16")] == round(1.5 / 1.8, 3)
     assert "## Shipped quantized files vs f16 (artifact build)" in br.render_markdown(rows, machine)
+
+
+def test_cpu_modules_are_compared_with_the_floor_and_the_pick_is_named(tmp_path):
+    """Issue 14: every module this host ran, per shipped file, as a ratio to the floor module; the
+    artifact rows name the module the dispatcher picked."""
+    benches = [
+        _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "encode", 1.0, cpu_module="zen4"),
+        _bench("faster-whisper-base-int8", "faster-whisper", "ctranslate2", "base", "int8", "encode", 0.5),
+        *(
+            _bench(f"whisper.cpp-module-{m}-base-{q}", "whisper.cpp", f"module:{m}", "base", q, "encode", t,
+                   cpu_module=m)
+            for m, q, t in [("haswell", "q5_1", 1.5), ("zen4", "q5_1", 1.2), ("haswell", "q8_0", 1.0),
+                            ("icelake", "q8_0", 0.9)]
+        ),
+    ]  # fmt: skip
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
+    rows, machine = br.load_rows(p)
+    rs = [r for r in br.ratios(rows) if r.section == "modules"]
+    assert {(r.what, r.subject, r.baseline): round(r.ratio, 3) for r in rs} == {
+        ("base encode q5_1", "module:zen4", "module:haswell"): 0.8,
+        ("base encode q8_0", "module:icelake", "module:haswell"): 0.9,
+    }
+    md = br.render_markdown(rows, machine)
+    assert "## CPU modules this host runs vs the floor" in md
+    assert "- CPU module the dispatcher picked on this host (artifact rows): zen4" in md
