@@ -185,8 +185,8 @@ def _memmap(path: Path) -> np.ndarray:
 
 def check_numerics(quantized_path: Path, f16_path: Path, quant: str = "q5_1") -> Numerics:
     """Decode every block of the `quant` file and compare it with the f16 source: each element within
-    its block's bound (half a step plus the f16 rounding of the stored scale and offset,
-    ggml.q5_1_error_bound / q8_0_error_bound); copied tensors byte-identical."""
+    its block's bound (the rounding step plus the f16 rounding of the stored scale and offset: the
+    codec's error_bound, e.g. ggml.q5_1_error_bound); copied tensors byte-identical."""
     out = Numerics()
     codec = ggml.codec(quant)
     qf, sf = str(quantized_path), str(f16_path)
