@@ -18,7 +18,7 @@ import pytest
 from whisper_release.core.pins import load_pins, project_root
 from whisper_release.inputs import fetch
 from whisper_release.testing import unavailable
-from whisper_release.weights import convert, ct2, ggml
+from whisper_release.weights import convert, ct2, ggml, quants
 
 pytestmark = pytest.mark.integration
 
@@ -75,10 +75,10 @@ def test_tensors_equal_the_ctranslate2_weights(tiny_en):
     np.testing.assert_array_equal(pos, src.get("encoder/position_encodings/encodings").astype(np.float32))
 
 
-@pytest.mark.parametrize("quant", sorted(ggml.CODECS))
+@pytest.mark.parametrize("quant", sorted(quants.CODECS))
 def test_real_weights_survive_quantization_within_the_bound(tiny_en, quant):
     _pin, _parts, out, _result = tiny_en
-    codec = ggml.codec(quant)
+    codec = quants.codec(quant)
     info = next(t for t in ggml.iter_tensors(out) if t.name == "decoder.blocks.0.mlp.0.weight")
     x = ggml.read_tensor(out, info).astype(np.float32)
     raw = codec.encode(x)
@@ -125,7 +125,7 @@ def test_numpy_codec_is_bit_identical_to_whisper_quantize(name, quant):
     # artifact to its input.
     pins = load_pins()
     pin = pins.model(name)
-    codec = ggml.codec(quant)
+    codec = quants.codec(quant)
     q = _shipped(name, quant)
     out = fetch.fetch_model(pins, name)
     header = ggml.read_header(q)

@@ -40,7 +40,7 @@ from whisper_release.core.tomltables import (
 from whisper_release.layout.artifacts import HPARAM_ORDER
 
 # Quantization types the release can ship: the ones whisper_release.weights.ggml has a codec for
-# (ggml.CODECS; core sits below weights, so a test keeps the two equal), so that the verification
+# (weights.quants.CODECS; core sits below weights, so a test keeps the two equal), so that the verification
 # suite can check every element of the quantized file against its f16 source.
 QUANT_TYPES = ("q4_0", "q5_1", "q8_0")
 # [profiles.<name>] debian: which Debian archive the profile's base image is bootstrapped from.

@@ -20,7 +20,7 @@ from whisper_release.core.pins import (
     parse_pins,
     quantizations,
 )
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 
 def _with_quantize(tmp_path: Path, value: str) -> Path:
@@ -36,7 +36,7 @@ def test_release_ships_q5_1_first_then_q8_0() -> None:
     pins = load_pins()
     assert pins.quantizations == ("q5_1", "q8_0")
     assert pins.primary_quantization == "q5_1"
-    assert set(pins.quantizations) <= set(QUANT_TYPES) == set(ggml.CODECS)
+    assert set(pins.quantizations) <= set(QUANT_TYPES) == set(quants.CODECS)
 
 
 def test_one_type_as_a_string_is_accepted(tmp_path: Path) -> None:
@@ -69,7 +69,7 @@ def test_every_size_pin_follows_from_the_q5_1_pin_and_the_shapes(model: str) -> 
     q5_size = pin.quantized_size("q5_1")
     assert q5_size is not None and set(pin.quantized_sizes) > {"q5_1"}
     for quant, size in pin.quantized_sizes.items():
-        other = ggml.expected_inventory(pin.hparams, True, ggml.codec(quant).qtype)
+        other = ggml.expected_inventory(pin.hparams, True, quants.codec(quant).qtype)
         grow = sum(ggml.tensor_nbytes(*other[n]) - ggml.tensor_nbytes(*q5[n]) for n in q5)
         assert size == q5_size + grow, quant
 

@@ -12,7 +12,7 @@ import pytest
 
 from whisper_release.core.pins import ModelPin
 from whisper_release.verify import integrity
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 HP = {
     "n_vocab": 96,
@@ -67,7 +67,7 @@ def _models(d: Path) -> tuple[Path, Path]:
 
 def _quantized(d: Path, f16: Path, quant: str) -> Path:
     """The toy f16 model quantized to `quant` with our numpy encoder (bit-identical to ggml's)."""
-    c = ggml.codec(quant)
+    c = quants.codec(quant)
     src = {t.name: ggml.read_tensor(f16, t) for t in ggml.iter_tensors(f16)}
     return ggml.write_model(
         d / f"ggml-toy-{quant}.bin",
@@ -115,7 +115,7 @@ def test_flipped_byte_in_a_block_of_each_type_is_out_of_bound(
 ) -> None:
     f16, _ = models
     quant = _quant_of(other)
-    c = ggml.codec(quant)
+    c = quants.codec(quant)
     at, mask, element = FLIPS[quant]
     bad = _copy(other, tmp_path)
     info = next(t for t in ggml.iter_tensors(bad) if t.ttype == c.qtype)
@@ -168,7 +168,7 @@ def test_flipped_bit_in_a_block_is_out_of_bound(models: tuple[Path, Path], tmp_p
     bad = _copy(q, tmp_path)
     info = _first_q5_1(bad)
     blob = bytearray(bad.read_bytes())
-    at = info.data_offset + 3 * ggml.Q5_1_BLOCK_BYTES + 8  # block 3, first qs byte (low nibbles)
+    at = info.data_offset + 3 * quants.codec("q5_1").block_bytes + 8  # block 3, first qs byte (low nibbles)
     blob[at] ^= 0x08  # q changes by 8 steps: 8·d, far beyond d/2
     bad.write_bytes(bytes(blob))
     n = integrity.check_numerics(bad, f16)
