@@ -97,8 +97,9 @@ def q4_0_encode(x: np.ndarray) -> bytes:
     inv = _reciprocal(d)
     with np.errstate(invalid="ignore", over="ignore"):
         scaled = blocks * inv[:, None] + np.float32(8.5)
-    # x*id lies in [-8, 8] up to float32 rounding, so scaled is in [0.5, 16.5]: the int8 cast truncates
-    # and only the value of the largest magnitude's opposite (t >= 7.5) reaches 16, clamped to 15.
+    # x*id lies in [-8, 8] up to float32 rounding, so scaled is in [0.5, 16.5]: the int8 cast truncates,
+    # and only a value of the sign opposite to max and at least 15/16 of its magnitude reaches 16,
+    # which MIN clamps to 15.
     q = np.minimum(scaled.astype(np.int8), 15).astype(np.uint8)
     out = np.empty((nb, _LAYOUT[GGML_TYPE_Q4_0][2]), dtype=np.uint8)
     out[:, 0:2] = _f16_bytes(d)
