@@ -32,9 +32,9 @@ def _with_quantize(tmp_path: Path, value: str) -> Path:
     return p
 
 
-def test_release_ships_q5_1_first_then_q8_0() -> None:
+def test_release_ships_q5_1_first_then_q8_0_and_q4_0() -> None:
     pins = load_pins()
-    assert pins.quantizations == ("q5_1", "q8_0")
+    assert pins.quantizations == ("q5_1", "q8_0", "q4_0")
     assert pins.primary_quantization == "q5_1"
     assert set(pins.quantizations) <= set(QUANT_TYPES) == set(quants.CODECS)
 
@@ -201,7 +201,7 @@ def test_every_section_is_typed() -> None:
         assert not isinstance(getattr(pins, name), dict), name
     assert pins.bench.reference["llamafile"].release_flags_plus == ("-DGGML_LLAMAFILE=ON",)
     assert pins.build.cmake_flags[0] == "-DCMAKE_BUILD_TYPE=Release"
-    assert pins.verify.max_wer_delta_pp == {"q5_1": 1.0, "q8_0": 1.0}
+    assert pins.verify.max_wer_delta_pp == {"q5_1": 1.0, "q8_0": 1.0, "q4_0": 1.0}
     assert pins.verify.wer_ceiling["real"]["base"] == 0.15
     assert pins.publish.bucket == "whisper-releases" and pins.publish.minio_client_suite == "sid"
     assert pins.model("base").hparams["n_audio_state"] == 512
