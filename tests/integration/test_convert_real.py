@@ -2,8 +2,8 @@
 
 Evidence of a correct conversion without running whisper.cpp: the exact size and hparams pinned in
 release.toml, the tensor inventory whisper.cpp loads, numeric identity with the CTranslate2
-weights, the pinned sha256 (the conversion is deterministic), and a q5_1 round trip of a real
-weight matrix inside ggml's error bound.
+weights, the pinned sha256 (the conversion is deterministic), and a round trip of a real weight
+matrix through every codec inside its error bound.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from whisper_release.core.pins import load_pins, project_root
 from whisper_release.inputs import fetch
 from whisper_release.testing import unavailable
-from whisper_release.weights import convert, ct2, ggml
+from whisper_release.weights import convert, ct2, ggml, quants
 
 pytestmark = pytest.mark.integration
 
@@ -75,14 +75,16 @@ def test_tensors_equal_the_ctranslate2_weights(tiny_en):
     np.testing.assert_array_equal(pos, src.get("encoder/position_encodings/encodings").astype(np.float32))
 
 
-def test_real_weights_survive_q5_1_within_the_bound(tiny_en):
+@pytest.mark.parametrize("quant", sorted(quants.CODECS))
+def test_real_weights_survive_quantization_within_the_bound(tiny_en, quant):
     _pin, _parts, out, _result = tiny_en
+    codec = quants.codec(quant)
     info = next(t for t in ggml.iter_tensors(out) if t.name == "decoder.blocks.0.mlp.0.weight")
     x = ggml.read_tensor(out, info).astype(np.float32)
-    raw = ggml.q5_1_encode(x)
-    y = ggml.q5_1_decode(raw, x.size)
+    raw = codec.encode(x)
+    y = codec.decode(raw, x.size)
     err = np.abs(x.reshape(-1) - y).reshape(-1, 32).max(axis=1)
-    assert (err <= ggml.q5_1_error_bound(raw, x.size)).all()
+    assert (err <= codec.error_bound(raw, x.size)).all()
 
 
 def test_base_from_two_part_files_matches_its_pins(tmp_path):
@@ -123,7 +125,7 @@ def test_numpy_codec_is_bit_identical_to_whisper_quantize(name, quant):
     # artifact to its input.
     pins = load_pins()
     pin = pins.model(name)
-    codec = ggml.codec(quant)
+    codec = quants.codec(quant)
     q = _shipped(name, quant)
     out = fetch.fetch_model(pins, name)
     header = ggml.read_header(q)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release.core.pins import project_root
+from whisper_release.core.pins import QUANT_TYPES, load_pins, project_root
 from whisper_release.testing import require_tool, unavailable
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 pytestmark = pytest.mark.integration
 
@@ -112,20 +112,25 @@ def test_untouched_copy_passes(copy: tuple[Path, Path], tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-# (type, byte within block 0, xor mask, elements pushed outside the bound, first of them):
+# type -> (byte within block 0, xor mask, elements pushed outside the bound, first of them), for every
+# type the release may ship (core.pins.QUANT_TYPES); the test runs for the shipped ones:
 # q5_1: the first qs byte holds elements 0 and 16, both nibbles move by 8 steps of d;
-# q8_0: after the 2-byte f16 scale, element 5 moves by 32 steps of d.
-FLIPS = [("q5_1", 8, 0x88, 2, 0), ("q8_0", 2 + 5, 0x20, 1, 5)]
+# q8_0: after the 2-byte f16 scale, element 5 moves by 32 steps of d;
+# q4_0: after the 2-byte f16 scale, the first byte holds elements 0 and 16, both move by 8 steps of d.
+FLIPS = {"q5_1": (8, 0x88, 2, 0), "q8_0": (2 + 5, 0x20, 1, 5), "q4_0": (2, 0x88, 2, 0)}
 
 
-@pytest.mark.parametrize(("quant", "at", "mask", "n_out", "first"), FLIPS, ids=[f[0] for f in FLIPS])
-def test_flipped_byte_in_a_model_block(
-    copy: tuple[Path, Path], tmp_path: Path, quant: str, at: int, mask: int, n_out: int, first: int
-) -> None:
+def test_every_shippable_type_has_a_flip() -> None:
+    assert set(FLIPS) == set(QUANT_TYPES)
+
+
+@pytest.mark.parametrize("quant", load_pins().quantizations)
+def test_flipped_byte_in_a_model_block(copy: tuple[Path, Path], tmp_path: Path, quant: str) -> None:
+    at, mask, n_out, first = FLIPS[quant]
     root, d = copy
     (model,) = d.glob(f"ggml-*-{quant}.bin")
     good = _sha(model)
-    info = next(t for t in ggml.iter_tensors(model) if t.ttype == ggml.codec(quant).qtype)
+    info = next(t for t in ggml.iter_tensors(model) if t.ttype == quants.codec(quant).qtype)
     with model.open("r+b") as f:
         f.seek(info.data_offset + at)
         b = f.read(1)[0]

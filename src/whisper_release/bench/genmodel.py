@@ -4,7 +4,7 @@ filled with seeded random weights ("random weights": they transcribe nothing).
 They let the benchmark measure load and encoder cost at real size where real weights are not
 reachable (small, medium offline). The header uses openai-whisper's real mel filters and tokenizer,
 so an f16 file has exactly the official file's size (release.toml [models.<name>] size) and a
-q5_1 file exactly whisper-quantize's (q5_1_size): ggml.q5_1_encode is bit-identical to ggml's
+q5_1 file exactly whisper-quantize's (q5_1_size): weights.quants.q5_1_encode is bit-identical to ggml's
 reference quantizer, and the per-tensor types follow whisper-quantize's rules.
 """
 

@@ -39,9 +39,10 @@ from whisper_release.core.tomltables import (
 )
 from whisper_release.layout.artifacts import HPARAM_ORDER
 
-# Quantization types the release can ship: the ones whisper_release.weights.ggml decodes, so that the
-# verification suite can check every element of the quantized file against its f16 source.
-QUANT_TYPES = ("q5_1", "q8_0")
+# Quantization types the release can ship: the ones whisper_release.weights.ggml has a codec for
+# (weights.quants.CODECS; core sits below weights, so a test keeps the two equal), so that the verification
+# suite can check every element of the quantized file against its f16 source.
+QUANT_TYPES = ("q4_0", "q5_1", "q8_0")
 # [profiles.<name>] debian: which Debian archive the profile's base image is bootstrapped from.
 DEBIAN_ARCHIVES = ("mirror", "snapshot")
 # [build] cpu_variants: ggml's x86 CPU module names (GGML_CPU_ALL_VARIANTS) the release may ship, the

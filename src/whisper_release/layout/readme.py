@@ -66,8 +66,12 @@ def python_example(readme_text: str) -> str:
     return m.group(1)
 
 
-# What each quantization type is for; docs/performance.md holds the measurements behind it.
+# What each quantization type is for; docs/performance.md holds the measurements behind it (q4_0's:
+# FACTS.md, 2026-12-01, base encoder on the haswell module; WER: docs/verify.md). One entry per type
+# core.pins.QUANT_TYPES allows (a test keeps them equal), so the README's table has no blank use.
 QUANT_USE = {
+    "q4_0": "fastest on AVX2 CPUs (repacked 4-bit kernels: about 40% less encoder time than q5_1), "
+    "22% smaller than q5_1, slightly less accurate",
     "q5_1": "the default: smallest file and memory",
     "q8_0": "faster on AVX2 CPUs (about 20% less time than q5_1), 37% larger, more memory",
 }

@@ -18,7 +18,7 @@ from whisper_release.core.errors import VerificationError
 from whisper_release.core.pins import ModelPin
 from whisper_release.layout import artifacts as layout
 from whisper_release.layout.artifacts import HPARAM_ORDER, relative_files, sha256_file
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 SUMS = layout.SUMS
 MANIFEST = layout.MANIFEST
@@ -52,7 +52,7 @@ def format_findings(findings: Iterable[Finding]) -> str:
 
 def quantized_hparams(pin: ModelPin, quant: str = "q5_1") -> dict[str, int]:
     h = dict(pin.hparams)
-    h["ftype"] = ggml.ftype_for(ggml.codec(quant).qtype)
+    h["ftype"] = ggml.ftype_for(quants.codec(quant).qtype)
     return h
 
 
@@ -94,7 +94,7 @@ def check_model_file(
     if header.n_mel != pin.hparams["n_mels"]:
         findings.append(Finding(f, "mel filter rows", str(pin.hparams["n_mels"]), str(header.n_mel)))
 
-    inventory = ggml.expected_inventory(pin.hparams, quantized=True, qtype=ggml.codec(quant).qtype)
+    inventory = ggml.expected_inventory(pin.hparams, quantized=True, qtype=quants.codec(quant).qtype)
     seen: dict[str, ggml.TensorInfo] = {}
     end = header.tensor_offset
     try:
@@ -185,10 +185,10 @@ def _memmap(path: Path) -> np.ndarray:
 
 def check_numerics(quantized_path: Path, f16_path: Path, quant: str = "q5_1") -> Numerics:
     """Decode every block of the `quant` file and compare it with the f16 source: each element within
-    its block's bound (half a step plus the f16 rounding of the stored scale and offset,
-    ggml.q5_1_error_bound / q8_0_error_bound); copied tensors byte-identical."""
+    its block's bound (the rounding step plus the f16 rounding of the stored scale and offset: the
+    codec's error_bound, e.g. quants.q5_1_error_bound); copied tensors byte-identical."""
     out = Numerics()
-    codec = ggml.codec(quant)
+    codec = quants.codec(quant)
     qf, sf = str(quantized_path), str(f16_path)
     try:
         q_infos = {t.name: t for t in ggml.iter_tensors(quantized_path)}
@@ -249,7 +249,7 @@ def _compare_tensor(
     smap: np.ndarray,
     si: ggml.TensorInfo,
     quant: str,
-    codec: ggml.Codec,
+    codec: quants.Codec,
 ) -> None:
     qk, bb = codec.block_elements, codec.block_bytes
     n_blocks = qi.n_elements // qk

@@ -1,7 +1,8 @@
-"""The legacy whisper ggml model file (what whisper.cpp v1.8.5 loads) and ggml's q5_1 codec.
+"""The legacy whisper ggml model file (what whisper.cpp v1.8.5 loads).
 
 Pure format code: numpy and the standard library only, no I/O at import time. It serves the
-CTranslate2 converter, the artifact integrity check and the generated benchmark models alike.
+CTranslate2 converter, the artifact integrity check and the generated benchmark models alike. The
+quantized types' arithmetic (ggml's codecs, bit for bit) is weights.quants; here they are tensor types.
 
 Layout (little-endian, no padding; FACTS.md): u32 magic, 11 x i32 hparams in layout.artifacts.HPARAM_ORDER,
 mel filters (i32 n_mel, i32 n_fft, f32 x n_mel*n_fft), vocab (i32 count, then u32 length + bytes
@@ -18,7 +19,7 @@ import hashlib
 import io
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -27,39 +28,36 @@ import numpy as np
 
 from whisper_release.core.errors import VerificationError
 from whisper_release.layout.artifacts import GGML_MAGIC, HPARAM_ORDER
+from whisper_release.weights.quants import CODECS, GGML_TYPE_Q4_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0
 
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
 GGML_TYPE_Q5_0 = 6
-GGML_TYPE_Q5_1 = 7
-GGML_TYPE_Q8_0 = 8
 
+_CODEC_OF_TYPE = {c.qtype: c for c in CODECS.values()}
 TYPE_NAMES = {
     GGML_TYPE_F32: "f32",
     GGML_TYPE_F16: "f16",
     GGML_TYPE_Q5_0: "q5_0",
-    GGML_TYPE_Q5_1: "q5_1",
-    GGML_TYPE_Q8_0: "q8_0",
+    **{t: c.name for t, c in _CODEC_OF_TYPE.items()},
 }
 # (elements per block, bytes per block), as ggml's type traits.
 _BLOCKS = {
     GGML_TYPE_F32: (1, 4),
     GGML_TYPE_F16: (1, 2),
     GGML_TYPE_Q5_0: (32, 22),
-    GGML_TYPE_Q5_1: (32, 24),
-    GGML_TYPE_Q8_0: (32, 34),
+    **{t: (c.block_elements, c.block_bytes) for t, c in _CODEC_OF_TYPE.items()},
 }
 
-# The header's ftype: whisper-quantize writes GGML_QNT_VERSION (2) * 1000 + ggml_ftype.
+# The header's ftype: whisper-quantize writes GGML_QNT_VERSION (2) * 1000 + ggml_ftype, the
+# GGML_FTYPE_MOSTLY_* value of ggml.h (not the type id: q8_0 is type 8 but ftype 7).
 GGML_QNT_VERSION = 2
 GGML_QNT_VERSION_FACTOR = 1000
-_FTYPE_OF_QTYPE = {GGML_TYPE_Q5_0: 8, GGML_TYPE_Q5_1: 9, GGML_TYPE_Q8_0: 7}
+_FTYPE_OF_QTYPE = {GGML_TYPE_Q4_0: 2, GGML_TYPE_Q5_0: 8, GGML_TYPE_Q5_1: 9, GGML_TYPE_Q8_0: 7}
 FTYPE_F32 = 0
 FTYPE_F16 = 1
 FTYPE_Q5_1 = GGML_QNT_VERSION * GGML_QNT_VERSION_FACTOR + _FTYPE_OF_QTYPE[GGML_TYPE_Q5_1]  # 2009
 
-QK5_1 = 32
-Q5_1_BLOCK_BYTES = 24
 
 # Tensors whisper-quantize leaves alone even though they are 2-D (examples/quantize/quantize.cpp).
 QUANTIZE_SKIP = (
@@ -260,17 +258,14 @@ def read_tensor_bytes(path: str | os.PathLike[str], info: TensorInfo) -> bytes:
 
 
 def read_tensor(path: str | os.PathLike[str], info: TensorInfo) -> np.ndarray:
-    """The tensor's values in `info.shape`: float32/float16 as stored; q5_1 and q8_0 decoded to float32."""
+    """The tensor's values in `info.shape`: float32/float16 as stored; a type of CODECS decoded to float32."""
     raw = read_tensor_bytes(path, info)
-    n = info.n_elements
     if info.ttype == GGML_TYPE_F32:
         out = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     elif info.ttype == GGML_TYPE_F16:
         out = np.frombuffer(raw, dtype="<f2").astype(np.float16)
-    elif info.ttype == GGML_TYPE_Q5_1:
-        out = q5_1_decode(raw, n)
-    elif info.ttype == GGML_TYPE_Q8_0:
-        out = q8_0_decode(raw, n)
+    elif info.ttype in _CODEC_OF_TYPE:
+        out = _CODEC_OF_TYPE[info.ttype].decode(raw, info.n_elements)
     else:
         raise _bad(Path(path), f"tensor {info.name!r} has type {type_name(info.ttype)}, which this "
             "reader does not decode")
@@ -368,167 +363,12 @@ def expected_inventory(
 
 
 def expected_file_size(hparams: Mapping[str, int], n_mel: int, n_fft: int, vocab_bytes: int, n_tokens: int,
-                       quantized: bool = False) -> int:
+                       quantized: bool = False, qtype: int = GGML_TYPE_Q5_1) -> int:
     """Exact size of a model file with these hparams, mel dims and vocab (sum of token lengths)."""
     size = 4 + 44 + 8 + 4 * n_mel * n_fft + 4 + 4 * n_tokens + vocab_bytes
-    for name, (ttype, shape) in expected_inventory(hparams, quantized).items():
+    for name, (ttype, shape) in expected_inventory(hparams, quantized, qtype).items():
         size += 12 + 4 * len(shape) + len(name.encode()) + tensor_nbytes(ttype, shape)
     return size
-
-
-# ---- q5_1 / q8_0 codecs --------------------------------------------------------------------------
-
-
-def q5_1_encode(x: np.ndarray) -> bytes:
-    """ggml's quantize_row_q5_1_ref in numpy, bit for bit: blocks of 32 consecutive values (in
-    C order), each d = (max-min)/31 and m = min as f16, q = (uint8)((x-min)*(1/d) + 0.5)."""
-    v = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    if v.size % QK5_1:
-        raise ValueError(f"q5_1 needs a multiple of {QK5_1} values, got {v.size}")
-    blocks = v.reshape(-1, QK5_1)
-    nb = blocks.shape[0]
-    # The C loop keeps the first value that compares lowest (strict <), which decides between
-    # -0.0 and +0.0; argmin/argmax pick the first occurrence too, so m's sign bit matches.
-    idx = np.arange(nb)
-    vmin = blocks[idx, np.argmin(blocks, axis=1)]
-    vmax = blocks[idx, np.argmax(blocks, axis=1)]
-    d = (vmax - vmin) / np.float32(31)
-    inv = np.zeros_like(d)
-    np.divide(np.float32(1), d, out=inv, where=d != 0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        scaled = (blocks - vmin[:, None]) * inv[:, None] + np.float32(0.5)
-    q = scaled.astype(np.uint8)  # C truncates toward zero; values lie in [0.5, 31.5]
-    lo, hi = q[:, :16], q[:, 16:]
-    qs = (lo & 0x0F) | ((hi & 0x0F) << 4)
-    bits = np.arange(16, dtype=np.uint32)
-    qh = ((((lo.astype(np.uint32) >> 4) & 1) << bits).sum(axis=1, dtype=np.uint32)
-          | ((((hi.astype(np.uint32) >> 4) & 1) << (bits + 16)).sum(axis=1, dtype=np.uint32)))
-    out = np.empty((nb, Q5_1_BLOCK_BYTES), dtype=np.uint8)
-    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(nb, 2)
-    out[:, 2:4] = vmin.astype("<f2").view(np.uint8).reshape(nb, 2)
-    out[:, 4:8] = qh.astype("<u4").view(np.uint8).reshape(nb, 4)
-    out[:, 8:24] = qs.astype(np.uint8)
-    return out.tobytes()
-
-
-def _as_u8(raw: bytes | np.ndarray) -> np.ndarray:
-    if isinstance(raw, np.ndarray):
-        return np.ascontiguousarray(raw).view(np.uint8).reshape(-1)
-    return np.frombuffer(raw, dtype=np.uint8)
-
-
-def _q5_1_blocks(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    buf = _as_u8(raw)
-    if n_elements % QK5_1 or buf.size != n_elements // QK5_1 * Q5_1_BLOCK_BYTES:
-        raise ValueError(f"q5_1 data of {buf.size} bytes does not hold {n_elements} values")
-    return buf.reshape(-1, Q5_1_BLOCK_BYTES)
-
-
-def q5_1_params(raw: bytes | np.ndarray, n_elements: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-block (d, m) as float32."""
-    b = _q5_1_blocks(raw, n_elements)
-    d = np.ascontiguousarray(b[:, 0:2]).view("<f2").reshape(-1).astype(np.float32)
-    m = np.ascontiguousarray(b[:, 2:4]).view("<f2").reshape(-1).astype(np.float32)
-    return d, m
-
-
-def q5_1_decode(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    """ggml's dequantize_row_q5_1: value = q*d + m, as a flat float32 array of n_elements."""
-    b = _q5_1_blocks(raw, n_elements)
-    d, m = q5_1_params(raw, n_elements)
-    qh = np.ascontiguousarray(b[:, 4:8]).view("<u4").reshape(-1, 1)
-    qs = b[:, 8:24]
-    bits = np.arange(16, dtype=np.uint32)
-    lo = (qs & 0x0F).astype(np.uint32) | (((qh >> bits) & 1) << 4)
-    hi = (qs >> 4).astype(np.uint32) | (((qh >> (bits + 16)) & 1) << 4)
-    q = np.concatenate([lo, hi], axis=1).astype(np.float32)
-    return (q * d[:, None] + m[:, None]).reshape(-1)
-
-
-def _f16_half_ulp(v: np.ndarray) -> np.ndarray:
-    # Half a unit in the last place of an f16 near |v| (11-bit significand); 2**-25 below the
-    # normal range, where f16 spacing is 2**-24.
-    return np.maximum(np.abs(v.astype(np.float64)) * 2.0**-11, 2.0**-25)
-
-
-def q5_1_error_bound(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    """Per-block bound on |x - decode(encode(x))|, from the stored d and m alone.
-
-    Encoding rounds (x - min)/d_true to the nearest of 0..31 (error <= d_true/2); storing d_true
-    and min as f16 costs at most half an f16 ulp each, and q <= 31 multiplies the error on d.
-    A relative 2**-20 of the block's magnitude covers the float32 arithmetic on both sides.
-    """
-    d, m = q5_1_params(raw, n_elements)
-    d64, m64 = d.astype(np.float64), m.astype(np.float64)
-    ud, um = _f16_half_ulp(d), _f16_half_ulp(m)
-    return 0.5 * (d64 + ud) + 31 * ud + um + (np.abs(m64) + 32 * d64) * 2.0**-20
-
-
-def q8_0_encode(x: np.ndarray) -> bytes:
-    """ggml's quantize_row_q8_0_ref in numpy, bit for bit: blocks of 32 values, d = amax/127 (stored
-    as f16), q = roundf(x * (1/d)) (half away from zero) as int8."""
-    v = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    if v.size % 32:
-        raise ValueError(f"q8_0 needs a multiple of 32 values, got {v.size}")
-    blocks = v.reshape(-1, 32)
-    amax = np.abs(blocks).max(axis=1)
-    d = amax / np.float32(127)
-    inv = np.zeros_like(d)
-    np.divide(np.float32(1), d, out=inv, where=d != 0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        scaled = (blocks * inv[:, None]).astype(np.float64)  # float32 product, as in C
-    q = (np.sign(scaled) * np.floor(np.abs(scaled) + 0.5)).astype(np.int8)
-    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
-    out[:, 0:2] = d.astype("<f2").view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = q.view(np.uint8)
-    return out.tobytes()
-
-
-def q8_0_decode(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    """ggml's dequantize_row_q8_0: 32 int8 values per f16 scale."""
-    buf = _as_u8(raw)
-    if n_elements % 32 or buf.size != n_elements // 32 * 34:
-        raise ValueError(f"q8_0 data of {buf.size} bytes does not hold {n_elements} values")
-    b = buf.reshape(-1, 34)
-    d = np.ascontiguousarray(b[:, 0:2]).view("<f2").astype(np.float32)
-    q = b[:, 2:].view(np.int8).astype(np.float32)
-    return (q * d).reshape(-1)
-
-
-def q8_0_error_bound(raw: bytes | np.ndarray, n_elements: int) -> np.ndarray:
-    """Per-block bound on |x - decode(encode(x))| for q8_0 (ggml's quantize_row_q8_0_ref:
-    d = amax/127, q = round(x/d) in -127..127, d stored as f16), from the stored d alone: rounding
-    costs d_true/2, storing d as f16 half an ulp, times |q| <= 127; 2**-20 of the block's magnitude
-    covers the float32 arithmetic."""
-    b = _as_u8(raw).reshape(-1, 34)
-    d = np.ascontiguousarray(b[:, 0:2]).view("<f2").reshape(-1).astype(np.float64)
-    ud = _f16_half_ulp(d)
-    return 0.5 * (d + ud) + 127 * ud + 128 * d * 2.0**-20
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A quantization type in numpy: block shape, ggml's encoder (bit for bit), decoder, error bound."""
-
-    qtype: int
-    block_elements: int
-    block_bytes: int
-    encode: Callable[[np.ndarray], bytes]
-    decode: Callable[[bytes | np.ndarray, int], np.ndarray]
-    error_bound: Callable[[bytes | np.ndarray, int], np.ndarray]
-
-
-CODECS = {
-    "q5_1": Codec(GGML_TYPE_Q5_1, QK5_1, Q5_1_BLOCK_BYTES, q5_1_encode, q5_1_decode, q5_1_error_bound),
-    "q8_0": Codec(GGML_TYPE_Q8_0, 32, 34, q8_0_encode, q8_0_decode, q8_0_error_bound),
-}
-
-
-def codec(quant: str) -> Codec:
-    try:
-        return CODECS[quant]
-    except KeyError:
-        raise ValueError(f"no decoder for quantization type {quant!r}; known: {', '.join(CODECS)}") from None
 
 
 # ---- writer --------------------------------------------------------------------------------------
@@ -560,16 +400,12 @@ def _encode(name: str, ttype: int, arr: np.ndarray) -> bytes:
         return np.ascontiguousarray(arr, dtype="<f4").tobytes()
     if ttype == GGML_TYPE_F16:
         return np.ascontiguousarray(arr, dtype="<f2").tobytes()
-    if ttype == GGML_TYPE_Q5_1:
-        if arr.ndim == 0 or arr.shape[-1] % QK5_1:
-            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q5_1 (innermost dim not a "
-                             "multiple of 32)")
-        return q5_1_encode(arr)
-    if ttype == GGML_TYPE_Q8_0:
-        if arr.ndim == 0 or arr.shape[-1] % 32:
-            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be q8_0 (innermost dim not a "
-                             "multiple of 32)")
-        return q8_0_encode(arr)
+    c = _CODEC_OF_TYPE.get(ttype)
+    if c is not None:
+        if arr.ndim == 0 or arr.shape[-1] % c.block_elements:
+            raise ValueError(f"tensor {name!r} of shape {arr.shape} cannot be {c.name} (innermost dim not a "
+                             f"multiple of {c.block_elements})")
+        return c.encode(arr)
     raise ValueError(f"tensor {name!r}: the writer does not encode type {type_name(ttype)}")
 
 
@@ -607,7 +443,7 @@ def write_model(
 ) -> WrittenModel:
     """Write a model file atomically, streaming `tensors` one at a time (never all in memory).
 
-    Each item is a RawTensor or (name, ttype, array): arrays are cast (f32/f16) or q5_1-encoded.
+    Each item is a RawTensor or (name, ttype, array): arrays are cast (f32/f16) or encoded (CODECS).
     The temp file beside `path` is removed on any failure, so no half-written model remains.
     """
     out = Path(path)

@@ -8,7 +8,7 @@ import pytest
 
 from whisper_release.bench import genmodel
 from whisper_release.core.errors import ConfigError
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 TINY = {
     "n_vocab": 40, "n_audio_ctx": 8, "n_audio_state": 32, "n_audio_head": 2, "n_audio_layer": 1,
@@ -54,7 +54,7 @@ def test_q5_1_tensors_decode_to_the_f16_files_weights(tmp_path):
     wf = ggml.read_tensor(f16.path, tf).reshape(-1)
     wq = ggml.read_tensor(q.path, tq).reshape(-1)
     raw = ggml.read_tensor_bytes(q.path, tq)
-    bound = np.repeat(ggml.q5_1_error_bound(raw, wq.size), 32) + 2.0**-10 * np.abs(wf)  # f16 rounding of wf
+    bound = np.repeat(quants.q5_1_error_bound(raw, wq.size), 32) + 2.0**-10 * np.abs(wf)  # f16 rounding of wf
     assert np.all(np.abs(wq - wf) <= bound)
 
 

@@ -20,7 +20,7 @@ from whisper_release.core.pins import (
     parse_pins,
     quantizations,
 )
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 
 def _with_quantize(tmp_path: Path, value: str) -> Path:
@@ -32,42 +32,46 @@ def _with_quantize(tmp_path: Path, value: str) -> Path:
     return p
 
 
-def test_release_ships_q5_1_first_then_q8_0() -> None:
+def test_release_ships_q5_1_first_then_q8_0_and_q4_0() -> None:
     pins = load_pins()
-    assert pins.quantizations == ("q5_1", "q8_0")
+    assert pins.quantizations == ("q5_1", "q8_0", "q4_0")
     assert pins.primary_quantization == "q5_1"
-    assert set(pins.quantizations) <= set(QUANT_TYPES) <= set(ggml.CODECS)
+    assert set(pins.quantizations) <= set(QUANT_TYPES) == set(quants.CODECS)
 
 
 def test_one_type_as_a_string_is_accepted(tmp_path: Path) -> None:
     assert load_pins(_with_quantize(tmp_path, '"q8_0"')).quantizations == ("q8_0",)
 
 
-@pytest.mark.parametrize("value", ['["q4_0"]', "[]", '["q5_1", "q5_1"]', "5"])
+@pytest.mark.parametrize("value", ['["q4_1"]', "[]", '["q5_1", "q5_1"]', "5"])
 def test_bad_quantize_is_one_clear_config_error(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError) as e:
         load_pins(_with_quantize(tmp_path, value))
     msg = str(e.value)
     assert msg.startswith(f"Pins file {tmp_path / 'release.toml'}: [build] quantize must be ")
-    assert "distinct quantization types out of q5_1, q8_0 (the first is the primary), found " in msg
+    assert "distinct quantization types out of q4_0, q5_1, q8_0 (the first is the primary), found " in msg
     assert msg.endswith("; fix release.toml.")
 
 
 def test_quantizations_of_a_value() -> None:
     assert quantizations(["q8_0", "q5_1"]) == ("q8_0", "q5_1")
+    assert quantizations(["q5_1", "q8_0", "q4_0"]) == ("q5_1", "q8_0", "q4_0")
     with pytest.raises(ConfigError):
         quantizations(None)
 
 
 @pytest.mark.parametrize("model", ["small", "medium"])
-def test_q8_0_size_pin_follows_from_the_q5_1_pin_and_the_shapes(model: str) -> None:
-    # Every quantized tensor's blocks grow from 24 bytes (q5_1) to 34 (q8_0); nothing else changes.
+def test_every_size_pin_follows_from_the_q5_1_pin_and_the_shapes(model: str) -> None:
+    # Only the quantized tensors' blocks change size between types (q5_1 24 bytes, q8_0 34, q4_0 18
+    # per 32 values); header, vocab and the other tensors are copied.
     pin = load_pins().model(model)
     q5 = ggml.expected_inventory(pin.hparams, True, ggml.GGML_TYPE_Q5_1)
-    q8 = ggml.expected_inventory(pin.hparams, True, ggml.GGML_TYPE_Q8_0)
-    grow = sum(ggml.tensor_nbytes(*q8[n]) - ggml.tensor_nbytes(*q5[n]) for n in q5)
     q5_size = pin.quantized_size("q5_1")
-    assert q5_size is not None and pin.quantized_size("q8_0") == q5_size + grow
+    assert q5_size is not None and set(pin.quantized_sizes) > {"q5_1"}
+    for quant, size in pin.quantized_sizes.items():
+        other = ggml.expected_inventory(pin.hparams, True, quants.codec(quant).qtype)
+        grow = sum(ggml.tensor_nbytes(*other[n]) - ggml.tensor_nbytes(*q5[n]) for n in q5)
+        assert size == q5_size + grow, quant
 
 
 # ---- every key typed and checked at load -----------------------------------------------------------
@@ -197,7 +201,7 @@ def test_every_section_is_typed() -> None:
         assert not isinstance(getattr(pins, name), dict), name
     assert pins.bench.reference["llamafile"].release_flags_plus == ("-DGGML_LLAMAFILE=ON",)
     assert pins.build.cmake_flags[0] == "-DCMAKE_BUILD_TYPE=Release"
-    assert pins.verify.max_wer_delta_pp == {"q5_1": 1.0, "q8_0": 1.0}
+    assert pins.verify.max_wer_delta_pp == {"q5_1": 1.0, "q8_0": 1.0, "q4_0": 1.0}
     assert pins.verify.wer_ceiling["real"]["base"] == 0.15
     assert pins.publish.bucket == "whisper-releases" and pins.publish.minio_client_suite == "sid"
     assert pins.model("base").hparams["n_audio_state"] == 512

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from whisper_release.core.pins import load_pins, project_root
+from whisper_release.core.pins import QUANT_TYPES, load_pins, project_root
 from whisper_release.layout import readme
 
 TEMPLATE = project_root() / "packaging" / "README.template.md"
@@ -112,3 +112,10 @@ def test_human_size() -> None:
 
 def test_template_path_exists() -> None:
     assert Path(TEMPLATE).is_file()
+
+
+def test_every_shippable_type_says_what_it_is_for() -> None:
+    assert set(readme.QUANT_USE) == set(QUANT_TYPES)
+    table = readme.model_table(["ggml-base-q4_0.bin"], ["q4_0"], {"ggml-base-q4_0.bin": 46471049})
+    cells = [c.strip() for c in table.splitlines()[-1].strip("|").split("|")]
+    assert cells[:2] == ["`ggml-base-q4_0.bin`", "q4_0"] and cells[3].startswith("fastest on AVX2 CPUs")

@@ -12,7 +12,7 @@ import pytest
 
 from whisper_release.core.pins import ModelPin
 from whisper_release.verify import integrity
-from whisper_release.weights import ggml
+from whisper_release.weights import ggml, quants
 
 HP = {
     "n_vocab": 96,
@@ -67,7 +67,7 @@ def _models(d: Path) -> tuple[Path, Path]:
 
 def _quantized(d: Path, f16: Path, quant: str) -> Path:
     """The toy f16 model quantized to `quant` with our numpy encoder (bit-identical to ggml's)."""
-    c = ggml.codec(quant)
+    c = quants.codec(quant)
     src = {t.name: ggml.read_tensor(f16, t) for t in ggml.iter_tensors(f16)}
     return ggml.write_model(
         d / f"ggml-toy-{quant}.bin",
@@ -81,40 +81,60 @@ def _quantized(d: Path, f16: Path, quant: str) -> Path:
     ).path
 
 
-@pytest.fixture(scope="module")
-def q8_0(models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _quantized(tmp_path_factory.mktemp("q8_0"), models[0], "q8_0")
+# Each type beside the primary q5_1 (whose tests follow): a byte of block 2 to flip, the mask, and
+# the element it moves (q8_0: value 7 by 16 steps of d; q4_0: the high nibble of byte 7, value 23, by
+# 4 steps).
+FLIPS = {"q8_0": (2 + 7, 0x10, 7), "q4_0": (2 + 7, 0x40, 23)}
 
 
-def test_good_q8_0_model_has_no_findings(models: tuple[Path, Path], q8_0: Path) -> None:
+@pytest.fixture(scope="module", params=sorted(FLIPS))
+def other(
+    request: pytest.FixtureRequest, models: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The toy f16 model quantized to each type of FLIPS."""
+    quant = request.param
+    return _quantized(tmp_path_factory.mktemp(quant), models[0], quant)
+
+
+def _quant_of(path: Path) -> str:
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def test_good_model_of_each_type_has_no_findings(models: tuple[Path, Path], other: Path) -> None:
     f16, _ = models
-    assert integrity.check_model_file(q8_0, PIN, "q8_0", sums={q8_0.name: integrity.sha256_file(q8_0)}) == []
-    n = integrity.check_numerics(q8_0, f16, "q8_0")
+    quant = _quant_of(other)
+    sums = {other.name: integrity.sha256_file(other)}
+    assert integrity.check_model_file(other, PIN, quant, sums=sums) == []
+    n = integrity.check_numerics(other, f16, quant)
     assert n.findings == [] and n.quantized_tensors > 0 and n.copied_tensors > 0
     assert 0.5 < n.worst_ratio <= 1.0
 
 
-def test_flipped_byte_in_a_q8_0_block_is_out_of_bound(
-    models: tuple[Path, Path], q8_0: Path, tmp_path: Path
+def test_flipped_byte_in_a_block_of_each_type_is_out_of_bound(
+    models: tuple[Path, Path], other: Path, tmp_path: Path
 ) -> None:
     f16, _ = models
-    bad = _copy(q8_0, tmp_path)
-    info = next(t for t in ggml.iter_tensors(bad) if t.ttype == ggml.GGML_TYPE_Q8_0)
+    quant = _quant_of(other)
+    c = quants.codec(quant)
+    at, mask, element = FLIPS[quant]
+    bad = _copy(other, tmp_path)
+    info = next(t for t in ggml.iter_tensors(bad) if t.ttype == c.qtype)
     blob = bytearray(bad.read_bytes())
-    blob[info.data_offset + 2 * 34 + 2 + 7] ^= 0x10  # block 2, value 7 moves by 16 steps of d
+    blob[info.data_offset + 2 * c.block_bytes + at] ^= mask
     bad.write_bytes(bytes(blob))
-    n = integrity.check_numerics(bad, f16, "q8_0")
+    n = integrity.check_numerics(bad, f16, quant)
     assert n.over_bound == 1
     (f,) = n.findings
-    assert f.check == f"q8_0 tensor {info.name}"
-    assert f"block 2 (file byte {info.data_offset + 2 * 34}) element 7" in f.got
+    assert f.check == f"{quant} tensor {info.name}"
+    assert f"block 2 (file byte {info.data_offset + 2 * c.block_bytes}) element {element}" in f.got
 
 
-def test_q5_1_file_is_not_a_q8_0_file(models: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(("quant", "ftype"), [("q8_0", "2007"), ("q4_0", "2002")])
+def test_q5_1_file_is_not_a_file_of_another_type(models: tuple[Path, Path], quant: str, ftype: str) -> None:
     _, q = models
-    findings = integrity.check_model_file(q, PIN, "q8_0")
-    assert ("hparam ftype", "2007", "2009") in [(f.check, f.wanted, f.got) for f in findings]
-    assert any(f.check.startswith("tensor ") and f.wanted.startswith("q8_0") for f in findings)
+    findings = integrity.check_model_file(q, PIN, quant)
+    assert ("hparam ftype", ftype, "2009") in [(f.check, f.wanted, f.got) for f in findings]
+    assert any(f.check.startswith("tensor ") and f.wanted.startswith(quant) for f in findings)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +168,7 @@ def test_flipped_bit_in_a_block_is_out_of_bound(models: tuple[Path, Path], tmp_p
     bad = _copy(q, tmp_path)
     info = _first_q5_1(bad)
     blob = bytearray(bad.read_bytes())
-    at = info.data_offset + 3 * ggml.Q5_1_BLOCK_BYTES + 8  # block 3, first qs byte (low nibbles)
+    at = info.data_offset + 3 * quants.codec("q5_1").block_bytes + 8  # block 3, first qs byte (low nibbles)
     blob[at] ^= 0x08  # q changes by 8 steps: 8·d, far beyond d/2
     bad.write_bytes(bytes(blob))
     n = integrity.check_numerics(bad, f16)
