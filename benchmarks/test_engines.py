@@ -90,6 +90,7 @@ def test_transcribe(
         wer=result.wer,
         options={k: v for k, v in opts.__dict__.items() if v is not None},
         cpu_module=w.call("module"),
+        stages_ms=w.call("stages"),  # whisper.cpp's per-stage time of the last round (None for peers)
     )
     assert texts and all(isinstance(t, str) for t in texts)
     # A broken build or wrong weights would time garbage fast: the real-weight runs must transcribe.

@@ -62,6 +62,16 @@ class EngineSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
+class _Timings(ctypes.Structure):
+    """struct whisper_timings (whisper.h v1.8.5): milliseconds per stage since the last reset."""
+
+    _fields_ = [(f"{k}_ms", c_float) for k in ("sample", "encode", "decode", "batchd", "prompt")]
+
+
+# whisper_timings' stages, as the report names them.
+STAGES = ("sample", "encode", "decode", "batchd", "prompt")
+
+
 class _WhisperCppEngine:
     def __init__(self, spec: EngineSpec) -> None:
         self.w = binding.load(spec.lib_dir or "", required_flags=[])
@@ -69,12 +79,15 @@ class _WhisperCppEngine:
         for name, restype, argtypes in (
             ("whisper_set_mel", c_int, [ctypes.c_void_p, POINTER(c_float), c_int, c_int]),
             ("whisper_encode", c_int, [ctypes.c_void_p, c_int, c_int]),
+            ("whisper_get_timings", POINTER(_Timings), [ctypes.c_void_p]),
+            ("whisper_reset_timings", None, [ctypes.c_void_p]),
         ):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
         self.lib = lib
         self.spec = spec
         self.ctx: int | None = None
+        self.stage_ms: dict[str, float] = {}
 
     def load(self, threads: int) -> None:
         self.close()
@@ -122,9 +135,13 @@ class _WhisperCppEngine:
         if opts.fit_audio_ctx:
             p.audio_ctx = fitted_audio_ctx(pcm.size, floor=opts.audio_ctx_floor)
         pcm = np.ascontiguousarray(pcm, dtype=np.float32)
+        lib.whisper_reset_timings(self.ctx)
         rc = lib.whisper_full(self.ctx, p, pcm.ctypes.data_as(POINTER(c_float)), int(pcm.size))
         if rc != 0:
             raise VerificationError(f"whisper_full failed ({rc}) on {self.spec.model}.")
+        t = lib.whisper_get_timings(self.ctx).contents
+        for k in STAGES:
+            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + float(getattr(t, f"{k}_ms"))
         n = lib.whisper_full_n_segments(self.ctx)
         return "".join(
             (lib.whisper_full_get_segment_text(self.ctx, i) or b"").decode("utf-8", "replace")
@@ -227,7 +244,7 @@ def peak_rss_bytes() -> int:
 def worker_main(stdin: Any = None, stdout: Any = None) -> int:
     """The worker process: JSON requests on stdin, one JSON answer line each on stdout.
 
-    ops: init {spec}, load, encode, audio {paths}, transcribe {opts, threads}, rss, module, quit.
+    ops: init {spec}, load, encode, audio {paths}, transcribe {opts, threads}, rss, module, stages, quit.
     Timings are taken here too (`seconds`), around the library call alone."""
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
@@ -256,7 +273,11 @@ def worker_main(stdin: Any = None, stdout: Any = None) -> int:
                 clips = [audio.read_wav(p) for p in req["paths"]]
             elif op == "transcribe":
                 opts = DecodeOptions(**req.get("opts", {}))
+                if hasattr(engine, "stage_ms"):
+                    engine.stage_ms = {}
                 result = [engine.transcribe(c, threads, opts) for c in clips]
+            elif op == "stages":  # whisper.cpp's own stage timings of the last transcribe op (ms)
+                result = getattr(engine, "stage_ms", None)
             elif op == "rss":
                 result = peak_rss_bytes()
             elif op == "module":  # the CPU module the binding registered (whisper.cpp only)

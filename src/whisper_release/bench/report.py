@@ -42,6 +42,7 @@ class Row:
     random_weights: bool = False
     foreign_cpu_share: float | None = None  # CPU share other processes took while this was timed
     cpu_module: str | None = None  # the CPU module the binding registered (whisper.cpp rows)
+    stages_ms: dict[str, float] | None = None  # whisper.cpp's stage timings of the last round
 
     @property
     def disturbed(self) -> bool:
@@ -91,6 +92,7 @@ def load_rows(path: str | os.PathLike[str]) -> tuple[list[Row], dict[str, Any]]:
                 rtf=x.get("rtf"), wer=x.get("wer"), audio_seconds=x.get("audio_seconds"),
                 random_weights=bool(x.get("random_weights", False)),
                 foreign_cpu_share=x.get("foreign_cpu_share"), cpu_module=x.get("cpu_module"),
+                stages_ms=x.get("stages_ms"),
             )
         )  # fmt: skip
     if not rows:
@@ -175,6 +177,29 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
     return out
 
 
+STAGES = ("encode", "decode", "batchd", "prompt", "sample")
+
+
+def stage_table(rows: Sequence[Row]) -> list[str]:
+    """Where whisper.cpp's transcription time goes, from its own per-stage timings (whisper_get_timings)
+    of the last round: the rest is the log-mel spectrogram, tokenisation and the binding."""
+    staged = [r for r in rows if r.op == "transcribe" and r.stages_ms]
+    if not staged:
+        return []
+    out = [
+        "## Where the time goes (whisper.cpp's stage timings, last round)",
+        "",
+        "| config | decode | total s | " + " | ".join(f"{s} s" for s in STAGES) + " | rest s |",
+        "|---|---|---:|" + "---:|" * (len(STAGES) + 1),
+    ]
+    for r in sorted(staged, key=lambda r: (r.model, r.decode or "", r.config)):
+        st = r.stages_ms or {}
+        parts = [st.get(s, 0.0) / 1000 for s in STAGES]
+        out.append(f"| {r.config} | {r.decode or ''} | {r.median:.2f} | "
+                   + " | ".join(f"{v:.2f}" for v in parts) + f" | {r.median - sum(parts):.2f} |")  # fmt: skip
+    return [*out, ""]
+
+
 def _fmt(v: float, unit: str) -> str:
     return f"{v:.0f} {unit}" if unit == "MiB" else f"{v:.3f} {unit}"
 
@@ -225,6 +250,7 @@ def render_markdown(rows: Sequence[Row], machine: dict[str, Any], charts: Sequen
                 f"{_fmt(q.baseline_value, q.unit)} | {q.ratio:.2f}{' †' if q.disturbed else ''} |"
             )
         lines.append("")
+    lines += stage_table(rows)
     lines += [
         "## All measurements",
         "",

@@ -206,3 +206,22 @@ def test_cpu_modules_are_compared_with_the_floor_and_the_pick_is_named(tmp_path)
     md = br.render_markdown(rows, machine)
     assert "## CPU modules this host runs vs the floor" in md
     assert "- CPU module the dispatcher picked on this host (artifact rows): zen4" in md
+
+
+def test_stage_table_splits_whisper_cpp_time_by_stage(tmp_path):
+    stages = {"sample": 500.0, "encode": 9000.0, "decode": 2500.0, "batchd": 0.0, "prompt": 1000.0}
+    benches = [
+        _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "transcribe", 13.0, decode="greedy",
+               stages_ms=stages),
+        _bench("faster-whisper-base-int8", "faster-whisper", "ctranslate2", "base", "int8", "transcribe", 6.5,
+               decode="greedy", stages_ms=None),
+    ]  # fmt: skip
+    p = tmp_path / "r.json"
+    p.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
+    rows, machine = br.load_rows(p)
+    md = br.render_markdown(rows, machine)
+    # encode, decode, batchd, prompt, sample, then the rest (mel, tokens, binding)
+    assert "| whisper.cpp-artifact-base-q5_1 | greedy | 13.00 | 9.00 | 2.50 | 0.00 | 1.00 | 0.50 | 0.00 |" in (
+        md
+    )
+    assert "| faster-whisper-base-int8 | greedy | 6.50 |" not in md
