@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quant",
         default=None,
-        help="model file type, e.g. q8_0 (faster on AVX2, larger); default: the artifact's primary (q5_1)",
+        help="model file type: q8_0 (faster, larger) or q4_0 (fastest, smallest, a little less accurate); "
+        "default: the artifact's primary (q5_1)",
     )
     p.add_argument(
         "--format", dest="fmt", default=None, help="txt, json, srt or vtt (default: from --output, else txt)"
