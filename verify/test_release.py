@@ -93,7 +93,9 @@ def test_isa_audit_of_every_library(artifact: Path, pins: Pins, report: dict[str
             for f in a.missing
         ]  # fmt: skip
     if not any(lib.name.startswith(isa.CPU_BACKEND_PREFIX) for lib in libs):
-        findings.append(Finding(str(artifact / "libggml-cpu.so.0"), "ggml CPU backend", "present", "missing"))
+        b = pins.build
+        floor = cpu_module_file(b.cpu_variants[0]) if b.runtime_dispatch else "libggml-cpu.so.0"
+        findings.append(Finding(str(artifact / floor), "ggml CPU backend", "present", "missing"))
     report["isa"] = audits
     _fail_on(findings, f"{artifact.name}: instruction-set audit")
 

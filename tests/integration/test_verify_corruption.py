@@ -189,18 +189,24 @@ def test_library_with_an_avx512_instruction(copy: tuple[Path, Path], tmp_path: P
     ), out
 
 
-def test_missing_ggml_library(copy: tuple[Path, Path], tmp_path: Path) -> None:
+def test_missing_ggml_libraries(copy: tuple[Path, Path], tmp_path: Path) -> None:
+    """ggml-base and every CPU library (the linked one, or each runtime module) removed."""
     root, d = copy
-    gone = d / "libggml-cpu.so.0"
-    gone.unlink()
+    cpu_libs = sorted(d.glob("libggml-cpu*.so*"))
+    assert cpu_libs
+    for gone in (d / "libggml-base.so.0", *cpu_libs):
+        gone.unlink()
     out = _verify(root, tmp_path, "files or loads_alone or isa_audit")
-    assert f"{gone}: shipped file: wanted present, got missing" in out
-    assert f"{gone}: file listed in SHA256SUMS: wanted present, got missing" in out
-    assert f"{gone}: ggml CPU backend: wanted present, got missing" in out
+    for gone in (d / "libggml-base.so.0", *cpu_libs):
+        assert f"{gone}: shipped file: wanted present, got missing" in out
+        assert f"{gone}: file listed in SHA256SUMS: wanted present, got missing" in out
+    b = load_pins().build
+    floor = f"libggml-cpu-{b.cpu_variants[0]}.so" if b.runtime_dispatch else "libggml-cpu.so.0"
+    assert f"{d / floor}: ggml CPU backend: wanted present, got missing" in out
     # The loader's own words from the clean subprocess: which library it could not find.
     assert re.search(
         rf"{re.escape(str(d / 'libwhisper.so'))}: wanted a ctypes load with no LD_LIBRARY_PATH, "
-        r"got: Cannot load .*libggml-cpu\.so\.0: cannot open shared object file",
+        r"got: Cannot load .*libggml-base\.so\.0: cannot open shared object file",
         out,
     ), out
 
