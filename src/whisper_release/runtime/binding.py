@@ -479,8 +479,10 @@ def load(
             choice = modules.Choice("runtime", v.name, v.library, v.score, forced=True)
         else:
             choice = modules.choose(path.parent, meta)
+        # Whisper() routes whisper's and ggml's log into its buffer first: ggml's "loaded CPU backend"
+        # line must not reach stderr, where an error is one sentence.
+        whisper = Whisper(lib, path, choice)
         if choice.dispatch == "runtime":
             _register_cpu_module(path.parent, choice)
-        whisper = Whisper(lib, path, choice)
         _loaded[path] = whisper
         return whisper
