@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -62,14 +63,20 @@ class EngineSpec:
     env: dict[str, str] = field(default_factory=dict)
 
 
-class _Timings(ctypes.Structure):
-    """struct whisper_timings (whisper.h v1.8.5): milliseconds per stage since the last reset."""
+# The stages whisper_print_timings totals (whisper.cpp v1.8.5): "<stage> time = <ms> ms" lines in the
+# library's log. (whisper_get_timings gives per-run averages, not totals, and allocates each call.)
+STAGES = ("mel", "sample", "encode", "decode", "batchd", "prompt")
+_STAGE_LINE = re.compile(r"whisper_print_timings:\s+(\w+) time =\s+([0-9.]+) ms")
 
-    _fields_ = [(f"{k}_ms", c_float) for k in ("sample", "encode", "decode", "batchd", "prompt")]
 
-
-# whisper_timings' stages, as the report names them.
-STAGES = ("sample", "encode", "decode", "batchd", "prompt")
+def stage_totals(log_lines: list[str]) -> dict[str, float]:
+    """Milliseconds per stage from the last whisper_print_timings report in `log_lines`."""
+    out: dict[str, float] = {}
+    for line in log_lines:
+        m = _STAGE_LINE.search(line)
+        if m and m.group(1) in STAGES:
+            out[m.group(1)] = float(m.group(2))
+    return out
 
 
 class _WhisperCppEngine:
@@ -79,7 +86,7 @@ class _WhisperCppEngine:
         for name, restype, argtypes in (
             ("whisper_set_mel", c_int, [ctypes.c_void_p, POINTER(c_float), c_int, c_int]),
             ("whisper_encode", c_int, [ctypes.c_void_p, c_int, c_int]),
-            ("whisper_get_timings", POINTER(_Timings), [ctypes.c_void_p]),
+            ("whisper_print_timings", None, [ctypes.c_void_p]),
             ("whisper_reset_timings", None, [ctypes.c_void_p]),
         ):
             fn = getattr(lib, name)
@@ -139,9 +146,9 @@ class _WhisperCppEngine:
         rc = lib.whisper_full(self.ctx, p, pcm.ctypes.data_as(POINTER(c_float)), int(pcm.size))
         if rc != 0:
             raise VerificationError(f"whisper_full failed ({rc}) on {self.spec.model}.")
-        t = lib.whisper_get_timings(self.ctx).contents
-        for k in STAGES:
-            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + float(getattr(t, f"{k}_ms"))
+        lib.whisper_print_timings(self.ctx)
+        for k, ms in stage_totals(self.w.recent_log()).items():
+            self.stage_ms[k] = self.stage_ms.get(k, 0.0) + ms
         n = lib.whisper_full_n_segments(self.ctx)
         return "".join(
             (lib.whisper_full_get_segment_text(self.ctx, i) or b"").decode("utf-8", "replace")

@@ -177,12 +177,12 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
     return out
 
 
-STAGES = ("encode", "decode", "batchd", "prompt", "sample")
+STAGES = ("mel", "encode", "decode", "batchd", "prompt", "sample")
 
 
 def stage_table(rows: Sequence[Row]) -> list[str]:
-    """Where whisper.cpp's transcription time goes, from its own per-stage timings (whisper_get_timings)
-    of the last round: the rest is the log-mel spectrogram, tokenisation and the binding."""
+    """Where whisper.cpp's transcription time goes, from its own per-stage totals (whisper_print_timings)
+    of the last round: the rest is the binding, tokenisation and what whisper.cpp does not time."""
     staged = [r for r in rows if r.op == "transcribe" and r.stages_ms]
     if not staged:
         return []

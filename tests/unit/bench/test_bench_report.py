@@ -209,7 +209,8 @@ def test_cpu_modules_are_compared_with_the_floor_and_the_pick_is_named(tmp_path)
 
 
 def test_stage_table_splits_whisper_cpp_time_by_stage(tmp_path):
-    stages = {"sample": 500.0, "encode": 9000.0, "decode": 2500.0, "batchd": 0.0, "prompt": 1000.0}
+    stages = {"mel": 200.0, "sample": 300.0, "encode": 9000.0, "decode": 2500.0, "batchd": 0.0,
+              "prompt": 1000.0}  # fmt: skip
     benches = [
         _bench("whisper.cpp-artifact-base-q5_1", *ART, "base", "q5_1", "transcribe", 13.0, decode="greedy",
                stages_ms=stages),
@@ -220,7 +221,22 @@ def test_stage_table_splits_whisper_cpp_time_by_stage(tmp_path):
     p.write_text(json.dumps({"machine_info": {}, "benchmarks": benches}))
     rows, machine = br.load_rows(p)
     md = br.render_markdown(rows, machine)
-    # encode, decode, batchd, prompt, sample, then the rest (mel, tokens, binding)
-    row = "| whisper.cpp-artifact-base-q5_1 | greedy | 13.00 | 9.00 | 2.50 | 0.00 | 1.00 | 0.50 | 0.00 |"
+    # mel, encode, decode, batchd, prompt, sample, then the rest (binding, tokens)
+    row = ("| whisper.cpp-artifact-base-q5_1 | greedy | 13.00 | 0.20 | 9.00 | 2.50 | 0.00 | 1.00 | 0.30 "
+           "| 0.00 |")
     assert row in md
     assert "| faster-whisper-base-int8 | greedy | 6.50 |" not in md
+
+
+def test_stage_totals_read_whisper_print_timings():
+    from whisper_release.bench.engines import stage_totals
+
+    log = [
+        "whisper_print_timings:     load time =    80.00 ms",
+        "whisper_print_timings:      mel time =    12.50 ms",
+        "whisper_print_timings:   sample time =    30.25 ms /    60 runs (     0.50 ms per run)",
+        "whisper_print_timings:   encode time =   700.00 ms /     1 runs (   700.00 ms per run)",
+        "whisper_print_timings:   decode time =    90.00 ms /    30 runs (     3.00 ms per run)",
+        "whisper_print_timings:    total time =   950.00 ms",
+    ]
+    assert stage_totals(log) == {"mel": 12.5, "sample": 30.25, "encode": 700.0, "decode": 90.0}
