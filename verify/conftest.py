@@ -223,11 +223,15 @@ def summary_lines(data: dict[str, Any]) -> list[str]:
     lines = [head, "-" * len(head)]
     for model, m in sorted(data["models"].items()):
         isa = m.get("isa", {})
-        # iced-x86 feature names (whisper_release.verify.isa): AVX512* and AMX_* summed per family.
+        # iced-x86 feature names (whisper_release.verify.isa): AVX512* and AMX_* summed per family,
+        # in the libraries held to the floor (a CPU module above it may use its own ISA).
+        floor_libs = [lib for lib in isa.values()
+                      if not any(f.startswith(("avx512", "amx", "avx_vnni")) for f in lib["allowed_flags"])]
         tot = {
-            k: sum(n for lib in isa.values() for f, n in lib["features"].items() if f.startswith(prefix))
+            k: sum(n for lib in (isa.values() if k in ("avx2", "fma") else floor_libs)
+                   for f, n in lib["features"].items() if f.startswith(prefix))
             for k, prefix in (("avx2", "AVX2"), ("fma", "FMA"), ("avx512", "AVX512"), ("amx", "AMX_"))
-        }
+        }  # fmt: skip
         w = m.get("wer", {})
         nums = m.get("numerics", {})
         f16_all = w.get("f16", {}).get("sets", {}).get(wer.POOLED, {})
