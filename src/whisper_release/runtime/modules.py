@@ -221,14 +221,8 @@ def choose(
     signature = cpu_signature(flags)
     skipped: dict[str, str] = {}
     tests: dict[str, str] = {}
-    ranked = (
-        sorted(variants, key=lambda v: (v.name != forced, -v.score))
-        if forced
-        else sorted(variants, key=lambda v: -v.score)
-    )
+    ranked = [by_name[forced]] if forced else sorted(variants, key=lambda v: -v.score)
     for v in ranked:
-        if forced and v.name != forced:
-            continue
         missing = [f for f in v.cpu_flags if f not in flags]
         if missing:
             if forced:
