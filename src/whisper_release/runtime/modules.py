@@ -12,7 +12,8 @@ can run, the binding registers exactly one of them with ggml (`ggml_backend_load
    (a small window, two tokens). A child that dies by a signal or fails is a skipped module, with
    the reason logged, and the next candidate is tried: ggml 1.8.5's AMX module dies by SIGILL on
    q8_0 models on some hosts (docs/performance.md), and a dispatcher trusting CPUID alone would
-   pick it there. Verdicts are cached per module, model files and CPU (`selftest_key`).
+   pick it there. Verdicts are cached per module (its sha256), model files (artifact.json's sha256s)
+   and CPU (`selftest_key`).
 3. The floor is proven by the ISA audit and the emulated-CPU runs of `nox -s verify`; it is never
    self-tested, and it is the last resort.
 
@@ -136,13 +137,24 @@ def cpu_signature(flags: Iterable[str]) -> str:
     return text
 
 
-def selftest_key(lib_dir: Path, variant: Variant, model_files: Sequence[str], signature: str) -> str:
+def model_digests(lib_dir: Path, meta: Mapping[str, Any]) -> dict[str, str]:
+    """Each model file of the artifact -> its sha256 as artifact.json states it (pull and transcribe
+    check the bytes against it before any load), hashed here only where the file states none: a load
+    must not re-read a few hundred MB of weights to find its cached verdict."""
+    out = {}
+    for f in meta.get("model_files", []):
+        if isinstance(f, dict) and isinstance(f.get("name"), str):
+            out[f["name"]] = str(f.get("sha256") or sha256_file(lib_dir / f["name"]))
+    return out
+
+
+def selftest_key(lib_dir: Path, variant: Variant, models: Mapping[str, str], signature: str) -> str:
     h = hashlib.sha256()
     for part in (
         SELFTEST_VERSION,
         signature,
-        sha256_file(lib_dir / variant.library),
-        *(f"{m}:{sha256_file(lib_dir / m)}" for m in model_files),
+        sha256_file(lib_dir / variant.library),  # the code that runs: about 1 MB, always hashed
+        *(f"{m}:{digest}" for m, digest in sorted(models.items())),
     ):
         h.update(part.encode() + b"\0")
     return h.hexdigest()
@@ -172,12 +184,12 @@ def run_selftest(lib_dir: Path, variant: Variant, model_files: Sequence[str]) ->
 def cached_selftest(
     lib_dir: Path,
     variant: Variant,
-    model_files: Sequence[str],
+    models: Mapping[str, str],
     signature: str,
     runner: Callable[[Path, Variant, Sequence[str]], str | None] = run_selftest,
 ) -> tuple[str | None, str]:
     """(failure reason or None, how it was known): from the verdict cache, else a fresh self-test."""
-    key = selftest_key(lib_dir, variant, model_files, signature)
+    key = selftest_key(lib_dir, variant, models, signature)
     path = _verdict_dir() / f"{key}.json"
     try:
         cached = json.loads(path.read_text(encoding="utf-8"))
@@ -185,7 +197,7 @@ def cached_selftest(
         return (str(reason) if reason else None), "cached"
     except (OSError, ValueError, AttributeError):
         pass
-    reason = runner(lib_dir, variant, model_files)
+    reason = runner(lib_dir, variant, list(models))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -217,7 +229,7 @@ def choose(
             f"{FORCE}={forced} names no CPU module of {lib_dir} (it ships {', '.join(by_name)}); "
             f"set one of those or unset it."
         )
-    models = [str(f["name"]) for f in meta.get("model_files", []) if isinstance(f, dict)]
+    models = model_digests(lib_dir, meta)
     signature = cpu_signature(flags)
     skipped: dict[str, str] = {}
     tests: dict[str, str] = {}

@@ -126,3 +126,23 @@ def test_single_isa_artifact_is_linked(tmp_path: Path) -> None:
     assert (choice.dispatch, choice.library) == ("linked", "libggml-cpu.so.0")
     # artifacts made before runtime modules have no cpu_variants at all
     assert modules.choose(tmp_path, {}, flags=set()).dispatch == "linked"
+
+
+def test_model_files_are_keyed_by_their_stated_sha256_not_read_again(
+    artifact: tuple[Path, dict[str, object]],
+) -> None:
+    """A load finds its cached verdict without reading the weights: artifact.json's sha256s (checked
+    against the bytes by pull and transcribe) key the verdict; a changed digest is a new verdict."""
+    d, meta = artifact
+    meta["model_files"] = [{"name": "ggml-base-q5_1.bin", "sha256": "a" * 64}]
+    (d / "ggml-base-q5_1.bin").unlink()  # never opened
+    first = Runner()
+    assert modules.choose(d, meta, flags=ZEN4_CPU, runner=first).variant == "zen4"
+    assert first.calls == [("zen4", ("ggml-base-q5_1.bin",))]
+    again = Runner()
+    modules.choose(d, meta, flags=ZEN4_CPU, runner=again)
+    assert again.calls == []
+    meta["model_files"] = [{"name": "ggml-base-q5_1.bin", "sha256": "b" * 64}]
+    changed = Runner()
+    modules.choose(d, meta, flags=ZEN4_CPU, runner=changed)
+    assert [c[0] for c in changed.calls] == ["zen4"]
