@@ -16,10 +16,9 @@ from typing import Any
 
 from whisper_release.bench.host import MAX_FOREIGN_SHARE
 from whisper_release.core.errors import ConfigError, ReleaseError
+from whisper_release.layout.libraries import CPU_FLOOR
 
 MiB = 1024 * 1024
-# The floor CPU module, the baseline of the "modules" section (release.toml [build] cpu_variants[0]).
-FLOOR_MODULE = "haswell"
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def ratios(rows: Sequence[Row]) -> list[Ratio]:
                     )
         forced = [r for r in same if r.build.startswith("module:")]
         for quant in sorted({r.quant for r in forced}):
-            floor = _find(forced, build=f"module:{FLOOR_MODULE}", quant=quant)
+            floor = _find(forced, build=f"module:{CPU_FLOOR}", quant=quant)
             for mod in (r for r in forced if r.quant == quant and floor and r is not floor):
                 assert floor is not None
                 out.append(_ratio("modules", f"{what} {quant}", mod, floor, mod.build, floor.build))

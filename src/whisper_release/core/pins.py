@@ -38,6 +38,7 @@ from whisper_release.core.tomltables import (
     toml_key,
 )
 from whisper_release.layout.artifacts import HPARAM_ORDER
+from whisper_release.layout.libraries import CPU_FLOOR
 
 # Quantization types the release can ship: the ones whisper_release.weights.ggml has a codec for
 # (weights.quants.CODECS; core sits below weights, so a test keeps the two equal), so that the verification
@@ -48,7 +49,6 @@ DEBIAN_ARCHIVES = ("mirror", "snapshot")
 # [build] cpu_variants: ggml's x86 CPU module names (GGML_CPU_ALL_VARIANTS) the release may ship, the
 # floor first. The floor's flags are [build] required_cpu_flags and expected_cpu_variant; every other
 # variant adds its own in [build.cpu_variant.<name>].
-CPU_FLOOR = "haswell"
 CPU_VARIANTS = (
     CPU_FLOOR, "skylakex", "cannonlake", "cascadelake", "icelake", "cooperlake", "zen4", "alderlake",
     "sapphirerapids",
